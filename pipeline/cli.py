@@ -1,0 +1,71 @@
+"""The `segpipe` command: one subcommand per job, each registered by the package that owns it.
+
+User errors (SegpipeError) print one line and exit non-zero, with no traceback;
+Ctrl-C exits 130. Set SEGPIPE_DEBUG=1 to see tracebacks.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from train.errors import SegpipeError
+
+EPILOG = """examples:
+  segpipe run assets/sample.mp4 --out seg.mp4        segment a video with the shipped model
+  segpipe live 0 --show                              webcam demo in a window
+  segpipe bench --model-only                         inference speed of each backend
+  segpipe train --config configs/unet_carla.yaml --data ../shared/carla
+  segpipe eval --data ../shared/carla                accuracy of the shipped model
+"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad option value is one line on stderr and exit 2, as for other user errors."""
+
+    def error(self, message):
+        self.exit(2, f"segpipe {self.prog.split()[-1]}: error: {message} (see --help)\n"
+                  if " " in self.prog else f"segpipe: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine import commands as engine_commands
+    from pipeline import commands as pipeline_commands
+    from train import commands as train_commands
+
+    parser = Parser(prog="segpipe", description="Real-time semantic segmentation of driving video.",
+                    epilog=EPILOG, formatter_class=HelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for module in (pipeline_commands, engine_commands, train_commands):
+        module.register(sub, HelpFormatter)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname).1s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except SegpipeError as e:
+        if os.environ.get("SEGPIPE_DEBUG"):
+            raise
+        print(f"segpipe {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"segpipe {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

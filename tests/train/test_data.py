@@ -1,0 +1,101 @@
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from train.data import FrameSet, augment_batch, find_pairs, mask_ids, read_mask, split_by_runs
+from train.errors import DatasetError, InputNotFoundError
+
+
+def test_reader_pairs_real_frames(carla_dir):
+    pairs = find_pairs(carla_dir)
+    assert len(pairs) == 12
+    assert [p.number for p in pairs[:3]] == [2106, 2107, 2108]
+    frames = FrameSet(pairs[:3], (96, 128))
+    assert frames.images.shape == (3, 3, 96, 128) and frames.images.dtype == torch.uint8
+    assert frames.masks.shape == (3, 96, 128)
+    ids = set(frames.masks.unique().tolist())
+    assert {7, 13} <= ids and max(ids) <= 22  # road and sky in every driving frame
+
+
+def test_mask_red_channel_and_single_channel_agree(carla_dir, tmp_path):
+    path = carla_dir / "CameraMask" / "002106.png"
+    rgba = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert rgba.shape[2] == 4 and rgba[..., :2].max() == 0  # ids only in red (BGR index 2)
+    single = tmp_path / "single.png"
+    cv2.imwrite(str(single), rgba[..., 2])
+    np.testing.assert_array_equal(read_mask(path), read_mask(single))
+
+
+def test_any_image_extension(carla_dir, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(carla_dir, root)
+    for jpg in (root / "CameraRGB").glob("*.jpg"):
+        cv2.imwrite(str(jpg.with_suffix(".png")), cv2.imread(str(jpg)))
+        jpg.unlink()
+    assert len(find_pairs(root)) == 12
+
+
+def test_split_by_runs_never_splits_a_run(carla_dir):
+    pairs = find_pairs(carla_dir)
+    train, val = split_by_runs(pairs, val_every=4)
+    assert [p.number for p in val] == [6882, 6883, 6884]
+    assert len(train) == 9
+    assert split_by_runs(pairs, val_every=4) == (train, val)  # deterministic
+
+
+def test_split_gap_joins_near_runs():
+    from train.data import FramePair
+    pairs = [FramePair(str(n), n, None, None) for n in [1, 2, 5, 100, 101, 300, 400, 500, 600]]
+    train, val = split_by_runs(pairs, val_every=3, max_gap=10)
+    # runs: {1,2,5} {100,101} {300} {400} {500} {600}; every 3rd from index 1 is validation
+    assert [p.number for p in val] == [100, 101, 500]
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(InputNotFoundError, match="does not exist"):
+        find_pairs(tmp_path / "nope")
+    tmp_path.joinpath("CameraRGB").mkdir()
+    with pytest.raises(DatasetError, match="no CameraMask/ folder"):
+        find_pairs(tmp_path)
+
+
+def test_mask_without_image(carla_dir, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(carla_dir, root)
+    (root / "CameraRGB" / "002107.jpg").unlink()
+    with pytest.raises(DatasetError, match="mask 002107.png has no image"):
+        find_pairs(root)
+
+
+def test_wrong_channel_count():
+    # OpenCV cannot even write such a PNG; TIFF and friends can hold it.
+    with pytest.raises(DatasetError, match="m.tif has 2 channels: expected 1"):
+        mask_ids(np.zeros((4, 4, 2), np.uint8), "m.tif")
+
+
+def test_colour_coded_mask_is_explained(tmp_path):
+    path = tmp_path / "m.png"
+    cv2.imwrite(str(path), np.full((4, 4, 3), (180, 130, 70), np.uint8))  # sky in the Cityscapes palette
+    with pytest.raises(DatasetError, match="class id 70.*red channel"):
+        read_mask(path)
+
+
+def test_class_id_out_of_range(tmp_path):
+    path = tmp_path / "m.png"
+    cv2.imwrite(str(path), np.full((4, 4), 40, np.uint8))
+    with pytest.raises(DatasetError, match="class id 40"):
+        read_mask(path)
+
+
+def test_augment_keeps_masks_nearest_and_sky_up(carla_dir):
+    frames = FrameSet(find_pairs(carla_dir)[:4], (96, 128), scale=1.25)
+    g = torch.Generator().manual_seed(0)
+    images, masks = augment_batch(frames.images, frames.masks, (96, 128), g)
+    assert images.shape == (4, 3, 96, 128) and masks.shape == (4, 96, 128)
+    assert set(masks.unique().tolist()) <= set(frames.masks.unique().tolist())  # no blended ids
+    sky = 13
+    top, bottom = (masks[:, :20] == sky).float().mean(), (masks[:, -20:] == sky).float().mean()
+    assert top > bottom  # no vertical flips

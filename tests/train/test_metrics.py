@@ -1,0 +1,52 @@
+import math
+
+import pytest
+import torch
+
+from train.metrics import ConfusionMatrix, class_weights_from_frequencies, pixel_cross_entropy
+
+
+def test_cross_entropy_hand_computed():
+    # One pixel, two classes, logits (0, ln 3): p(class 1) = 3/4.
+    logits = torch.tensor([0.0, math.log(3)]).view(1, 2, 1, 1)
+    assert pixel_cross_entropy(logits, torch.tensor([[[1]]])).item() == pytest.approx(-math.log(0.75))
+    assert pixel_cross_entropy(logits, torch.tensor([[[0]]])).item() == pytest.approx(-math.log(0.25))
+
+
+def test_cross_entropy_is_mean_over_pixels_and_weighted():
+    logits = torch.tensor([0.0, math.log(3)]).view(1, 2, 1, 1).expand(1, 2, 1, 2)
+    labels = torch.tensor([[[0, 1]]])
+    expected = (-math.log(0.25) - math.log(0.75)) / 2
+    assert pixel_cross_entropy(logits, labels).item() == pytest.approx(expected)
+    w = torch.tensor([3.0, 1.0])  # weighted mean: (3*l0 + 1*l1) / (3 + 1)
+    assert pixel_cross_entropy(logits, labels, w).item() == pytest.approx(
+        (-3 * math.log(0.25) - math.log(0.75)) / 4)
+
+
+def test_confusion_metrics_hand_computed():
+    target = torch.tensor([[0, 0, 1, 1], [2, 2, 2, 2]])
+    pred = torch.tensor([[0, 1, 1, 1], [2, 2, 0, 2]])
+    cm = ConfusionMatrix(4)
+    cm.update(pred, target)
+    assert cm.pixel_accuracy() == pytest.approx(6 / 8)
+    iou = cm.iou()
+    assert iou[0].item() == pytest.approx(1 / 3)   # tp 1, gt 2, pred 2
+    assert iou[1].item() == pytest.approx(2 / 3)   # tp 2, gt 2, pred 3
+    assert iou[2].item() == pytest.approx(3 / 4)   # tp 3, gt 4, pred 3
+    assert math.isnan(iou[3].item())               # never seen: not counted
+    assert cm.miou() == pytest.approx((1 / 3 + 2 / 3 + 3 / 4) / 3)
+
+
+def test_miou_counts_classes_present_in_ground_truth_only():
+    cm = ConfusionMatrix(3)
+    cm.update(torch.tensor([0, 2]), torch.tensor([0, 0]))  # class 2 predicted, never in ground truth
+    assert cm.miou() == pytest.approx(0.5)                 # class 0 alone: tp 1 / union 2
+    summary = cm.summary(["a", "b", "c"])
+    assert set(summary["per_class_iou"]) == {"a"}
+
+
+def test_class_weights_favour_rare_classes():
+    freq = torch.tensor([0.9, 0.09, 0.01, 0.0], dtype=torch.float64)
+    w = class_weights_from_frequencies(freq)
+    assert w[2] > w[1] > w[0] and w[3] == 0
+    assert (w.double() * freq).sum().item() == pytest.approx(1.0, rel=1e-3)

@@ -1,0 +1,118 @@
+import json
+
+import pytest
+import torch
+import yaml
+
+from pipeline.cli import main
+from train.checkpoint import load_checkpoint, load_model, make_checkpoint, save_checkpoint
+from train.errors import CheckpointError, InputNotFoundError
+from train.evaluate import evaluate_checkpoint
+from train.model import create_model
+from train.trainer import train
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({"train": {
+        "model": "unet_tiny", "input_size": [48, 64], "epochs": 3, "batch_size": 4, "lr": 0.01,
+        "val_every": 4, "augment": False}}))
+    return path
+
+
+def test_short_training_run_lowers_loss(carla_dir, tiny_config, tmp_path):
+    torch.set_num_threads(2)
+    out = tmp_path / "run"
+    best = train(carla_dir, out, config=tiny_config)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in log] == [0, 1, 2]
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+    assert 0 <= best["miou"] <= 1 and 0 <= best["pixel_accuracy"] <= 1
+    for name in ("best.pt", "last.pt", "curves.png", "split.json", "settings.yaml"):
+        assert (out / name).is_file(), name
+    split = json.loads((out / "split.json").read_text())
+    assert split["val"] == ["006882", "006883", "006884"]
+
+    # the checkpoint alone is enough for inference
+    model, ckpt = load_model(out / "best.pt")
+    assert ckpt["input_size"] == [48, 64] and len(ckpt["class_names"]) == 23 and len(ckpt["palette"]) == 23
+    assert set(ckpt["normalize"]) == {"mean", "std"}
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 48, 64)).shape == (1, 23, 48, 64)
+
+    # resume continues where it stopped
+    best2 = train(carla_dir, out, config=tiny_config, epochs=4, resume=True)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in log] == [0, 1, 2, 3]
+    assert best2["miou"] >= best["miou"]
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = create_model("unet_tiny").eval()
+    path = tmp_path / "m.pt"
+    save_checkpoint(make_checkpoint(model, "unet_tiny", (96, 128)), path)
+    loaded, ckpt = load_model(path)
+    assert ckpt["model"] == "unet_tiny"
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(InputNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(bad)
+    good = tmp_path / "good.pt"
+    save_checkpoint(make_checkpoint(create_model("unet_tiny"), "unet_tiny", (96, 128)), good)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(cut)
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a segpipe checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "segpipe-unet/1", "payload": Exception("runs code")}, path)
+    with pytest.raises(CheckpointError, match="would run code"):
+        load_checkpoint(path)
+
+
+def test_wrong_architecture_checkpoint(tmp_path):
+    ckpt = make_checkpoint(create_model("unet_tiny"), "unet_tiny", (96, 128))
+    ckpt["model_config"]["base_filters"] = 16  # weights are for 8 filters
+    save_checkpoint(ckpt, tmp_path / "wrong.pt")
+    with pytest.raises(CheckpointError, match="another architecture"):
+        load_model(tmp_path / "wrong.pt")
+
+
+def test_eval_json_fields(carla_dir, tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(make_checkpoint(create_model("unet_tiny").eval(), "unet_tiny", (48, 64)), path)
+    out = tmp_path / "metrics.json"
+    assert main(["eval", "--data", str(carla_dir), "--weights", str(path), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result) == {"miou", "pixel_accuracy", "per_class_iou", "frames"}
+    assert isinstance(result["miou"], float) and isinstance(result["frames"], int)
+    assert all(isinstance(v, float) for v in result["per_class_iou"].values())
+    assert (tmp_path / "metrics.png").is_file()
+
+
+def test_eval_of_shipped_model_on_real_frames(carla_dir):
+    result = evaluate_checkpoint(carla_dir, split="all")
+    assert result["frames"] == 12
+    assert result["pixel_accuracy"] > 0.8  # a random model scores about 1/23
+
+
+def test_cli_user_errors_are_one_line(carla_dir, capsys):
+    assert main(["eval", "--data", "/nonexistent/carla"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "does not exist" in err and "Traceback" not in err
+    assert main(["train", "--data", str(carla_dir), "--config", "/nonexistent.yaml"]) == 2
+    assert "config /nonexistent.yaml does not exist" in capsys.readouterr().err

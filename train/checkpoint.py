@@ -1,0 +1,93 @@
+"""Checkpoints that carry everything inference needs, loaded safely.
+
+A checkpoint is a plain dict (tensors, numbers, strings, lists) so it loads with
+``torch.load(..., weights_only=True)``; a file that would need to run code is refused.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+
+from train.classes import CARLA_CLASSES, CARLA_PALETTE
+from train.errors import CheckpointError, InputNotFoundError
+from train.model import UNet, config_from_dict, config_to_dict
+
+FORMAT = "segpipe-unet/1"
+DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "unet_carla.pt"
+# ImageNet statistics on [0, 1] inputs; the model takes uint8 RGB and divides by 255 first.
+DEFAULT_NORMALIZE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+REQUIRED_KEYS = ("format", "model", "model_config", "state_dict", "input_size", "normalize", "class_names", "palette")
+
+
+def make_checkpoint(model: UNet, model_name: str, input_size: tuple[int, int], *,
+                    normalize: dict | None = None, class_names=CARLA_CLASSES, palette=CARLA_PALETTE,
+                    **extra) -> dict:
+    return {
+        "format": FORMAT,
+        "model": model_name,
+        "model_config": config_to_dict(model.config),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "input_size": [int(input_size[0]), int(input_size[1])],
+        "normalize": dict(normalize or DEFAULT_NORMALIZE),
+        "class_names": list(class_names),
+        "palette": [list(c) for c in palette],
+        **extra,
+    }
+
+
+def save_checkpoint(ckpt: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(path)  # never leave a half-written checkpoint under the real name
+
+
+def resolve_weights(weights: str | Path | None) -> Path:
+    return Path(weights) if weights else DEFAULT_WEIGHTS
+
+
+def load_checkpoint(weights: str | Path | None = None) -> dict:
+    """Load and validate a checkpoint (the shipped default when ``weights`` is None)."""
+    path = resolve_weights(weights)
+    if not path.exists():
+        hint = "train one with `segpipe train`" if weights else "reinstall segpipe or pass --weights"
+        raise InputNotFoundError(f"checkpoint {path} does not exist: {hint}")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory: pass the .pt file inside it (e.g. {path}/best.pt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e):  # a class or function: unpickling it would run code
+            raise CheckpointError(f"checkpoint {path} was refused: it holds Python objects that would run code "
+                                  f"when loaded; re-save it as a plain segpipe checkpoint") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: re-download or retrain it") from None
+    except Exception as e:  # torch raises many types for a damaged file; all mean the same to the user
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}): "
+                              f"re-download or retrain it") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a segpipe checkpoint (expected format {FORMAT}): "
+                              f"pass a checkpoint written by `segpipe train`")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: re-save it with `segpipe train`")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, path: str | Path | None = None) -> UNet:
+    """Build the U-Net the checkpoint describes and load its weights (eval mode, CPU)."""
+    try:
+        model = UNet(config_from_dict(ckpt["model_config"]))
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, TypeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0][:160]
+        raise CheckpointError(f"checkpoint {path or ''} does not match its U-Net config ({first}): "
+                              f"is it from another architecture?") from None
+    return model.eval()
+
+
+def load_model(weights: str | Path | None = None) -> tuple[UNet, dict]:
+    ckpt = load_checkpoint(weights)
+    return model_from_checkpoint(ckpt, resolve_weights(weights)), ckpt

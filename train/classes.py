@@ -1,0 +1,18 @@
+"""CARLA 0.9.x semantic tags and the Cityscapes palette CARLA draws them with."""
+
+CARLA_CLASSES = (
+    "unlabeled", "building", "fence", "other", "pedestrian", "pole", "road line", "road",
+    "sidewalk", "vegetation", "vehicle", "wall", "traffic sign", "sky", "ground", "bridge",
+    "rail track", "guard rail", "traffic light", "static", "dynamic", "water", "terrain",
+)
+
+# RGB, index = class id (CARLA's own colour table for these tags).
+CARLA_PALETTE = (
+    (0, 0, 0), (70, 70, 70), (100, 40, 40), (55, 90, 80), (220, 20, 60), (153, 153, 153),
+    (157, 234, 50), (128, 64, 128), (244, 35, 232), (107, 142, 35), (0, 0, 142),
+    (102, 102, 156), (220, 220, 0), (70, 130, 180), (81, 0, 81), (150, 100, 100),
+    (230, 150, 140), (180, 165, 180), (250, 170, 30), (110, 190, 160), (170, 120, 50),
+    (45, 60, 150), (145, 170, 100),
+)
+
+assert len(CARLA_CLASSES) == len(CARLA_PALETTE) == 23

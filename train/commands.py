@@ -1,0 +1,58 @@
+"""`segpipe train` and `segpipe eval`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(sub, formatter) -> None:
+    p = sub.add_parser("train", help="train a U-Net on CARLA frames", formatter_class=formatter,
+                       description="Train a U-Net on a CARLA folder (CameraRGB/ + CameraMask/).",
+                       epilog="examples:\n"
+                              "  segpipe train --config configs/unet_carla.yaml --data ../shared/carla\n"
+                              "  segpipe train --config configs/unet_seed.yaml --data DIR --out runs/seed --epochs 60\n"
+                              "  segpipe train --config configs/unet_carla.yaml --data DIR --out runs/x --resume")
+    p.add_argument("--config", default="configs/unet_carla.yaml", help="training settings (YAML)")
+    p.add_argument("--data", required=True, help="CARLA folder with CameraRGB/ and CameraMask/")
+    p.add_argument("--out", default="runs/train", help="folder for checkpoints, logs and curves")
+    p.add_argument("--epochs", type=int, help="override the config's epochs")
+    p.add_argument("--batch-size", type=int, help="override the config's batch size")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--max-frames", type=int, help="use only the first N frames (quick checks)")
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser("eval", help="measure a model's pixel accuracy and IoU", formatter_class=formatter,
+                       description="Evaluate a checkpoint on the validation runs of a CARLA folder.",
+                       epilog="examples:\n"
+                              "  segpipe eval --data ../shared/carla\n"
+                              "  segpipe eval --data DIR --weights runs/train/best.pt --json metrics.json")
+    p.add_argument("--data", required=True, help="CARLA folder with CameraRGB/ and CameraMask/")
+    p.add_argument("--weights", help="checkpoint (default: the shipped model)")
+    p.add_argument("--split", default="val", choices=["val", "train", "all"],
+                   help="which frames: the validation runs (as in training), the training runs, or all")
+    p.add_argument("--json", help="write the metrics as JSON here")
+    p.add_argument("--grid", help="PNG of input / ground truth / prediction (default: beside --json, or none)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=run_eval)
+
+
+def run_train(args) -> int:
+    from train.trainer import train
+
+    best = train(args.data, args.out, config=args.config, epochs=args.epochs, device=args.device,
+                 resume=args.resume, batch_size=args.batch_size, max_frames=args.max_frames)
+    print(f"best epoch {best.get('epoch')}: pixel accuracy {best['pixel_accuracy']:.3f}, "
+          f"mIoU {best['miou']:.3f}; checkpoints in {Path(args.out)}")
+    return 0
+
+
+def run_eval(args) -> int:
+    from train.evaluate import evaluate_checkpoint, format_table
+
+    result = evaluate_checkpoint(args.data, args.weights, split=args.split, device=args.device,
+                                 grid=args.grid or (str(Path(args.json).with_suffix(".png")) if args.json else None))
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0

@@ -1,0 +1,194 @@
+"""CARLA frames: reading, the run-based train/val split, and augmentation.
+
+Layout: ``DIR/CameraRGB/<stem>.<ext>`` and ``DIR/CameraMask/<stem>.<ext>``; the class id of
+each pixel is in the mask's red channel (or the only channel of a single-channel mask).
+Neighbouring frames are near-duplicates, so the split is by runs of frame numbers.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from train.errors import DatasetError, InputNotFoundError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+@dataclass(frozen=True)
+class FramePair:
+    stem: str
+    number: int
+    image: Path
+    mask: Path
+
+
+def find_pairs(root: str | Path) -> list[FramePair]:
+    """Pair CameraRGB/ with CameraMask/ by file stem, in frame-number order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputNotFoundError(f"dataset folder {root} does not exist: pass --data with a folder "
+                                 f"holding CameraRGB/ and CameraMask/")
+    rgb_dir, mask_dir = root / "CameraRGB", root / "CameraMask"
+    for d in (rgb_dir, mask_dir):
+        if not d.is_dir():
+            raise DatasetError(f"{root} has no {d.name}/ folder: a CARLA dataset holds CameraRGB/ and CameraMask/")
+    images = _images_by_stem(rgb_dir)
+    masks = _images_by_stem(mask_dir)
+    if not images:
+        raise DatasetError(f"{rgb_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    orphans = sorted(set(masks) - set(images))
+    if orphans:
+        raise DatasetError(f"mask {masks[orphans[0]].name} has no image in {rgb_dir} "
+                           f"({len(orphans)} masks without images): add the images or remove the masks")
+    missing = sorted(set(images) - set(masks))
+    if missing:
+        raise DatasetError(f"image {images[missing[0]].name} has no mask in {mask_dir} "
+                           f"({len(missing)} images without masks): add the masks or remove the images")
+    stems = sorted(images)
+    numeric = all(s.isdigit() for s in stems)
+    if numeric:
+        stems.sort(key=int)
+    return [FramePair(s, int(s) if numeric else i, images[s], masks[s]) for i, s in enumerate(stems)]
+
+
+def _images_by_stem(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
+
+
+def read_image(path: Path) -> np.ndarray:
+    """RGB uint8 (H, W, 3)."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise DatasetError(f"cannot read image {path}: is it a valid image file?")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: Path, num_classes: int = 23) -> np.ndarray:
+    """Class ids uint8 (H, W) from the red channel, or from a single-channel mask."""
+    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if m is None:
+        raise DatasetError(f"cannot read mask {path}: is it a valid image file?")
+    return mask_ids(m, path, num_classes)
+
+
+def mask_ids(m: np.ndarray, path, num_classes: int = 23) -> np.ndarray:
+    """Class ids from a mask as OpenCV reads it (BGR(A) order for colour masks)."""
+    if m.ndim == 3 and m.shape[2] == 1:
+        m = m[..., 0]
+    if m.ndim == 3:
+        if m.shape[2] not in (3, 4):
+            raise DatasetError(f"mask {path} has {m.shape[2]} channels: expected 1 (class ids) or 3/4 (ids in red)")
+        m = m[..., 2]  # OpenCV reads BGR(A): red is index 2
+    if m.dtype != np.uint8:
+        raise DatasetError(f"mask {path} is {m.dtype}: expected 8-bit class ids")
+    if int(m.max()) >= num_classes:
+        raise DatasetError(f"mask {path} holds class id {int(m.max())}, beyond the {num_classes} classes "
+                           f"(0-{num_classes - 1}): is the class id in the red channel?")
+    return np.ascontiguousarray(m)
+
+
+def split_by_runs(pairs: list[FramePair], val_every: int = 5, max_gap: int = 10) -> tuple[list, list]:
+    """Deterministic split: frames whose numbers are within ``max_gap`` form one run, and
+    every ``val_every``-th run goes to validation. Never splits inside a run."""
+    runs: list[list[FramePair]] = []
+    for p in pairs:
+        if runs and p.number - runs[-1][-1].number <= max_gap:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    train, val = [], []
+    for i, run in enumerate(runs):
+        (val if i % val_every == val_every // 2 else train).extend(run)
+    if not val or not train:
+        raise DatasetError(f"{len(pairs)} frames in {len(runs)} runs are too few to split into train and validation")
+    return train, val
+
+
+def write_split(path: Path, train: list[FramePair], val: list[FramePair]) -> None:
+    path.write_text(json.dumps({"train": [p.stem for p in train], "val": [p.stem for p in val]}, indent=1))
+
+
+class FrameSet:
+    """Frames held in memory as uint8 tensors: images (N, 3, H, W) RGB and masks (N, H, W).
+
+    Decoding 640x480 JPEGs is the slowest step on a small CPU, so it is done once; images are
+    kept at ``scale`` times the model size to leave room for scale/crop augmentation.
+    """
+
+    def __init__(self, pairs: list[FramePair], size: tuple[int, int], scale: float = 1.0, num_classes: int = 23):
+        h, w = round(size[0] * scale), round(size[1] * scale)
+        self.pairs = pairs
+        self.size = size
+        self.images = torch.empty(len(pairs), 3, h, w, dtype=torch.uint8)
+        self.masks = torch.empty(len(pairs), h, w, dtype=torch.uint8)
+        for i, p in enumerate(pairs):
+            img, mask = read_image(p.image), read_mask(p.mask, num_classes)
+            if img.shape[:2] != mask.shape:
+                raise DatasetError(f"image {p.image.name} is {img.shape[1]}x{img.shape[0]} but its mask is "
+                                   f"{mask.shape[1]}x{mask.shape[0]}: they must match")
+            self.images[i] = torch.from_numpy(cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)).permute(2, 0, 1)
+            self.masks[i] = torch.from_numpy(cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST))
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def batches(self, batch_size: int, shuffle: bool, augment: bool, generator: torch.Generator | None = None,
+                indices: torch.Tensor | None = None):
+        """Yield (uint8 images, int64 masks) at the model size."""
+        order = indices if indices is not None else (
+            torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self)))
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            images, masks = self.images[idx], self.masks[idx]
+            if augment:
+                images, masks = augment_batch(images, masks, self.size, generator)
+            elif images.shape[-2:] != self.size:
+                images = F.interpolate(images.float(), size=self.size, mode="bilinear", antialias=True,
+                                       align_corners=False).round().clamp(0, 255).byte()
+                masks = F.interpolate(masks[:, None].float(), size=self.size, mode="nearest")[:, 0].byte()
+            yield images, masks.long()
+
+
+def augment_batch(images: torch.Tensor, masks: torch.Tensor, size: tuple[int, int],
+                  generator: torch.Generator | None = None, max_zoom: float = 1.6):
+    """Driving-friendly augmentation: horizontal flip, zoom-in crop, photometric jitter.
+
+    No vertical flips or rotations: the sky stays up and the road stays down.
+    """
+    n, _, H, W = images.shape
+    out_img = torch.empty(n, 3, *size)
+    out_mask = torch.empty(n, *size, dtype=torch.uint8)
+    r = torch.rand(n, 8, generator=generator)
+    for i in range(n):
+        zoom = 1.0 + (max_zoom - 1.0) * r[i, 0].item()
+        ch, cw = max(1, round(H / zoom)), max(1, round(W / zoom))
+        top = int(r[i, 1].item() * (H - ch))
+        left = int(r[i, 2].item() * (W - cw))
+        img = images[i:i + 1, :, top:top + ch, left:left + cw].float()
+        mask = masks[i:i + 1, None, top:top + ch, left:left + cw].float()
+        img = F.interpolate(img, size=size, mode="bilinear", antialias=True, align_corners=False)
+        mask = F.interpolate(mask, size=size, mode="nearest")
+        if r[i, 3] < 0.5:
+            img, mask = img.flip(-1), mask.flip(-1)
+        out_img[i], out_mask[i] = img[0], mask[0, 0].byte()
+    # photometric jitter: brightness, contrast, saturation (per frame)
+    brightness = 0.75 + 0.5 * r[:, 4].view(n, 1, 1, 1)
+    contrast = 0.75 + 0.5 * r[:, 5].view(n, 1, 1, 1)
+    saturation = 0.7 + 0.6 * r[:, 6].view(n, 1, 1, 1)
+    x = out_img * brightness
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * contrast + mean
+    gray = x.mean(dim=1, keepdim=True)
+    x = (x - gray) * saturation + gray
+    return x.round().clamp(0, 255).byte(), out_mask
+
+
+def class_frequencies(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
+    counts = torch.bincount(masks.flatten().long(), minlength=num_classes).double()
+    return counts / counts.sum()

@@ -1,0 +1,53 @@
+"""`segpipe eval`: per-class IoU of a checkpoint on CARLA frames, and a picture of its output."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from train.checkpoint import load_model
+from train.data import FrameSet, find_pairs, split_by_runs
+from train.trainer import DEFAULTS, evaluate, normalizer, pick_device
+
+
+def evaluate_checkpoint(data, weights=None, split: str = "val", device: str = "auto", grid: str | None = None,
+                        grid_frames: int = 4) -> dict:
+    model, ckpt = load_model(weights)
+    dev = pick_device(device)
+    model.to(dev)
+    settings = {**DEFAULTS, **ckpt.get("settings", {})}
+    pairs = find_pairs(data)
+    if split != "all":
+        train_pairs, val_pairs = split_by_runs(pairs, settings["val_every"], settings["run_gap"])
+        pairs = val_pairs if split == "val" else train_pairs
+    size = tuple(ckpt["input_size"])
+    frames = FrameSet(pairs, size, num_classes=model.config.num_classes)
+    normalize = normalizer(ckpt["normalize"], dev)
+    cm, _ = evaluate(model, frames, dev, normalize, model.config.num_classes)
+    result = {**cm.summary(ckpt["class_names"]), "frames": len(frames)}
+    if grid:
+        save_grid(model, frames, normalize, dev, ckpt["palette"], grid, grid_frames)
+    return result
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{'class':<14} {'IoU':>6}"]
+    lines += [f"{name:<14} {iou:6.3f}" for name, iou in
+              sorted(result["per_class_iou"].items(), key=lambda kv: -kv[1])]
+    lines.append(f"{'mIoU':<14} {result['miou']:6.3f}")
+    lines.append(f"{'pixel acc':<14} {result['pixel_accuracy']:6.3f}   ({result['frames']} frames)")
+    return "\n".join(lines)
+
+
+@torch.inference_mode()
+def save_grid(model, frames: FrameSet, normalize, device, palette, path: str | Path, count: int = 4) -> None:
+    """Rows of input | ground truth | prediction for ``count`` frames spread over the set."""
+    lut = np.asarray(palette, dtype=np.uint8)
+    idx = torch.linspace(0, len(frames) - 1, min(count, len(frames))).long()
+    images, masks = next(frames.batches(len(idx), shuffle=False, augment=False, indices=idx))
+    pred = model(normalize(images.to(device))).argmax(1).cpu().numpy()
+    rows = [np.concatenate([img.permute(1, 2, 0).numpy(), lut[gt.numpy()], lut[p]], axis=1)
+            for img, gt, p in zip(images, masks, pred)]
+    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))

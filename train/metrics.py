@@ -1,0 +1,62 @@
+"""Pixel-wise loss and segmentation metrics from a confusion matrix."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def pixel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None,
+                        ignore_index: int = -100) -> torch.Tensor:
+    """Sparse categorical cross-entropy per pixel: logits (N, C, H, W), integer labels (N, H, W)."""
+    return F.cross_entropy(logits, labels.long(), weight=class_weights, ignore_index=ignore_index)
+
+
+def class_weights_from_frequencies(freq: torch.Tensor, power: float = 0.5, max_weight: float = 10.0) -> torch.Tensor:
+    """Inverse-frequency weights (freq^-power), normalised to a pixel-weighted mean of 1.
+
+    Absent classes get weight 0 (they contribute nothing either way)."""
+    w = torch.zeros_like(freq, dtype=torch.float32)
+    present = freq > 0
+    w[present] = freq[present].float() ** -power
+    w = w / (w * freq.float()).sum()
+    return w.clamp(max=max_weight)
+
+
+class ConfusionMatrix:
+    """Accumulates a (C, C) confusion matrix: rows are ground truth, columns are predictions."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        c = self.num_classes
+        idx = target.flatten().long() * c + pred.flatten().long()
+        self.matrix += torch.bincount(idx, minlength=c * c).reshape(c, c).cpu()
+
+    def pixel_accuracy(self) -> float:
+        total = self.matrix.sum().item()
+        return self.matrix.diag().sum().item() / total if total else 0.0
+
+    def iou(self) -> torch.Tensor:
+        """IoU per class; NaN for classes absent from both ground truth and prediction."""
+        m = self.matrix.double()
+        tp = m.diag()
+        union = m.sum(0) + m.sum(1) - tp
+        return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+
+    def present(self) -> torch.Tensor:
+        return self.matrix.sum(1) > 0
+
+    def miou(self) -> float:
+        """Mean IoU over the classes present in the ground truth."""
+        iou, present = self.iou(), self.present()
+        return iou[present].mean().item() if present.any() else 0.0
+
+    def summary(self, class_names) -> dict:
+        iou, present = self.iou(), self.present()
+        return {
+            "miou": self.miou(),
+            "pixel_accuracy": self.pixel_accuracy(),
+            "per_class_iou": {class_names[i]: float(iou[i]) for i in range(self.num_classes) if present[i]},
+        }

@@ -1,0 +1,203 @@
+"""The U-Net of Ronneberger et al. (2015), as encoder + decoder + head.
+
+Variants are frozen dataclasses in ``MODEL_CONFIGS``; ``create_model(name, **overrides)``
+builds one by name. With the classic depth of 4 the network has 23 conv layers:
+8 in the contracting path, 2 in the bottleneck, 4 transposed + 8 plain in the
+expanding path, and the final 1x1 conv.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+from torch import nn
+
+from train.errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    num_classes: int = 23
+    in_channels: int = 3
+    base_filters: int = 32
+    depth: int = 4              # number of 2x2 max-pools
+    dropout: float = 0.0        # in the two deepest contracting blocks, as in the seed
+    batch_norm: bool = False
+    padding: str = "same"       # "same": output size = input size; "valid": the paper's unpadded convs
+
+    def __post_init__(self):
+        if self.padding not in ("same", "valid"):
+            raise InvalidInputError(f"padding must be 'same' or 'valid', not {self.padding!r}")
+        if self.depth < 1 or self.base_filters < 1:
+            raise InvalidInputError("depth and base_filters must be positive")
+
+
+MODEL_CONFIGS: dict[str, UNetConfig] = {
+    # The seed: 32 base filters, dropout 0.3 deep, same padding.
+    "unet_seed": UNetConfig(base_filters=32, dropout=0.3),
+    # The paper: 64 base filters, unpadded convs, cropped skips.
+    "unet_paper": UNetConfig(base_filters=64, padding="valid"),
+    # Shipped default: small and batch-normed so it trains on a CPU and runs >= 30 fps there.
+    "unet_carla": UNetConfig(base_filters=16, batch_norm=True),
+    "unet_tiny": UNetConfig(base_filters=8, batch_norm=True),
+}
+
+
+def create_model(name: str = "unet_carla", **overrides) -> "UNet":
+    if name not in MODEL_CONFIGS:
+        raise InvalidInputError(f"unknown model {name!r}: choose one of {', '.join(MODEL_CONFIGS)}")
+    known = {f.name for f in fields(UNetConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise InvalidInputError(f"unknown model options {sorted(unknown)}: valid are {sorted(known)}")
+    return UNet(replace(MODEL_CONFIGS[name], **overrides))
+
+
+class ConvBlock(nn.Sequential):
+    """Two 3x3 convs, each followed by (optional batch norm and) ReLU."""
+
+    def __init__(self, cin: int, cout: int, padding: int, batch_norm: bool, dropout: float = 0.0):
+        layers: list[nn.Module] = []
+        for c in (cin, cout):
+            layers.append(nn.Conv2d(c, cout, 3, padding=padding, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(cout))
+            layers.append(nn.ReLU(inplace=True))
+        if dropout:
+            layers.append(nn.Dropout2d(dropout))
+        super().__init__(*layers)
+
+
+class Encoder(nn.Module):
+    """Contracting path: conv blocks with channels doubling, 2x2 max-pool between them."""
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        pad = 1 if cfg.padding == "same" else 0
+        chans = [cfg.base_filters * 2**i for i in range(cfg.depth + 1)]
+        self.channels = chans
+        self.blocks = nn.ModuleList()
+        cin = cfg.in_channels
+        for i, c in enumerate(chans):
+            deep = i >= cfg.depth - 1  # the seed drops out in its two deepest blocks
+            self.blocks.append(ConvBlock(cin, c, pad, cfg.batch_norm, cfg.dropout if deep else 0.0))
+            cin = c
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for i, block in enumerate(self.blocks):
+            if i:
+                x = self.pool(x)
+            x = block(x)
+            features.append(x)
+        return features  # shallow to deep; the last one is the bottleneck
+
+
+class DecoderBlock(nn.Module):
+    """Transposed conv halving the channels, concatenation with the skip, two 3x3 convs."""
+
+    def __init__(self, cin: int, cout: int, padding: int, batch_norm: bool):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(cin, cout, 2, stride=2)
+        self.conv = ConvBlock(2 * cout, cout, padding, batch_norm)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)
+        return self.conv(torch.cat([center_crop(skip, x.shape[-2:]), x], dim=1))
+
+
+def center_crop(x: torch.Tensor, size) -> torch.Tensor:
+    """The paper's crop of a skip to the upsampled map (a no-op with same padding)."""
+    h, w = x.shape[-2:]
+    th, tw = int(size[0]), int(size[1])
+    if (h, w) == (th, tw):
+        return x
+    top, left = (h - th) // 2, (w - tw) // 2
+    return x[..., top:top + th, left:left + tw]
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: UNetConfig, encoder_channels: list[int]):
+        super().__init__()
+        pad = 1 if cfg.padding == "same" else 0
+        deep_to_shallow = encoder_channels[::-1]
+        self.blocks = nn.ModuleList(
+            DecoderBlock(cin, cout, pad, cfg.batch_norm)
+            for cin, cout in zip(deep_to_shallow[:-1], deep_to_shallow[1:])
+        )
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x, skips = features[-1], features[-2::-1]
+        for block, skip in zip(self.blocks, skips):
+            x = block(x, skip)
+        return x
+
+
+class UNet(nn.Module):
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.config = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg, self.encoder.channels)
+        self.head = nn.Conv2d(cfg.base_filters, cfg.num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_size(self.config, x.shape[-2], x.shape[-1])
+        return self.head(self.decoder(self.encoder(x)))
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        return output_size(self.config, height, width)
+
+
+def output_size(cfg: UNetConfig, height: int, width: int) -> tuple[int, int]:
+    """Spatial size of the logits for an input of ``height`` x ``width``."""
+    if cfg.padding == "same":
+        check_input_size(cfg, height, width)
+        return height, width
+    check_input_size(cfg, height, width)
+    return _valid_out(cfg.depth, height), _valid_out(cfg.depth, width)
+
+
+def _valid_out(depth: int, n: int) -> int | None:
+    """Output length of the unpadded U-Net for input length n, or None if n does not fit."""
+    for _ in range(depth):
+        n -= 4
+        if n <= 0 or n % 2:
+            return None
+        n //= 2
+    n -= 4
+    for _ in range(depth):
+        n = 2 * n - 4
+    return n if n > 0 else None
+
+
+def check_input_size(cfg: UNetConfig, height: int, width: int) -> None:
+    """Raise a clear error, naming a size that works, when the depth cannot divide the input."""
+    h, w = int(height), int(width)
+    if cfg.padding == "same":
+        m = 2 ** cfg.depth
+        if h % m or w % m or h < m or w < m:
+            near = (max(m, round(h / m) * m), max(m, round(w / m) * m))
+            raise InvalidInputError(
+                f"input {h}x{w} is not divisible by {m} (depth {cfg.depth}): "
+                f"use --size {near[0]}x{near[1]}")
+    else:
+        if _valid_out(cfg.depth, h) is None or _valid_out(cfg.depth, w) is None:
+            near = (_nearest_valid(cfg.depth, h), _nearest_valid(cfg.depth, w))
+            raise InvalidInputError(
+                f"input {h}x{w} does not fit an unpadded U-Net of depth {cfg.depth}: "
+                f"use --size {near[0]}x{near[1]}")
+
+
+def _nearest_valid(depth: int, n: int) -> int:
+    return min((c for c in range(max(1, n - 64), n + 65) if _valid_out(depth, c)), key=lambda c: abs(c - n))
+
+
+def config_to_dict(cfg: UNetConfig) -> dict:
+    return asdict(cfg)
+
+
+def config_from_dict(d: dict) -> UNetConfig:
+    known = {f.name for f in fields(UNetConfig)}
+    return UNetConfig(**{k: v for k, v in d.items() if k in known})

@@ -1,0 +1,264 @@
+"""Training: train_one_epoch / evaluate / train, in the torchvision-references shape.
+
+Outputs in ``--out``: ``best.pt`` and ``last.pt`` (self-contained checkpoints),
+``log.jsonl`` (one line per epoch), ``split.json``, ``settings.yaml`` and ``curves.png``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from train import distributed
+from train.checkpoint import DEFAULT_NORMALIZE, load_checkpoint, make_checkpoint, save_checkpoint
+from train.classes import CARLA_CLASSES
+from train.distributed import World, all_reduce_sum
+from train.data import FrameSet, class_frequencies, find_pairs, split_by_runs, write_split
+from train.errors import InvalidInputError
+from train.metrics import ConfusionMatrix, class_weights_from_frequencies, pixel_cross_entropy
+from train.model import check_input_size, create_model
+
+log = logging.getLogger("segpipe.train")
+
+DEFAULTS = {
+    "model": "unet_carla",
+    "model_options": {},
+    "input_size": [144, 192],
+    "epochs": 40,
+    "batch_size": 8,
+    "lr": 3e-3,
+    "weight_decay": 1e-4,
+    "class_weights": "inverse_sqrt",   # or "none"
+    "augment": True,
+    "cache_scale": 1.25,               # frames kept this much larger than the model size, for crops
+    "val_every": 5,                    # every 5th run of frames is validation
+    "run_gap": 10,                     # frames closer than this in number belong to one run
+    "seed": 0,
+}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError("--device cuda asked for, but PyTorch sees no CUDA GPU: use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise InvalidInputError(f"--device must be auto, cpu or cuda, not {name!r}")
+    return torch.device(name)
+
+
+def normalizer(normalize: dict, device: torch.device):
+    mean = torch.tensor(normalize["mean"], device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(normalize["std"], device=device).view(1, 3, 1, 1) * 255
+    return lambda images: (images.float() - mean) / std
+
+
+def warmup_cosine(total_steps: int, warmup: float = 0.1):
+    """LR factor per step: linear warm-up, then cosine decay to 2% of the peak.
+
+    Only the step count is saved with the scheduler, so resuming with more epochs stretches the curve."""
+    warm = max(1, int(total_steps * warmup))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
+    return factor
+
+
+def train_one_epoch(model, frames: FrameSet, optimizer, scheduler, cfg: dict, device, normalize, class_weights,
+                    generator, indices: torch.Tensor, world: World, scaler=None, epoch: int = 0) -> dict:
+    """One pass over this rank's share of the training frames; loss averaged over all ranks."""
+    model.train()
+    total = torch.zeros(2, dtype=torch.float64)  # loss sum, frames
+    t0 = time.perf_counter()
+    bar = tqdm(frames.batches(cfg["batch_size"], shuffle=False, augment=cfg["augment"], generator=generator,
+                              indices=indices),
+               total=math.ceil(len(indices) / cfg["batch_size"]), desc=f"epoch {epoch}", unit="batch",
+               leave=False, disable=None if world.is_main else True)
+    for images, masks in bar:
+        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        with torch.autocast(device.type, enabled=scaler is not None):
+            loss = pixel_cross_entropy(model(normalize(images)), masks, class_weights)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        total += torch.tensor([loss.item() * len(images), len(images)], dtype=torch.float64)
+        bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{total[1] / (time.perf_counter() - t0):.1f}")
+    total = all_reduce_sum(total, world, device)
+    return {"train_loss": (total[0] / total[1].clamp(min=1)).item(),
+            "train_img_s": total[1].item() / (time.perf_counter() - t0)}
+
+
+@torch.inference_mode()
+def evaluate(model, frames: FrameSet, device, normalize, num_classes: int, batch_size: int = 16,
+             class_weights=None, world: World = World()) -> tuple[ConfusionMatrix, float]:
+    """Confusion matrix and mean loss over the frames (each rank takes every world.size-th frame)."""
+    model.eval()
+    cm = ConfusionMatrix(num_classes)
+    total = torch.zeros(2, dtype=torch.float64)
+    indices = torch.arange(world.rank, len(frames), world.size)
+    for images, masks in frames.batches(batch_size, shuffle=False, augment=False, indices=indices):
+        images, masks = images.to(device), masks.to(device)
+        logits = model(normalize(images)).float()
+        total += torch.tensor([pixel_cross_entropy(logits, masks, class_weights).item() * len(images),
+                               len(images)], dtype=torch.float64)
+        cm.update(logits.argmax(1), masks)
+    cm.matrix = all_reduce_sum(cm.matrix, world, device)
+    total = all_reduce_sum(total, world, device)
+    return cm, (total[0] / total[1].clamp(min=1)).item()
+
+
+def load_settings(config: str | Path | None, overrides: dict) -> dict:
+    settings = dict(DEFAULTS)
+    if config:
+        path = Path(config)
+        if not path.is_file():
+            raise InvalidInputError(f"config {path} does not exist: pass one of configs/*.yaml")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = loaded.get("train", loaded)
+        unknown = set(loaded) - set(DEFAULTS)
+        if unknown:
+            raise InvalidInputError(f"config {path} has unknown keys {sorted(unknown)}: valid are {sorted(DEFAULTS)}")
+        settings.update(loaded)
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return settings
+
+
+def train(data: str | Path, out: str | Path, config: str | Path | None = None, epochs: int | None = None,
+          device: str = "auto", resume: bool = False, batch_size: int | None = None,
+          max_frames: int | None = None) -> dict:
+    """Train a U-Net on a CARLA folder; returns the best validation metrics.
+
+    Under ``torchrun --nproc_per_node N`` each rank trains on its share of the frames (DDP);
+    only rank 0 logs and writes. ``batch_size`` is per rank."""
+    cfg = load_settings(config, {"epochs": epochs, "batch_size": batch_size})
+    out = Path(out)
+    world, dev = distributed.init(pick_device(device))
+    torch.manual_seed(cfg["seed"])
+    size = tuple(cfg["input_size"])
+    model = create_model(cfg["model"], **cfg["model_options"])
+    check_input_size(model.config, *size)
+    num_classes = model.config.num_classes
+
+    pairs = find_pairs(data)
+    if max_frames:
+        pairs = pairs[:max_frames]
+    train_pairs, val_pairs = split_by_runs(pairs, cfg["val_every"], cfg["run_gap"])
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_split(out / "split.json", train_pairs, val_pairs)
+        (out / "settings.yaml").write_text(yaml.safe_dump(
+            {"train": cfg, "data": str(data), "device": str(dev), "world_size": world.size}))
+        log.info("data: %d train / %d val frames from %s; %d process(es) on %s",
+                 len(train_pairs), len(val_pairs), data, world.size, dev)
+    train_set = FrameSet(train_pairs, size, scale=cfg["cache_scale"] if cfg["augment"] else 1.0,
+                         num_classes=num_classes)
+    val_set = FrameSet(val_pairs, size, num_classes=num_classes)
+
+    weights = None
+    if cfg["class_weights"] == "inverse_sqrt":
+        weights = class_weights_from_frequencies(class_frequencies(train_set.masks, num_classes)).to(dev)
+    elif cfg["class_weights"] != "none":
+        raise InvalidInputError(f"class_weights must be 'inverse_sqrt' or 'none', not {cfg['class_weights']!r}")
+
+    model.to(dev)
+    if dev.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    sampler = DistributedSampler(range(len(train_set)), num_replicas=world.size, rank=world.rank,
+                                 shuffle=True, seed=cfg["seed"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    steps = cfg["epochs"] * math.ceil(len(sampler) / cfg["batch_size"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
+    scaler = torch.amp.GradScaler("cuda") if dev.type == "cuda" else None
+    normalize = normalizer(DEFAULT_NORMALIZE, dev)
+    generator = torch.Generator()
+
+    start_epoch, best = 0, {"miou": -1.0}
+    if resume and (out / "last.pt").exists():
+        state = load_checkpoint(out / "last.pt")
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best = state["epoch"] + 1, state.get("best", best)
+        if world.is_main:
+            log.info("resumed from %s at epoch %d", out / "last.pt", start_epoch)
+    net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None) \
+        if world.distributed else model
+
+    history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()] \
+        if resume and (out / "log.jsonl").exists() else []
+    history = [h for h in history if h["epoch"] < start_epoch]
+    for epoch in range(start_epoch, cfg["epochs"]):
+        t0 = time.perf_counter()
+        sampler.set_epoch(epoch)
+        generator.manual_seed(cfg["seed"] + 1000 * epoch + world.rank)  # augmentation differs per rank
+        indices = torch.tensor(list(sampler))
+        stats = train_one_epoch(net, train_set, optimizer, scheduler, cfg, dev, normalize, weights, generator,
+                                indices, world, scaler, epoch)
+        cm, val_loss = evaluate(model, val_set, dev, normalize, num_classes, class_weights=weights, world=world)
+        metrics = cm.summary(CARLA_CLASSES)
+        is_best = metrics["miou"] > best["miou"]
+        if is_best:
+            best = {"epoch": epoch, **metrics}
+        if not world.is_main:
+            continue
+        row = {"epoch": epoch, **stats, "val_loss": val_loss, "miou": metrics["miou"],
+               "pixel_accuracy": metrics["pixel_accuracy"], "lr": scheduler.get_last_lr()[0],
+               "epoch_s": time.perf_counter() - t0}
+        history.append(row)
+        (out / "log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+        ckpt = make_checkpoint(model, cfg["model"], size, epoch=epoch, metrics=metrics, best=best,
+                               settings=cfg, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
+        save_checkpoint(ckpt, out / "last.pt")
+        if is_best:
+            save_checkpoint(ckpt, out / "best.pt")
+        tqdm.write(f"epoch {epoch}: loss {stats['train_loss']:.3f} val_loss {val_loss:.3f} "
+                   f"pixel_acc {metrics['pixel_accuracy']:.3f} mIoU {metrics['miou']:.3f} "
+                   f"({row['epoch_s']:.0f}s){' *' if is_best else ''}")
+        plot_curves(history, out / "curves.png")
+    distributed.shutdown(world)
+    return best
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [h["train_loss"] for h in history], label="train")
+    ax1.plot(epochs, [h["val_loss"] for h in history], label="val")
+    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax1.legend()
+    ax2.plot(epochs, [h["pixel_accuracy"] for h in history], label="pixel accuracy")
+    ax2.plot(epochs, [h["miou"] for h in history], label="mIoU")
+    ax2.set(xlabel="epoch", ylim=(0, 1), title="validation")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def slim_checkpoint(src: str | Path, dst: str | Path) -> None:
+    """Drop optimizer and scheduler state: what ships is only what inference needs."""
+    ckpt = load_checkpoint(src)
+    for key in ("optimizer", "scheduler"):
+        ckpt.pop(key, None)
+    save_checkpoint(ckpt, dst)
