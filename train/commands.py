@@ -11,7 +11,8 @@ def register(sub, formatter) -> None:
                        epilog="examples:\n"
                               "  segpipe train --config configs/unet_carla.yaml --data ../shared/carla\n"
                               "  segpipe train --config configs/unet_seed.yaml --data DIR --out runs/seed --epochs 60\n"
-                              "  segpipe train --config configs/unet_carla.yaml --data DIR --out runs/x --resume")
+                              "  segpipe train --config configs/unet_carla.yaml --data DIR --out runs/x --resume\n"
+                              "  segpipe train --config configs/unet_carla.yaml --data MYDATA --init train/weights/unet_carla.pt")
     p.add_argument("--config", default="configs/unet_carla.yaml", help="training settings (YAML)")
     p.add_argument("--data", required=True, help="CARLA folder with CameraRGB/ and CameraMask/")
     p.add_argument("--out", default="runs/train", help="folder for checkpoints, logs and curves")
@@ -19,6 +20,7 @@ def register(sub, formatter) -> None:
     p.add_argument("--batch-size", type=int, help="override the config's batch size")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--init", help="start from this checkpoint's weights (fine-tuning; same model)")
     p.add_argument("--max-frames", type=int, help="use only the first N frames (quick checks)")
     p.set_defaults(func=run_train)
 
@@ -41,7 +43,8 @@ def run_train(args) -> int:
     from train.trainer import train
 
     best = train(args.data, args.out, config=args.config, epochs=args.epochs, device=args.device,
-                 resume=args.resume, batch_size=args.batch_size, max_frames=args.max_frames)
+                 resume=args.resume, batch_size=args.batch_size, max_frames=args.max_frames,
+                 init=args.init)
     print(f"best epoch {best.get('epoch')}: pixel accuracy {best['pixel_accuracy']:.3f}, "
           f"mIoU {best['miou']:.3f}; checkpoints in {Path(args.out)}")
     return 0

@@ -18,7 +18,7 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from train import distributed
-from train.checkpoint import DEFAULT_NORMALIZE, load_checkpoint, make_checkpoint, save_checkpoint
+from train.checkpoint import DEFAULT_NORMALIZE, load_checkpoint, load_model, make_checkpoint, save_checkpoint
 from train.classes import CARLA_CLASSES
 from train.distributed import World, all_reduce_sum
 from train.data import FrameSet, class_frequencies, find_pairs, split_by_runs, write_split
@@ -42,6 +42,7 @@ DEFAULTS = {
     "val_every": 5,                    # every 5th run of frames is validation
     "run_gap": 10,                     # frames closer than this in number belong to one run
     "seed": 0,
+    "init_weights": None,              # start from this checkpoint's weights (fine-tuning)
 }
 
 
@@ -142,12 +143,13 @@ def load_settings(config: str | Path | None, overrides: dict) -> dict:
 
 def train(data: str | Path, out: str | Path, config: str | Path | None = None, epochs: int | None = None,
           device: str = "auto", resume: bool = False, batch_size: int | None = None,
-          max_frames: int | None = None) -> dict:
+          max_frames: int | None = None, init: str | Path | None = None) -> dict:
     """Train a U-Net on a CARLA folder; returns the best validation metrics.
 
     Under ``torchrun --nproc_per_node N`` each rank trains on its share of the frames (DDP);
     only rank 0 logs and writes. ``batch_size`` is per rank."""
-    cfg = load_settings(config, {"epochs": epochs, "batch_size": batch_size})
+    cfg = load_settings(config, {"epochs": epochs, "batch_size": batch_size,
+                                 "init_weights": str(init) if init else None})
     out = Path(out)
     world, dev = distributed.init(pick_device(device))
     torch.manual_seed(cfg["seed"])
@@ -177,6 +179,12 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
     elif cfg["class_weights"] != "none":
         raise InvalidInputError(f"class_weights must be 'inverse_sqrt' or 'none', not {cfg['class_weights']!r}")
 
+    if cfg["init_weights"]:
+        init, _ = load_model(cfg["init_weights"])
+        if init.config != model.config:
+            raise InvalidInputError(f"--init {cfg['init_weights']} is a {init.config} but the config builds a "
+                                    f"{model.config}: use a checkpoint of the same model")
+        model.load_state_dict(init.state_dict())
     model.to(dev)
     if dev.type == "cuda":
         model.to(memory_format=torch.channels_last)

@@ -6,7 +6,7 @@ import yaml
 
 from pipeline.cli import main
 from train.checkpoint import load_checkpoint, load_model, make_checkpoint, save_checkpoint
-from train.errors import CheckpointError, InputNotFoundError
+from train.errors import CheckpointError, InputNotFoundError, InvalidInputError
 from train.evaluate import evaluate_checkpoint
 from train.model import create_model
 from train.trainer import train
@@ -116,3 +116,15 @@ def test_cli_user_errors_are_one_line(carla_dir, capsys):
     assert err.count("\n") == 0 and "does not exist" in err and "Traceback" not in err
     assert main(["train", "--data", str(carla_dir), "--config", "/nonexistent.yaml"]) == 2
     assert "config /nonexistent.yaml does not exist" in capsys.readouterr().err
+
+
+def test_init_fine_tunes_from_a_checkpoint(carla_dir, tiny_config, tmp_path):
+    start = tmp_path / "start.pt"
+    model = create_model("unet_tiny")
+    save_checkpoint(make_checkpoint(model, "unet_tiny", (48, 64)), start)
+    train(carla_dir, tmp_path / "ft", config=tiny_config, epochs=1, init=start)
+    assert (tmp_path / "ft" / "best.pt").is_file()
+    other = tmp_path / "other.pt"
+    save_checkpoint(make_checkpoint(create_model("unet_seed"), "unet_seed", (48, 64)), other)
+    with pytest.raises(InvalidInputError, match="use a checkpoint of the same model"):
+        train(carla_dir, tmp_path / "bad", config=tiny_config, epochs=1, init=other)
