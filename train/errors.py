@@ -38,3 +38,8 @@ class MediaError(SegpipeError, RuntimeError):
 class PartialInputError(MediaError):
     """The input ended early: what decoded was processed, the rest is missing."""
     exit_code = 3
+
+
+class ExportError(SegpipeError, RuntimeError):
+    """An exported model failed its check against PyTorch."""
+    exit_code = 1

@@ -1,0 +1,75 @@
+"""The one interface every inference backend offers the pipeline.
+
+    labels = backend(frames)   # uint8 (N, 3, H, W) RGB on backend.device -> uint8 (N, H, W) class ids
+
+Subclasses implement ``_run``; ``__call__`` validates the batch first (cheap attribute checks,
+no copies) so a wrong input fails with one line saying how to fix it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from train.errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a backend needs to know about the checkpoint it runs."""
+    name: str                       # model variant, e.g. "unet_carla"
+    weights: str                    # checkpoint path
+    sha256: str                     # of the checkpoint file
+    input_size: tuple[int, int]     # (H, W) the backend runs at
+    output_size: tuple[int, int]    # (H', W') of the labels (== input_size with same padding)
+    normalize: dict
+    class_names: list = field(default_factory=list)
+    palette: np.ndarray | None = None
+
+
+class Backend:
+    name = "backend"
+
+    def __init__(self, info: ModelInfo, device: torch.device, precision: str, max_batch: int, min_batch: int = 1):
+        if not 1 <= min_batch <= max_batch:
+            raise InvalidInputError(f"batch range {min_batch}..{max_batch} is empty: use --max-batch >= {min_batch}")
+        self.info = info
+        self.device = torch.device(device)
+        self.precision = precision
+        self.input_size = tuple(info.input_size)
+        self.output_size = tuple(info.output_size)
+        self.min_batch, self.max_batch = int(min_batch), int(max_batch)
+        self.class_names = list(info.class_names)
+        self.palette = info.palette
+        self.reason = ""            # why engine.load picked this backend (for logs and bench rows)
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        self.check(frames)
+        return self._run(frames)
+
+    def _run(self, frames: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check(self, frames: torch.Tensor) -> None:
+        if not isinstance(frames, torch.Tensor):
+            raise InvalidInputError(f"{self.name} takes a torch.uint8 tensor (N, 3, H, W), not {type(frames).__name__}")
+        if frames.dtype != torch.uint8:
+            raise InvalidInputError(f"{self.name} takes uint8 RGB frames, not {frames.dtype}: "
+                                    f"pass the decoded pixels without normalising them")
+        h, w = self.input_size
+        if frames.dim() != 4 or frames.shape[1] != 3 or tuple(frames.shape[2:]) != (h, w):
+            raise InvalidInputError(f"{self.name} expects frames of shape (N, 3, {h}, {w}), got {tuple(frames.shape)}: "
+                                    f"resize to {h}x{w} (or load the engine with input_size=...)")
+        n = frames.shape[0]
+        if not self.min_batch <= n <= self.max_batch:
+            raise InvalidInputError(f"batch of {n} is outside this engine's range {self.min_batch}..{self.max_batch}: "
+                                    f"split the batch or load with max_batch={max(n, self.max_batch)}")
+        if frames.device != self.device:
+            raise InvalidInputError(f"frames are on {frames.device} but {self.name} runs on {self.device}: "
+                                    f"move them with frames.to(backend.device)")
+
+    def __repr__(self) -> str:
+        h, w = self.input_size
+        return (f"{type(self).__name__}(name={self.name!r}, device={str(self.device)!r}, precision={self.precision!r}, "
+                f"input_size={h}x{w}, batch={self.min_batch}..{self.max_batch})")

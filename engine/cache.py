@@ -1,0 +1,154 @@
+"""On-disk cache of built artefacts (TensorRT engines, ONNX exports, CPU backend choices).
+
+Each entry is two files in ``cache_dir()``::
+
+    <kind>-<digest><suffix>   the artefact (engine plan, .onnx, ...)
+    <kind>-<digest>.key.json  {"kind", "key", "artifact", "sha256", "bytes", "created", ...}
+
+``digest`` hashes the key, so any change of a key field (ONNX hash, TensorRT version, GPU,
+precision, size, batch range, ...) names a different entry and triggers a build; nothing else
+does. Before use, an entry is verified against its sidecar: the stored key must equal the
+wanted key and the artefact's SHA-256 must match, so a truncated or hand-copied file is
+rebuilt instead of being loaded. Everything here is pure file logic (no GPU needed).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("segpipe.engine")
+
+DEFAULT_CACHE = Path("~/.cache/segpipe/engines")
+KEY_SUFFIX = ".key.json"
+
+
+def cache_dir() -> Path:
+    """``$SEGPIPE_CACHE`` if set, else ``~/.cache/segpipe/engines``."""
+    return Path(os.environ.get("SEGPIPE_CACHE") or DEFAULT_CACHE).expanduser()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def key_digest(key: dict) -> str:
+    """Stable short hash of a key dict (order-independent, JSON types only)."""
+    canon = json.dumps(key, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()[:20]
+
+
+def engine_key(*, onnx_sha256: str, trt_version: str, gpu_name: str, compute_capability: tuple[int, int] | str,
+               precision: str, input_size: tuple[int, int], batch_range: tuple[int, int],
+               builder: str = "tensorrt") -> dict:
+    """The identity of a TensorRT engine: change any field and the engine is rebuilt."""
+    cc = compute_capability if isinstance(compute_capability, str) else f"{compute_capability[0]}.{compute_capability[1]}"
+    return {
+        "kind": "engine",
+        "builder": builder,
+        "onnx_sha256": onnx_sha256,
+        "trt_version": str(trt_version),
+        "gpu": str(gpu_name),
+        "compute_capability": cc,
+        "precision": precision,
+        "input_size": [int(input_size[0]), int(input_size[1])],
+        "batch_range": [int(batch_range[0]), int(batch_range[1])],
+    }
+
+
+@dataclass
+class Lookup:
+    """Result of a cache lookup: ``path`` is set on a verified hit, ``reason`` says why not otherwise."""
+    path: Path | None
+    meta_path: Path
+    reason: str
+
+    @property
+    def hit(self) -> bool:
+        return self.path is not None
+
+
+def _paths(key: dict, suffix: str, root: Path | None) -> tuple[Path, Path]:
+    root = root or cache_dir()
+    stem = f"{key.get('kind', 'entry')}-{key_digest(key)}"
+    return root / f"{stem}{suffix}", root / f"{stem}{KEY_SUFFIX}"
+
+
+def lookup(key: dict, suffix: str, root: Path | None = None) -> Lookup:
+    """Find the artefact for ``key`` and verify it; never raises for a bad entry (it is a miss)."""
+    artifact, meta_path = _paths(key, suffix, root)
+    if not meta_path.exists():
+        return Lookup(None, meta_path, "no cached entry for this key")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return Lookup(None, meta_path, f"{meta_path.name} is unreadable")
+    if meta.get("key") != key:
+        return Lookup(None, meta_path, f"{meta_path.name} was written for a different key")
+    if not artifact.exists():
+        return Lookup(None, meta_path, f"{artifact.name} is missing")
+    if artifact.stat().st_size != meta.get("bytes") or file_sha256(artifact) != meta.get("sha256"):
+        return Lookup(None, meta_path, f"{artifact.name} does not match its recorded SHA-256 (truncated or replaced)")
+    return Lookup(artifact, meta_path, "verified")
+
+
+def store(key: dict, data: bytes, suffix: str, root: Path | None = None, **meta) -> Path:
+    """Write artefact then sidecar, each atomically, so a crash never leaves a verifiable half entry."""
+    artifact, meta_path = _paths(key, suffix, root)
+    artifact.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(artifact, data)
+    record = {"kind": key.get("kind"), "key": key, "artifact": artifact.name, "sha256": hashlib.sha256(data).hexdigest(),
+              "bytes": len(data), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta}
+    _atomic_write(meta_path, json.dumps(record, indent=2, sort_keys=True).encode())
+    return artifact
+
+
+def read_meta(lookup_result: Lookup) -> dict:
+    return json.loads(lookup_result.meta_path.read_text())
+
+
+def entries(root: Path | None = None) -> list[dict]:
+    """Every entry in the cache with its key, newest first; ``ok`` is False for a damaged one."""
+    root = root or cache_dir()
+    rows = []
+    for meta_path in sorted(root.glob(f"*{KEY_SUFFIX}")) if root.is_dir() else []:
+        try:
+            meta = json.loads(meta_path.read_text())
+            key = meta["key"]
+        except (OSError, ValueError, KeyError, TypeError):
+            rows.append({"file": meta_path.name, "ok": False, "reason": "unreadable sidecar", "key": {}})
+            continue
+        suffix = Path(meta.get("artifact", "")).suffix
+        check = lookup(key, suffix, root)
+        rows.append({**meta, "file": meta.get("artifact", meta_path.name), "ok": check.hit, "reason": check.reason})
+    rows.sort(key=lambda r: r.get("created", ""), reverse=True)
+    return rows
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def clear(root: Path | None = None) -> int:
+    """Delete every entry (artefact and sidecar) and the TensorRT timing caches; returns the number of files removed."""
+    root = root or cache_dir()
+    if not root.is_dir():
+        return 0
+    doomed = set(root.glob(f"*{KEY_SUFFIX}")) | set(root.glob("timing-*.cache"))
+    for meta_path in list(doomed):
+        stem = meta_path.name[: -len(KEY_SUFFIX)] if meta_path.name.endswith(KEY_SUFFIX) else None
+        if stem:
+            doomed |= {p for p in root.glob(f"{stem}.*")}
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return len(doomed)

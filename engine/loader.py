@@ -1,0 +1,248 @@
+"""``engine.load``: pick and build the fastest correct backend for a checkpoint on this machine.
+
+auto order: TensorRT FP16 (tensorrt importable and CUDA present) -> PyTorch CUDA FP16 -> the faster
+of torch-cpu and onnxruntime for this model, size and thread count (measured once, then cached).
+Every FP16 backend passes a parity gate against the FP32 model on real CARLA frames or falls back
+to FP32 loudly. The choice and the reason are logged on ``segpipe.engine``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine import cache
+from engine.backend import Backend, ModelInfo
+from engine.frames import label_agreement, sample_frames
+from engine.fused import fused_segmenter
+from train.checkpoint import load_model, resolve_weights
+from train.errors import BackendUnavailableError, InvalidInputError
+from train.model import check_input_size, output_size
+
+log = logging.getLogger("segpipe.engine")
+
+BACKENDS = ("auto", "tensorrt", "torch-tensorrt", "torch-cuda", "cpu", "torch-cpu", "onnxruntime")
+CPU_BACKENDS = ("cpu", "torch-cpu", "onnxruntime")
+PRECISIONS = ("fp16", "fp32")
+FP16_MIN_AGREEMENT = 0.995  # FP16 labels vs FP32 labels on the shipped CARLA frames
+TRT_INSTALL_HINT = "pip install 'segpipe[trt]' on a machine with an NVIDIA GPU"
+
+
+def parse_size(size) -> tuple[int, int] | None:
+    """``"144x192"``, ``(144, 192)`` or None -> (H, W)."""
+    if size is None:
+        return None
+    if isinstance(size, str):
+        try:
+            h, w = (int(v) for v in size.lower().split("x"))
+        except ValueError:
+            raise InvalidInputError(f"size {size!r} is not HxW: write it like 144x192") from None
+        return h, w
+    h, w = size
+    return int(h), int(w)
+
+
+def tensorrt_available() -> bool:
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def torch_tensorrt_available() -> bool:
+    return importlib.util.find_spec("torch_tensorrt") is not None
+
+
+def resolve_device(device, backend: str) -> torch.device:
+    if device is None or device == "auto":
+        cuda = torch.cuda.is_available() and backend not in CPU_BACKENDS
+        return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidInputError(f"device {device!r} is not a device: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError(f"device {dev} was asked for but this torch ({torch.__version__}) sees no CUDA GPU: "
+                                          f"use --device cpu, or install a CUDA build of torch")
+        if backend in CPU_BACKENDS:
+            raise InvalidInputError(f"backend {backend} runs on the CPU, not {dev}: drop --device or pick --backend auto")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    elif dev.type != "cpu":
+        raise InvalidInputError(f"device {dev} is not supported: use cpu or cuda[:N]")
+    return dev
+
+
+def model_info(weights, ckpt: dict, model, input_size) -> ModelInfo:
+    size = parse_size(input_size) or tuple(ckpt["input_size"])
+    check_input_size(model.config, *size)  # raises InvalidInputError naming a size that works
+    path = resolve_weights(weights)
+    return ModelInfo(name=ckpt["model"], weights=str(path), sha256=cache.file_sha256(path), input_size=size,
+                     output_size=output_size(model.config, *size), normalize=dict(ckpt["normalize"]),
+                     class_names=list(ckpt["class_names"]),
+                     palette=np.asarray(ckpt["palette"], dtype=np.uint8).reshape(-1, 3))
+
+
+def load(weights=None, backend: str = "auto", precision: str = "fp16", device=None, max_batch: int = 8,
+         input_size=None, *, rebuild: bool = False) -> Backend:
+    """Load a checkpoint (the shipped default when ``weights`` is None) as the fastest correct backend.
+
+    ``rebuild`` ignores cached artefacts for this key (TensorRT engine, CPU backend race) and makes them anew.
+    """
+    if backend not in BACKENDS:
+        raise InvalidInputError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise InvalidInputError(f"unknown precision {precision!r}: choose fp16 or fp32")
+    if int(max_batch) < 1:
+        raise InvalidInputError(f"max_batch must be at least 1, not {max_batch}")
+    max_batch = int(max_batch)
+    if backend in ("tensorrt", "torch-tensorrt"):
+        _require_tensorrt(backend)
+    model, ckpt = load_model(weights)
+    info = model_info(weights, ckpt, model, input_size)
+    dev = resolve_device(device, backend)
+
+    if backend == "auto":
+        if dev.type == "cuda":
+            if tensorrt_available():
+                try:
+                    return _announce(_build_gpu("tensorrt", model, info, dev, precision, max_batch, rebuild),
+                                     "tensorrt is importable and CUDA is present")
+                except Exception as e:  # auto must still give the pipeline a GPU backend; the cause is logged
+                    log.warning("TensorRT failed (%s: %s): falling back to PyTorch CUDA", type(e).__name__, e)
+                    why = f"TensorRT failed: {e}"
+            else:
+                why = f"tensorrt is not installed ({TRT_INSTALL_HINT} for the fastest backend)"
+            return _announce(_build_gpu("torch-cuda", model, info, dev, precision, max_batch, rebuild), why)
+        backend = "cpu"
+    if dev.type == "cpu" and backend not in CPU_BACKENDS:
+        raise BackendUnavailableError(f"backend {backend} needs a CUDA GPU and none is visible: "
+                                      f"use --backend auto (picks the fastest CPU backend)")
+    if backend in CPU_BACKENDS:
+        if precision == "fp16":
+            log.debug("CPU backends run FP32 (FP16 was asked; CPUs here gain nothing from it)")
+        if backend == "cpu":
+            return _announce(*_fastest_cpu(model, info, max_batch, rebuild))
+        return _announce(_build_cpu(backend, model, info, max_batch), f"--backend {backend} was asked for")
+    return _announce(_build_gpu(backend, model, info, dev, precision, max_batch, rebuild),
+                     f"--backend {backend} was asked for")
+
+
+def _announce(backend: Backend, why: str) -> Backend:
+    backend.reason = why
+    h, w = backend.input_size
+    log.info("inference: %s %s on %s at %dx%d, batch %d..%d: %s", backend.name, backend.precision, _device_name(backend.device),
+             h, w, backend.min_batch, backend.max_batch, why)
+    return backend
+
+
+def _device_name(dev: torch.device) -> str:
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+
+
+def _require_tensorrt(backend: str) -> None:
+    if not tensorrt_available():
+        raise BackendUnavailableError(f"--backend {backend} needs TensorRT, which is not installed: {TRT_INSTALL_HINT}")
+    if backend == "torch-tensorrt" and not torch_tensorrt_available():
+        raise BackendUnavailableError(f"--backend torch-tensorrt needs torch-tensorrt, which is not installed: "
+                                      f"{TRT_INSTALL_HINT}, or use --backend tensorrt")
+
+
+# ---------------------------------------------------------------- CPU
+
+def _build_cpu(name: str, model, info: ModelInfo, max_batch: int) -> Backend:
+    if name == "torch-cpu":
+        from engine.torch_backend import TorchCPUBackend
+        return TorchCPUBackend(model, info, max_batch)
+    from engine.onnx_export import cached_onnx
+    from engine.onnxruntime_backend import OnnxRuntimeBackend
+    onnx_path = cached_onnx(fused_segmenter(model, info.normalize), info.sha256, info.input_size)
+    return OnnxRuntimeBackend(onnx_path, info, max_batch)
+
+
+def cpu_choice_key(info: ModelInfo, threads: int, batch: int) -> dict:
+    import onnxruntime
+    return {"kind": "cpu-choice", "checkpoint_sha256": info.sha256, "input_size": list(info.input_size),
+            "threads": threads, "batch": batch, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def _fastest_cpu(model, info: ModelInfo, max_batch: int, rebuild: bool = False) -> tuple[Backend, str]:
+    """Measure torch-cpu against onnxruntime once per (model, size, threads, batch, versions); cache the verdict."""
+    from engine.onnxruntime_backend import cpu_threads
+    batch = min(4, max_batch)
+    key = cpu_choice_key(info, cpu_threads(), batch)
+    hit = cache.lookup(key, ".json")
+    if hit.hit and not rebuild:
+        verdict = json.loads(hit.path.read_text())
+        ms = verdict["ms_per_frame"]
+        why = (f"faster on this CPU ({ms['torch-cpu']:.2f} vs {ms['onnxruntime']:.2f} ms/frame for torch-cpu vs "
+               f"onnxruntime at batch {batch}, measured {verdict['measured']}, cached)")
+        return _build_cpu(verdict["winner"], model, info, max_batch), why
+    candidates = {name: _build_cpu(name, model, info, max_batch) for name in ("torch-cpu", "onnxruntime")}
+    ms = _race(candidates, sample_frames(info.input_size, batch))
+    winner = min(ms, key=ms.get)
+    cache.store(key, json.dumps({"winner": winner, "ms_per_frame": ms,
+                                 "measured": time.strftime("%Y-%m-%d %H:%M")}).encode(), ".json")
+    why = (f"faster on this CPU ({ms['torch-cpu']:.2f} vs {ms['onnxruntime']:.2f} ms/frame for torch-cpu vs "
+           f"onnxruntime at batch {batch}, {cpu_threads()} threads; measured now, cached)")
+    return candidates[winner], why
+
+
+def _race(candidates: dict[str, Backend], frames: torch.Tensor, rounds: int = 5, budget_s: float = 2.0) -> dict[str, float]:
+    """Median ms/frame of each backend, interleaved so background load hits both alike."""
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for b in candidates.values():
+        b(frames)  # warm-up
+    start = time.perf_counter()
+    for i in range(rounds):
+        for name, b in candidates.items():
+            t0 = time.perf_counter()
+            b(frames)
+            times[name].append((time.perf_counter() - t0) * 1e3 / len(frames))
+        if i >= 1 and time.perf_counter() - start > budget_s:
+            break
+    return {name: round(statistics.median(t), 3) for name, t in times.items()}
+
+
+# ---------------------------------------------------------------- GPU
+
+def _build_gpu(name: str, model, info: ModelInfo, dev: torch.device, precision: str, max_batch: int,
+               rebuild: bool = False) -> Backend:
+    """Build a GPU backend; an FP16 one must pass the parity gate, else it is rebuilt in FP32 (loudly)."""
+    backend = _make_gpu(name, model, info, dev, precision, max_batch, rebuild)
+    if precision != "fp16":
+        return backend
+    agree = fp16_agreement(backend, model, info)
+    if agree >= FP16_MIN_AGREEMENT:
+        log.info("FP16 parity: %s labels agree with FP32 on %.3f%% of pixels (>= %.1f%% needed)",
+                 name, 100 * agree, 100 * FP16_MIN_AGREEMENT)
+        return backend
+    log.warning("FP16 PARITY FAILED: %s FP16 labels agree with FP32 on only %.3f%% of pixels (< %.1f%%): "
+                "falling back to FP32, which is slower", name, 100 * agree, 100 * FP16_MIN_AGREEMENT)
+    del backend
+    return _make_gpu(name, model, info, dev, "fp32", max_batch, rebuild)
+
+
+def _make_gpu(name: str, model, info: ModelInfo, dev: torch.device, precision: str, max_batch: int,
+              rebuild: bool = False) -> Backend:
+    if name == "torch-cuda":
+        from engine.torch_backend import TorchCUDABackend
+        backend = TorchCUDABackend(model, info, dev, precision, max_batch)
+        backend.warmup()
+        return backend
+    from engine import tensorrt as trt_engine
+    return trt_engine.load_backend(name, model, info, dev, precision, max_batch, force=rebuild)
+
+
+def fp16_agreement(backend: Backend, model, info: ModelInfo) -> float:
+    """Label agreement of ``backend`` with the unfused FP32 PyTorch model on the shipped CARLA frames."""
+    n = max(backend.min_batch, min(4, backend.max_batch))
+    frames = sample_frames(info.input_size, n).to(backend.device)
+    reference = fused_segmenter(model, info.normalize, fold_bn=False).to(backend.device)
+    with torch.inference_mode():
+        want = reference(frames)
+    return label_agreement(backend(frames), want)

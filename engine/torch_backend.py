@@ -1,0 +1,95 @@
+"""PyTorch backends: CPU (FP32, channels_last) and CUDA (FP16, channels_last, CUDA graphs)."""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from engine.backend import Backend, ModelInfo
+from engine.fused import fused_segmenter
+
+log = logging.getLogger("segpipe.engine")
+
+
+# The backends run under no_grad rather than inference_mode: labels from every backend are then ordinary
+# tensors the caller may modify in place (an inference tensor refuses that outside inference_mode), and
+# for ~50 kernel launches per call the difference in overhead is not measurable.
+
+
+class TorchCPUBackend(Backend):
+    """FP32 on the CPU: BatchNorm folded, channels_last, no autograd."""
+    name = "torch-cpu"
+
+    def __init__(self, model: nn.Module, info: ModelInfo, max_batch: int = 8):
+        super().__init__(info, torch.device("cpu"), "fp32", max_batch)
+        self.net = fused_segmenter(model, info.normalize).to(memory_format=torch.channels_last)
+
+    def _run(self, frames: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            # the uint8 copy into NHWC is 3 bytes/pixel; every conv after it then runs in oneDNN's native layout
+            return self.net(frames.contiguous(memory_format=torch.channels_last))
+
+
+class TorchCUDABackend(Backend):
+    """CUDA: FP16 (or FP32) weights and activations, channels_last, one CUDA graph per batch size.
+
+    Each graph owns a static uint8 input and a static uint8 output. A call copies the frames into the
+    static input (device to device, converting to channels_last on the way), replays the graph on the
+    current stream and returns a clone of the static output, so the caller's labels are never
+    overwritten by the next call. ``mode="compile"`` runs the net through torch.compile (inductor)
+    before capture; ``mode="eager"`` skips graphs (reference for tests).
+    """
+    name = "torch-cuda"
+    MODES = ("graphs", "compile", "eager")
+
+    def __init__(self, model: nn.Module, info: ModelInfo, device: torch.device, precision: str = "fp16",
+                 max_batch: int = 8, mode: str = "graphs"):
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, not {mode!r}")
+        super().__init__(info, device, precision, max_batch)
+        torch.backends.cudnn.benchmark = True  # fixed shapes per graph: let cuDNN pick the fastest kernels once
+        net = fused_segmenter(model, info.normalize)
+        if precision == "fp16":
+            net.model.half()  # normalisation buffers stay FP32 (see FusedSegmenter)
+        self.net = net.to(self.device, memory_format=torch.channels_last)
+        self.mode = mode
+        self._fn = torch.compile(self.net, dynamic=False, mode="max-autotune-no-cudagraphs") if mode == "compile" \
+            else self.net
+        self._graphs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.cuda.CUDAGraph]] = {}
+
+    def warmup(self, batches=None) -> None:
+        """Capture the graphs for ``batches`` now (default: min and max batch) instead of on first use."""
+        for n in batches or sorted({self.min_batch, self.max_batch}):
+            self._graph(n)
+
+    def _graph(self, n: int):
+        entry = self._graphs.get(n)
+        if entry is not None:
+            return entry
+        h, w = self.input_size
+        with torch.cuda.device(self.device), torch.no_grad():
+            static_in = torch.zeros((n, 3, h, w), dtype=torch.uint8, device=self.device)
+            static_in = static_in.contiguous(memory_format=torch.channels_last)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(3):  # cuDNN autotuning, inductor compilation, lazy inits: all before capture
+                    self._fn(static_in)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: a decoder thread's CUDA calls during a lazy capture must not invalidate it
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                static_out = self._fn(static_in)
+        log.debug("torch-cuda: captured a CUDA graph for batch %d", n)
+        self._graphs[n] = entry = (static_in, static_out, graph)
+        return entry
+
+    def _run(self, frames: torch.Tensor) -> torch.Tensor:
+        if self.mode == "eager":
+            with torch.no_grad():
+                return self.net(frames.contiguous(memory_format=torch.channels_last))
+        static_in, static_out, graph = self._graph(frames.shape[0])
+        static_in.copy_(frames)
+        graph.replay()
+        return static_out.clone()

@@ -1,0 +1,78 @@
+"""Every CPU backend offers the same interface and the same labels as the PyTorch FP32 model on real CARLA frames."""
+import numpy as np
+import pytest
+import torch
+
+import engine
+from engine.frames import label_agreement, sample_frames
+from train.checkpoint import load_model
+from train.errors import InvalidInputError
+from train.trainer import normalizer
+
+CPU_BACKENDS = ["torch-cpu", "onnxruntime", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The shipped checkpoint run the way training evaluates it: unfused, FP32, NCHW."""
+    model, ckpt = load_model()
+    norm = normalizer(ckpt["normalize"], torch.device("cpu"))
+    frames = sample_frames(ckpt["input_size"])  # the 4 shipped CARLA frames, from 4 drives
+    with torch.inference_mode():
+        labels = model(norm(frames)).argmax(1).to(torch.uint8)
+    return ckpt, frames, labels
+
+
+@pytest.fixture(scope="module", params=CPU_BACKENDS)
+def backend(request):
+    return engine.load(backend=request.param, max_batch=4)
+
+
+def test_attributes(backend, reference):
+    ckpt, _, _ = reference
+    assert backend.name in ("torch-cpu", "onnxruntime")
+    assert backend.device == torch.device("cpu") and backend.precision == "fp32"  # fp16 asked, CPU runs fp32
+    assert backend.input_size == tuple(ckpt["input_size"])
+    assert (backend.min_batch, backend.max_batch) == (1, 4)
+    assert backend.class_names == ckpt["class_names"] and len(backend.class_names) == 23
+    assert backend.palette.dtype == np.uint8 and backend.palette.shape == (23, 3)
+    assert backend.reason
+
+
+def test_same_labels_as_pytorch_fp32(backend, reference):
+    _, frames, want = reference
+    got = backend(frames)
+    assert got.dtype == torch.uint8 and got.shape == want.shape and got.device == backend.device
+    assert label_agreement(got, want) >= 0.999
+    for n in (1, 3):  # every batch size in range, not just the one tried first
+        assert label_agreement(backend(frames[:n].contiguous()), want[:n]) >= 0.999
+
+
+def test_output_is_not_aliased_and_is_ours(backend, reference):
+    _, frames, _ = reference
+    first = backend(frames[:1].contiguous())
+    keep = first.clone()
+    backend(frames[1:2].contiguous())
+    assert torch.equal(first, keep)
+    first[0, 0, 0] = 0  # an ordinary tensor: the caller may draw into it (an inference tensor would refuse)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda f: f.float(), "takes uint8 RGB frames, not torch.float32"),
+    (lambda f: f[:, :, :-16], r"expects frames of shape \(N, 3, 144, 192\), got \(4, 3, 128, 192\): resize to 144x192"),
+    (lambda f: f[:, :2], r"expects frames of shape \(N, 3, 144, 192\)"),
+    (lambda f: torch.cat([f, f]), r"batch of 8 is outside this engine's range 1..4: split the batch"),
+    (lambda f: f.numpy(), "takes a torch.uint8 tensor"),
+])
+def test_bad_frames_fail_with_a_fix(backend, reference, bad, message):
+    _, frames, _ = reference
+    if backend.input_size != (144, 192):
+        pytest.skip("messages written for the shipped 144x192 checkpoint")
+    with pytest.raises(InvalidInputError, match=message):
+        backend(bad(frames))
+
+
+def test_input_size_override(tiny_ckpt):
+    b = engine.load(tiny_ckpt, backend="torch-cpu", input_size="64x96", max_batch=2)
+    assert b.input_size == (64, 96)
+    assert b(sample_frames((64, 96), 2)).shape == (2, 64, 96)

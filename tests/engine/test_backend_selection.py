@@ -1,0 +1,98 @@
+"""auto selection without CUDA, the cached CPU race, and the one-line errors users see."""
+import logging
+
+import pytest
+import torch
+
+import engine
+from engine import cache, loader
+from train.errors import BackendUnavailableError, CheckpointError, InputNotFoundError, InvalidInputError
+
+
+def test_auto_without_cuda_picks_a_cpu_backend_and_says_why(tiny_ckpt, caplog, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    caplog.set_level(logging.INFO, logger="segpipe.engine")
+    b = engine.load(tiny_ckpt, max_batch=4)
+    assert b.name in ("torch-cpu", "onnxruntime") and b.device.type == "cpu" and b.precision == "fp32"
+    picked = [r.getMessage() for r in caplog.records if r.getMessage().startswith("inference: ")]
+    assert picked and f"inference: {b.name} fp32 on cpu at 96x128, batch 1..4: faster on this CPU" in picked[-1]
+    assert "ms/frame for torch-cpu vs onnxruntime" in picked[-1]
+
+    caplog.clear()  # the verdict is cached per (model, size, threads, batch, versions): no second race
+    again = engine.load(tiny_ckpt, max_batch=4)
+    assert again.name == b.name and "cached" in again.reason
+    verdicts = [r for r in cache.entries() if r["kind"] == "cpu-choice"]
+    assert any(v["key"]["input_size"] == [96, 128] and v["ok"] for v in verdicts)
+
+
+def test_auto_prefers_tensorrt_then_torch_cuda(tiny_ckpt, monkeypatch):
+    """With CUDA present the order is TensorRT, then torch-cuda; a TensorRT failure falls back loudly."""
+    calls = []
+
+    def fake_build(name, model, info, dev, precision, max_batch, rebuild=False):
+        calls.append(name)
+        if name == "tensorrt":
+            raise BackendUnavailableError("parser said no")
+        b = engine.Backend(info, torch.device("cpu"), precision, max_batch)
+        b.name = name
+        return b
+
+    monkeypatch.setattr(loader, "resolve_device", lambda device, backend: torch.device("cuda", 0))
+    monkeypatch.setattr(loader, "_build_gpu", fake_build)
+    monkeypatch.setattr(loader, "_device_name", lambda dev: "fake GPU")
+    monkeypatch.setattr(loader, "tensorrt_available", lambda: True)
+    b = engine.load(tiny_ckpt)
+    assert calls == ["tensorrt", "torch-cuda"] and b.name == "torch-cuda" and "TensorRT failed" in b.reason
+
+    calls.clear()
+    monkeypatch.setattr(loader, "tensorrt_available", lambda: False)
+    b = engine.load(tiny_ckpt)
+    assert calls == ["torch-cuda"] and "pip install 'segpipe[trt]'" in b.reason
+
+
+@pytest.mark.parametrize("backend", ["tensorrt", "torch-tensorrt"])
+def test_missing_tensorrt_says_how_to_install(tiny_ckpt, backend, monkeypatch):
+    monkeypatch.setattr(loader, "tensorrt_available", lambda: False)
+    with pytest.raises(BackendUnavailableError) as e:
+        engine.load(tiny_ckpt, backend=backend)
+    assert str(e.value) == (f"--backend {backend} needs TensorRT, which is not installed: "
+                            f"pip install 'segpipe[trt]' on a machine with an NVIDIA GPU")
+
+
+def test_gpu_backend_without_cuda(tiny_ckpt, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(BackendUnavailableError, match="torch-cuda needs a CUDA GPU and none is visible: use --backend auto"):
+        engine.load(tiny_ckpt, backend="torch-cuda")
+    with pytest.raises(BackendUnavailableError, match="sees no CUDA GPU: use --device cpu"):
+        engine.load(tiny_ckpt, device="cuda")
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(InputNotFoundError, match=r"checkpoint .*nope\.pt does not exist: train one with `segpipe train`"):
+        engine.load(tmp_path / "nope.pt")
+
+
+def test_corrupt_checkpoint(tmp_path, tiny_ckpt):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(tiny_ckpt.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="is corrupt or truncated.*re-download or retrain it"):
+        engine.load(bad)
+
+
+def test_wrong_input_size(tiny_ckpt):
+    with pytest.raises(InvalidInputError, match=r"^input 100x130 is not divisible by 16 \(depth 4\): use --size 96x128$"):
+        engine.load(tiny_ckpt, input_size=(100, 130))
+    with pytest.raises(InvalidInputError, match="size '96-128' is not HxW: write it like 144x192"):
+        engine.load(tiny_ckpt, input_size="96-128")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"backend": "tensorrt-llm"}, "unknown backend 'tensorrt-llm': choose one of auto, tensorrt"),
+    ({"precision": "int8"}, "unknown precision 'int8': choose fp16 or fp32"),
+    ({"max_batch": 0}, "max_batch must be at least 1"),
+    ({"backend": "onnxruntime", "device": "cuda"}, "runs on the CPU|sees no CUDA GPU"),
+    ({"device": "gpu0"}, "device 'gpu0' is not a device: use cpu, cuda or cuda:N"),
+])
+def test_bad_arguments(tiny_ckpt, kwargs, message):
+    with pytest.raises((InvalidInputError, BackendUnavailableError), match=message):
+        engine.load(tiny_ckpt, **kwargs)

@@ -1,0 +1,97 @@
+"""The engine cache: pure key function, verified lookups, listing and clearing (no GPU needed)."""
+import json
+
+import pytest
+
+from engine import cache
+
+BASE = dict(onnx_sha256="a" * 64, trt_version="10.3.0", gpu_name="NVIDIA H100 80GB HBM3", compute_capability=(9, 0),
+            precision="fp16", input_size=(144, 192), batch_range=(1, 8))
+CHANGES = {
+    "onnx_sha256": "b" * 64,
+    "trt_version": "10.4.0",
+    "gpu_name": "NVIDIA A100-SXM4-40GB",
+    "compute_capability": (8, 0),
+    "precision": "fp32",
+    "input_size": (240, 320),
+    "batch_range": (1, 16),
+}
+
+
+def test_key_is_pure_and_stable():
+    assert cache.engine_key(**BASE) == cache.engine_key(**BASE)
+    assert cache.key_digest(cache.engine_key(**BASE)) == cache.key_digest(cache.engine_key(**dict(BASE)))
+    # lists and tuples, "9.0" and (9, 0) name the same key
+    same = dict(BASE, input_size=[144, 192], batch_range=[1, 8], compute_capability="9.0")
+    assert cache.key_digest(cache.engine_key(**same)) == cache.key_digest(cache.engine_key(**BASE))
+
+
+@pytest.mark.parametrize("field", sorted(CHANGES))
+def test_key_changes_when_each_input_changes(field):
+    before = cache.key_digest(cache.engine_key(**BASE))
+    after = cache.key_digest(cache.engine_key(**dict(BASE, **{field: CHANGES[field]})))
+    assert after != before
+
+
+def test_only_key_inputs_matter(tmp_path):
+    """Storing under one key, then looking up with an equal key built separately, hits."""
+    key = cache.engine_key(**BASE)
+    cache.store(key, b"plan-bytes", ".engine", root=tmp_path, build_seconds=1.0)
+    hit = cache.lookup(cache.engine_key(**BASE), ".engine", root=tmp_path)
+    assert hit.hit and hit.path.read_bytes() == b"plan-bytes"
+    for field, value in CHANGES.items():
+        assert not cache.lookup(cache.engine_key(**dict(BASE, **{field: value})), ".engine", root=tmp_path).hit
+
+
+def test_lookup_rejects_damaged_or_foreign_entries(tmp_path):
+    key = cache.engine_key(**BASE)
+    path = cache.store(key, b"plan-bytes", ".engine", root=tmp_path)
+    meta_path = tmp_path / (path.name[: -len(".engine")] + cache.KEY_SUFFIX)
+    assert json.loads(meta_path.read_text())["key"] == key  # the key JSON sits beside the engine
+
+    path.write_bytes(b"plan-bytez")  # same size, other bytes
+    miss = cache.lookup(key, ".engine", root=tmp_path)
+    assert not miss.hit and "SHA-256" in miss.reason
+
+    path.write_bytes(b"plan")  # truncated
+    assert not cache.lookup(key, ".engine", root=tmp_path).hit
+
+    cache.store(key, b"plan-bytes", ".engine", root=tmp_path)
+    meta = json.loads(meta_path.read_text())
+    meta["key"]["precision"] = "fp32"  # a sidecar copied from another entry
+    meta_path.write_text(json.dumps(meta))
+    miss = cache.lookup(key, ".engine", root=tmp_path)
+    assert not miss.hit and "different key" in miss.reason
+
+    meta_path.write_text("{not json")
+    assert "unreadable" in cache.lookup(key, ".engine", root=tmp_path).reason
+
+    meta_path.unlink()
+    assert cache.lookup(key, ".engine", root=tmp_path).reason == "no cached entry for this key"
+
+
+def test_missing_artifact_is_a_miss(tmp_path):
+    key = cache.engine_key(**BASE)
+    cache.store(key, b"x", ".engine", root=tmp_path).unlink()
+    miss = cache.lookup(key, ".engine", root=tmp_path)
+    assert not miss.hit and "missing" in miss.reason
+
+
+def test_entries_and_clear(tmp_path):
+    good = cache.engine_key(**BASE)
+    bad = cache.engine_key(**dict(BASE, precision="fp32"))
+    cache.store(good, b"good", ".engine", root=tmp_path)
+    cache.store(bad, b"bad", ".engine", root=tmp_path).write_bytes(b"BAD")
+    rows = {r["key"]["precision"]: r for r in cache.entries(tmp_path)}
+    assert rows["fp16"]["ok"] and not rows["fp32"]["ok"]
+    assert rows["fp16"]["key"] == good
+    (tmp_path / "timing-trt10-x.cache").write_bytes(b"t")
+    assert cache.clear(tmp_path) == 5
+    assert cache.entries(tmp_path) == [] and list(tmp_path.iterdir()) == []
+
+
+def test_cache_dir_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("SEGPIPE_CACHE", str(tmp_path / "c"))
+    assert cache.cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("SEGPIPE_CACHE")
+    assert cache.cache_dir().parts[-3:] == (".cache", "segpipe", "engines")

@@ -1,0 +1,38 @@
+"""`segpipe build` and `segpipe engines` on the CPU; help texts carry examples."""
+import pytest
+
+from pipeline.cli import build_parser, main
+
+
+@pytest.mark.parametrize("command", ["export", "build", "engines"])
+def test_help_has_examples(command, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    assert "examples:\n  segpipe " + command in capsys.readouterr().out
+
+
+def test_build_then_list(tiny_ckpt, capsys):
+    assert main(["build", "--weights", str(tiny_ckpt), "--backend", "onnxruntime", "--max-batch", "2"]) == 0
+    assert "ready: onnxruntime fp32 on cpu at 96x128, batch 1..2" in capsys.readouterr().out
+    assert main(["engines"]) == 0
+    listing = capsys.readouterr().out
+    assert "onnx-" in listing and "input_size=96x128" in listing and " ok " in listing
+    assert main(["engines", "--json"]) == 0
+    assert '"kind": "onnx"' in capsys.readouterr().out
+
+
+def test_build_tensorrt_without_it_is_one_line(tiny_ckpt, capsys, monkeypatch):
+    from engine import loader
+    monkeypatch.setattr(loader, "tensorrt_available", lambda: False)
+    assert main(["build", "--backend", "tensorrt", "--weights", str(tiny_ckpt)]) == 2
+    assert capsys.readouterr().err == ("segpipe build: error: --backend tensorrt needs TensorRT, which is not installed: "
+                                       "pip install 'segpipe[trt]' on a machine with an NVIDIA GPU\n")
+
+
+def test_engines_clear(tmp_path, monkeypatch, capsys):
+    from engine import cache
+    monkeypatch.setenv("SEGPIPE_CACHE", str(tmp_path))
+    assert main(["engines"]) == 0 and "no cached engines" in capsys.readouterr().out
+    cache.store({"kind": "onnx", "x": 1}, b"data", ".onnx")
+    assert main(["engines", "--clear"]) == 0
+    assert "removed 2 files" in capsys.readouterr().out and not any(tmp_path.iterdir())
