@@ -36,13 +36,14 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from engine import commands as engine_commands
     from pipeline import commands as pipeline_commands
+    from pipeline import live as pipeline_live
     from train import commands as train_commands
 
     parser = Parser(prog="segpipe", description="Real-time semantic segmentation of driving video.",
                     epilog=EPILOG, formatter_class=HelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for module in (pipeline_commands, engine_commands, train_commands):
+    for module in (pipeline_commands, pipeline_live, engine_commands, train_commands):
         module.register(sub, HelpFormatter)
     return parser
 

@@ -43,3 +43,23 @@ class PartialInputError(MediaError):
 class ExportError(SegpipeError, RuntimeError):
     """An exported model failed its check against PyTorch."""
     exit_code = 1
+
+
+class StageError(MediaError):
+    """A pipeline stage failed with an unexpected exception (the original is its ``__cause__``)."""
+    exit_code = 1
+
+    def __init__(self, stage: str, error: BaseException):
+        self.stage, self.error = stage, error
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        super().__init__(f"stage {stage} failed: {type(error).__name__}" + (f": {detail}" if detail else ""))
+
+
+class QueueOverflowError(SegpipeError, RuntimeError):
+    """A queue with the ``fault`` policy was full."""
+    exit_code = 1
+
+
+class TerminatedError(SegpipeError):
+    """The process got SIGTERM; the output so far was closed properly."""
+    exit_code = 143

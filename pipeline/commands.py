@@ -1,0 +1,171 @@
+"""`segpipe run` and `segpipe bench`."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RUN_EPILOG = """examples:
+  segpipe run drive.mp4 --out seg.mp4                       overlay with the shipped model
+  segpipe run drive.mp4 --out seg.mp4 --view side-by-side --legend --stats stats.json
+  segpipe run drive.mp4 --out seg.mp4 --masks masks/        also write label PNGs (masks/000000.png ...)
+  segpipe run 'frames/*.jpg' --out seg.mp4                  an image glob (quote it), or a folder
+  segpipe run rtsp://camera.local/stream --out live.mp4     a live stream: drops the oldest if behind
+  segpipe run 0 --out webcam.mp4 --frames 300               a camera (index or /dev/videoN)
+  segpipe run drive.mp4 --out seg.mkv --codec libx265 --backend onnxruntime --batch 8
+
+Defaults come from configs/pipeline.yaml (one section per stage); flags override them, and the
+settings a run used are written to OUT.settings.yaml. Exit status: 0 done, 1 media/stage failure,
+2 bad input or option, 3 the input ended early (what decoded is written), 130 Ctrl-C, 143 SIGTERM.
+"""
+
+BENCH_EPILOG = """examples:
+  segpipe bench --video drive.mp4 --json bench.json     each stage alone, the pipeline, a naive loop
+  segpipe bench --video drive.mp4 --frames 200 --batch 8
+  segpipe bench --model-only                            inference speed of each backend
+  segpipe bench --model-only --backend onnxruntime,torch-cpu --batch 1,4,8 --size 288x384
+
+With --video: efficiency = pipeline fps / slowest stage alone, speedup = pipeline fps / naive loop
+(read a frame, infer batch 1, colourise, write, one after another, same model and backend).
+Without --video, bench measures the model alone (--model-only).
+"""
+
+
+def register(sub, formatter) -> None:
+    from pipeline.settings import Settings
+
+    d = Settings()   # the built-in defaults, identical to configs/pipeline.yaml
+    # Unset options stay absent (SUPPRESS), so the config file's values apply and --help shows them.
+    p = sub.add_parser("run", argument_default=argparse.SUPPRESS, help="segment a video, stream, camera or image folder into a video",
+                       formatter_class=formatter, epilog=RUN_EPILOG,
+                       description="Segment SRC frame by frame with a streaming pipeline (decode, preprocess, "
+                                   "batched inference, colourise, encode running concurrently) and write OUT.")
+    p.add_argument("src", help="video file, URL (rtsp/http/udp/file...), camera index or /dev/videoN, "
+                               "image folder or glob")
+    p.add_argument("--out", help="output video (the container follows the extension: .mp4, .mkv ...)")
+    p.add_argument("--weights", help="checkpoint (default: the shipped model)")
+    p.add_argument("--backend", help=f"inference backend: auto, torch-cpu, onnxruntime, torch-cuda, tensorrt ... "
+                                     f"(config: {d.infer.backend})")
+    p.add_argument("--precision", choices=["fp16", "fp32"], help=f"asked of the backend (config: {d.infer.precision})")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (config: the backend's choice)")
+    p.add_argument("--batch", type=int, help=f"frames per inference call, at most (config: {d.infer.batch})")
+    p.add_argument("--size", metavar="HxW", help="model input size, e.g. 288x384 (config: the checkpoint's)")
+    p.add_argument("--view", choices=["overlay", "mask", "side-by-side"], help=f"what to draw (config: {d.colourise.view})")
+    p.add_argument("--alpha", type=float, help=f"overlay opacity 0..1 (config: {d.colourise.alpha})")
+    p.add_argument("--legend", action="store_true", help="draw the classes present")
+    p.add_argument("--masks", metavar="DIR", help="also write each frame's labels as PNG: DIR/000000.png ...")
+    p.add_argument("--stats", metavar="FILE", help="write the run's statistics as JSON")
+    p.add_argument("--config", metavar="FILE", help="pipeline settings (default: configs/pipeline.yaml)")
+    p.add_argument("--codec", help=f"output codec, e.g. libx264, libx265, libvpx-vp9 (config: {d.encode.codec})")
+    p.add_argument("--frames", type=int, metavar="N", help="stop after N frames")
+    p.add_argument("--policy", choices=["auto", "block", "drop-oldest", "drop-newest", "fault"],
+                   help="queue policy after the source: auto = block for files, drop-oldest for live "
+                        "(config: auto)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=run_command, progress=True)
+
+    p = sub.add_parser("bench", argument_default=argparse.SUPPRESS, help="measure the pipeline's stages, the whole, and a naive loop; or the model",
+                       formatter_class=formatter, epilog=BENCH_EPILOG,
+                       description="Benchmark the streaming pipeline on a video, or the model alone.")
+    p.add_argument("--video", help="video to benchmark the pipeline on")
+    p.add_argument("--frames", type=int, metavar="N", help="frames to use from the video (default: all)")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--model-only", action="store_true", help="benchmark only the model (engine backends)")
+    p.add_argument("--weights", help="checkpoint (default: the shipped model)")
+    p.add_argument("--backend", help="backend (pipeline) or comma-separated backends (model-only)")
+    p.add_argument("--precision", help="precision (pipeline) or comma-separated precisions (model-only)")
+    p.add_argument("--batch", help=f"pipeline batch (config: {d.infer.batch}), or comma-separated batches "
+                                   f"(model-only: 1,4,8)")
+    p.add_argument("--size", metavar="HxW", help="model input size (default: the checkpoint's)")
+    p.add_argument("--config", metavar="FILE", help="pipeline settings (default: configs/pipeline.yaml)")
+    p.set_defaults(func=bench_command, model_only=False)
+
+
+class _Options:
+    """The parsed options; an option left unset reads as None (the config's value then applies)."""
+
+    def __init__(self, namespace):
+        self.__dict__.update(vars(namespace))
+
+    def __getattr__(self, name):
+        return None
+
+
+def _settings(args, **extra):
+    from pipeline.settings import load_settings
+
+    return load_settings(args.config, infer={"weights": args.weights, "backend": args.backend,
+                                             "precision": args.precision, "device": args.device,
+                                             "batch": extra.pop("batch", getattr(args, "batch", None)),
+                                             "size": args.size},
+                         **extra)
+
+
+def run_command(args) -> int:
+    from pipeline.run import run, summary
+    from train.errors import InvalidInputError
+
+    args = _Options(args)
+    if args.out is None and args.masks is None:
+        raise InvalidInputError("nothing to write: pass --out OUT.mp4 (and/or --masks DIR)")
+    settings = _settings(args,
+                         decode={"max_frames": args.frames},
+                         colourise={"view": args.view, "alpha": args.alpha, "legend": args.legend},
+                         encode={"codec": args.codec},
+                         queues={"policy": args.policy})
+    stats = run(args.src, args.out, settings, masks=args.masks, stats_path=args.stats, progress=args.progress)
+    print(summary(stats, args.out))
+    return 0
+
+
+def _ints(text: str | None, what: str) -> list[int] | None:
+    from train.errors import InvalidInputError
+
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise InvalidInputError(f"{what} {text!r} is not a comma-separated list of integers, e.g. 1,4,8") from None
+    if not values or min(values) < 1:
+        raise InvalidInputError(f"{what} {text!r} must list positive integers, e.g. 1,4,8")
+    return values
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [v.strip() for v in text.split(",") if v.strip()] if text else None
+
+
+def bench_command(args) -> int:
+    from train.errors import InvalidInputError
+
+    args = _Options(args)
+    if args.video and args.model_only:
+        raise InvalidInputError("--video and --model-only measure different things: pass one of them")
+    if not args.video:
+        from engine.bench import format_rows, model_bench
+
+        batches = _ints(args.batch, "--batch") or [1, 4, 8]
+        rows = model_bench(weights=args.weights, backends=_names(args.backend),
+                           precisions=_names(args.precision), batches=tuple(batches), size=args.size)
+        print(format_rows(rows))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
+        return 0
+
+    from pipeline.bench import bench_video, format_report
+
+    batches = _ints(args.batch, "--batch")
+    if batches and len(batches) > 1:
+        raise InvalidInputError("with --video, --batch is one number (the pipeline's batch), e.g. --batch 4")
+    for name, value in (("--backend", args.backend), ("--precision", args.precision)):
+        if value and "," in value:
+            raise InvalidInputError(f"with --video, {name} is one value, not a list")
+    if args.frames is not None and args.frames < 1:
+        raise InvalidInputError(f"--frames {args.frames} must be >= 1")
+    settings = _settings(args, batch=batches[0] if batches else None)
+    report = bench_video(args.video, settings, frames=args.frames)
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0

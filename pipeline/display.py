@@ -1,0 +1,165 @@
+"""Display sink: the live frames in an OpenCV window, with the class legend and a HUD; keys steer the demo.
+
+Keys: q or Esc quit, space pause, v cycle the view (overlay, mask, side by side), + / - change the
+overlay's opacity. Closing the window also quits. The frame is passed on unchanged (the HUD is drawn
+on the window's copy), so a recording or the browser view gets the overlay and legend without it.
+
+While no frame comes (paused, reconnecting, a stalled camera) the window keeps answering keys and
+redraws its HUD, so "paused" and "reconnecting (attempt 2/10)" show. All window calls happen in this
+stage's thread. The window itself is behind a small interface (``OpenCVWindow``), so tests drive the
+sink with a fake one.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import cv2
+
+from pipeline.hud import ALPHA_STEP, LiveState, draw_hud, hud_lines
+from pipeline.queues import EOS, Stopped
+from pipeline.stage import Stage
+from train.errors import MediaError
+
+KEYS_HELP = "keys: q/Esc quit, space pause, v view, +/- opacity"
+NO_GUI = ("--show needs OpenCV with a GUI and this one (opencv-python-headless) has none: "
+          "pip uninstall -y opencv-python-headless && pip install opencv-python, "
+          "or watch in a browser with --serve")
+
+
+def gui_problem() -> str | None:
+    """Why a window cannot open here (None when it can); checked before anything starts."""
+    build = cv2.getBuildInformation()
+    gui = next((line.split(":", 1)[1].strip() for line in build.splitlines() if line.strip().startswith("GUI:")), "")
+    if gui.upper() == "NONE":
+        return NO_GUI
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return ("--show needs a desktop and $DISPLAY is not set here: run it in a desktop session, "
+                "or watch in a browser with --serve 127.0.0.1:8080")
+    return None
+
+
+class OpenCVWindow:
+    """The few HighGUI calls the display makes."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self._seen = False
+
+    def open(self) -> None:
+        try:
+            cv2.namedWindow(self.title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO)
+        except cv2.error as e:   # no GUI backend after all, or it could not connect to the display
+            detail = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+            raise MediaError(f"cannot open a window ({detail}); {NO_GUI.split(': ', 1)[1]}") from None
+
+    def show(self, bgr) -> None:
+        cv2.imshow(self.title, bgr)
+
+    def poll(self, ms: int) -> int:
+        return cv2.waitKey(ms)
+
+    def closed(self) -> bool:
+        """The user closed the window (some backends report visibility only once it has been shown)."""
+        try:
+            visible = cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) >= 1
+        except cv2.error:
+            return self._seen
+        self._seen |= visible
+        return self._seen and not visible
+
+    def close(self) -> None:
+        try:
+            cv2.destroyWindow(self.title)
+            cv2.waitKey(1)
+        except cv2.error:
+            pass
+
+
+class Display(Stage):
+    name = "display"
+    IDLE_POLL_S = 0.02       # without frames: answer keys this often
+    REDRAW_S = 0.25          # and redraw the HUD this often
+
+    def __init__(self, state: LiveState, window=None, title: str = "segpipe live", hud: bool = True):
+        super().__init__()
+        self.state, self.hud = state, hud
+        self.window = window if window is not None else OpenCVWindow(title)
+        self.tracker = state.tracker(self.name)
+        self.paused_frames = 0          # frames that passed while the window was frozen
+        self._shown = None              # the RGB frame on screen, without the HUD
+        self._drawn_at = 0.0
+
+    def setup(self) -> None:
+        self.window.open()
+
+    def process(self, frame):
+        if self.state.paused and self._shown is not None:
+            self.paused_frames += 1
+            self._poll(1)
+            return frame
+        self._shown = frame.output
+        self._draw()
+        self._poll(1)                  # HighGUI paints in waitKey: the frame is on screen after it
+        self.tracker.record(frame.t_decoded)
+        return frame
+
+    def loop(self) -> None:
+        """The base loop, but while the inbox is empty the window still answers keys and redraws."""
+        while True:
+            if not len(self.inbox):
+                self._idle()
+                continue
+            item = self.inbox.get()
+            if item is EOS:
+                break
+            self.emit(self.call(self.process, item))
+        self.emit(self.call(self.finish))
+        if self.outbox is not None:
+            self.outbox.put(EOS)
+
+    def teardown(self) -> None:
+        self.window.close()
+
+    # --- window ---------------------------------------------------------------------------------
+    def _idle(self) -> None:
+        if self.inbox.stop.is_set():
+            raise Stopped
+        self.inbox.wait(self.IDLE_POLL_S)
+        if len(self.inbox):
+            return
+        self._poll(1)
+        if self._shown is not None and time.perf_counter() - self._drawn_at > self.REDRAW_S:
+            self._draw()
+
+    def _draw(self) -> None:
+        bgr = cv2.cvtColor(self._shown, cv2.COLOR_RGB2BGR)
+        if self.hud:
+            draw_hud(bgr, hud_lines(self.state.snapshot(self.name)))
+        self.window.show(bgr)
+        self._drawn_at = time.perf_counter()
+
+    def _poll(self, ms: int) -> None:
+        key = self.window.poll(ms)
+        if key is not None and key >= 0 and self.handle_key(key & 0xFF) and self._shown is not None:
+            self._draw()               # show the change (paused, the new opacity) at once
+        if self.window.closed():
+            self.state.request_quit("window closed")
+
+    def handle_key(self, key: int) -> bool:
+        """Apply one key; True when it changed something on screen."""
+        s = self.state
+        if key in (ord("q"), ord("Q"), 27):
+            s.request_quit("key")
+        elif key == ord(" "):
+            s.toggle_pause()
+        elif key in (ord("v"), ord("V")):
+            s.cycle_view()
+        elif key in (ord("+"), ord("=")):
+            s.change_alpha(+ALPHA_STEP)
+        elif key in (ord("-"), ord("_")):
+            s.change_alpha(-ALPHA_STEP)
+        else:
+            return False
+        return True

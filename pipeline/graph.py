@@ -1,0 +1,71 @@
+"""The one place the segmentation app is wired, top to bottom like its diagram::
+
+    decode -> preprocess -> infer -> colourise -> [masks] -> [sinks ...] -> [encode]
+
+Every arrow is a bounded queue with a capacity and a named policy. The queue after the source takes
+``queues.policy`` (auto: ``block`` for files, ``drop-oldest`` for live sources); the others take
+``queues.downstream_policy`` (``block``: backpressure, so a live source drops at the door rather than
+after inference).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.colourise import Colourise
+from pipeline.decode import Decode
+from pipeline.encode import Encode
+from pipeline.infer import Infer
+from pipeline.masks import MaskWriter
+from pipeline.preprocess import Preprocess
+from pipeline.runner import Pipeline
+from pipeline.settings import Settings
+from pipeline.stage import Stage
+
+
+def source_policy(settings: Settings, live: bool) -> str:
+    policy = settings.queues.policy
+    if policy == "auto":
+        return "drop-oldest" if live else "block"
+    return policy
+
+
+def output_size(width: int, height: int, view: str) -> tuple[int, int]:
+    return (2 * width if view == "side-by-side" else width), height
+
+
+def build_pipeline(source, backend, settings: Settings, *, out: str | Path | None = None,
+                   masks: str | Path | None = None, sinks: list[Stage] = (), decode: Stage | None = None,
+                   model_policy: str | None = None) -> Pipeline:
+    """Wire source -> ... -> outputs. ``out``: the video to write; ``masks``: a folder for label PNGs;
+    ``sinks``: more stages (a display, an HTTP stream) between those two; each passes the frame on
+    (returns it), except the last stage of all, whose returned frames count as delivered.
+    ``decode``: a decode stage of the caller's (live capture stamps); ``model_policy``: the policy of
+    the queue in front of the model (live: ``drop-oldest``, so the model never works on a stale frame)."""
+    s, info = settings, source.info
+    decode = decode if decode is not None else Decode(source, max_frames=s.decode.max_frames)
+    preprocess = Preprocess(backend.input_size, backend.device, s.preprocess.interpolation)
+    infer = Infer(backend, s.infer.batch, s.infer.max_wait_ms)
+    colourise = Colourise(backend.palette, backend.class_names, backend.device, view=s.colourise.view,
+                          alpha=s.colourise.alpha, legend=s.colourise.legend, keep_labels=masks is not None)
+    outputs: list[Stage] = []
+    if masks is not None:
+        outputs.append(MaskWriter(masks, compression=s.encode.png_compression))
+    outputs.extend(sinks)
+    if out is not None:
+        width, height = output_size(info.width, info.height, s.colourise.view)
+        outputs.append(Encode(out, width, height, info.fps, info.time_base, codec=s.encode.codec,
+                              pix_fmt=s.encode.pix_fmt, preset=s.encode.preset, tune=s.encode.tune,
+                              crf=s.encode.crf, threads=s.encode.threads, options=s.encode.options))
+    if not outputs:
+        raise ValueError("build_pipeline needs an output: out, masks or a sink")
+
+    capacity, inner = s.queues.capacity, s.queues.downstream_policy
+    pipe = Pipeline("segment")
+    pipe.add_flow(decode, preprocess, capacity=capacity, policy=source_policy(s, info.live))
+    pipe.add_flow(preprocess, infer, capacity=max(capacity, infer.batch), policy=model_policy or inner)
+    pipe.add_flow(infer, colourise, capacity=max(capacity, infer.batch), policy=inner)
+    upstream = colourise
+    for sink in outputs:
+        pipe.add_flow(upstream, sink, capacity=capacity, policy=inner)
+        upstream = sink
+    return pipe

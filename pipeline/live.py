@@ -1,0 +1,365 @@
+"""`segpipe live`: the live demo. A camera, stream or file, segmented with the newest frame first, shown
+in a window (--show) and/or a browser (--serve), optionally recorded (--record).
+
+The same pipeline as `segpipe run` (``build_pipeline``: decode -> preprocess -> infer -> colourise ->
+sinks), wired for latency instead of completeness::
+
+    LiveSource -> decode =[drop-oldest, 1]=> preprocess =[drop-oldest, 1]=> infer =[block, 1]=> colourise
+               -> [display] -> [serve] -> [record]                      (block, 1 between the sinks)
+
+- the capture never waits: the queue after decode and the one in front of the model keep only the
+  newest frame and count what they drop; after inference nothing is thrown away (blocking, capacity 1);
+- batch 1 by default; each frame's latency runs from its capture to the moment it is on screen
+  (display) or published to the browser viewers (serve);
+- a file without --realtime plays every frame as fast as the model goes (all queues block, nothing is
+  dropped: like `segpipe run` with a window); with --realtime it is paced like a camera;
+- a camera or stream that drops is reopened with backoff (live_source.Reconnect);
+- q/Esc, the window's close button, --duration, SIGINT (exit 130) or SIGTERM (exit 0) end the demo
+  cleanly: the recording is closed and the statistics written (the `segpipe run --stats` schema plus a
+  ``live`` section).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from train.errors import InvalidInputError
+
+log = logging.getLogger("segpipe.live")
+
+STATUS_EVERY_S = 10.0
+
+EPILOG = """examples:
+  segpipe live --show                                      the default camera (0) in a window
+  segpipe live /dev/video2 --serve                         watch at http://127.0.0.1:8080/
+  segpipe live rtsp://cam.local/stream --serve 0.0.0.0:8080 --record drive.mp4
+  segpipe live drive.mp4 --realtime --show --stats live.json   a file paced like a camera
+
+Window keys: q/Esc quit, space pause, v overlay/mask/side-by-side, +/- overlay opacity.
+Live keeps latency low: the newest frame is processed and older ones are dropped (counted, shown in
+the HUD). A file without --realtime plays every frame as fast as the model goes instead.
+A camera or stream that drops is reopened (--reconnect-attempts, --reconnect-backoff).
+Exit status: 0 done or quit, 1 the source was lost or failed, 2 bad input or option, 130 Ctrl-C.
+"""
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """What `segpipe live` adds to the pipeline's settings (flags; see the module docs)."""
+    realtime: bool = False             # pace a file at its native rate, as if a camera filmed it
+    loop: bool = False                 # start a file again at its end
+    batch: int = 1                     # frames per inference call: 1 keeps latency lowest
+    max_wait_ms: float = 1.0           # wait this long at most for a batch to fill
+    queue_capacity: int = 1            # frames each queue holds
+    reconnect_attempts: int = 10       # a dropped camera/stream is reopened this many times at most
+    reconnect_backoff_s: float = 0.5   # before the first attempt; doubles each attempt ...
+    reconnect_backoff_max_s: float = 8.0   # ... up to this
+    jpeg_quality: int = 80             # browser view
+    legend: bool = True                # draw the classes present
+    hud: bool = True                   # fps, latency and drops in the window
+
+    def __post_init__(self):
+        if self.batch < 1:
+            raise InvalidInputError(f"--batch {self.batch} must be >= 1 (1 keeps latency lowest)")
+        if self.queue_capacity < 1:
+            raise InvalidInputError(f"queue capacity {self.queue_capacity} must be >= 1")
+
+
+# --- the command ------------------------------------------------------------------------------------
+def register(sub, formatter) -> None:
+    p = sub.add_parser("live", argument_default=argparse.SUPPRESS, formatter_class=formatter, epilog=EPILOG,
+                       help="live demo: camera, stream or file in a window or a browser, newest frame first",
+                       description="Segment a camera, stream or file live, newest frame first, and show it in "
+                                   "a window (--show) and/or a browser (--serve); optionally record it.")
+    p.add_argument("src", nargs="?", help="camera index (default 0), /dev/videoN, stream URL (rtsp, http, "
+                                          "udp, tcp ...) or video file")
+    p.add_argument("--show", action="store_true", help="show an OpenCV window (needs opencv-python, not -headless)")
+    p.add_argument("--serve", nargs="?", const="127.0.0.1:8080", metavar="HOST:PORT",
+                   help="serve a browser view (MJPEG + live stats) at HOST:PORT (default 127.0.0.1:8080; "
+                        "0.0.0.0:PORT for every interface)")
+    p.add_argument("--record", metavar="OUT", help="also write what is shown to a video file")
+    p.add_argument("--realtime", action="store_true", help="pace a file at its native frame rate, as a camera")
+    p.add_argument("--loop", action="store_true", help="start a file again at its end")
+    p.add_argument("--weights", help="checkpoint (default: the shipped model)")
+    p.add_argument("--backend", help="inference backend: auto, torch-cpu, onnxruntime, torch-cuda, tensorrt ...")
+    p.add_argument("--precision", choices=["fp16", "fp32"], help="asked of the backend")
+    p.add_argument("--device", help="cpu, cuda or cuda:N")
+    p.add_argument("--batch", type=int, help="frames per inference call, at most (default: 1, lowest latency)")
+    p.add_argument("--size", metavar="HxW", help="model input size, e.g. 288x384 (default: the checkpoint's)")
+    p.add_argument("--view", choices=["overlay", "mask", "side-by-side"], help="what to draw first (key v cycles)")
+    p.add_argument("--alpha", type=float, help="overlay opacity 0..1 (keys +/-)")
+    p.add_argument("--no-legend", dest="legend", action="store_false", help="do not draw the classes present")
+    p.add_argument("--no-hud", dest="hud", action="store_false", help="no fps/latency/drops in the window")
+    p.add_argument("--stats", metavar="FILE", help="write the statistics as JSON at exit (the `run --stats` schema)")
+    p.add_argument("--config", metavar="FILE", help="pipeline settings (default: configs/pipeline.yaml)")
+    p.add_argument("--frames", type=int, metavar="N", help="stop after N captured frames")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--reconnect-attempts", type=int, metavar="N",
+                   help=f"reopen a dropped camera/stream at most N times (default {LiveSettings.reconnect_attempts}; 0: never)")
+    p.add_argument("--reconnect-backoff", type=float, metavar="S",
+                   help=f"wait before the first reconnect, doubling each attempt up to "
+                        f"{LiveSettings.reconnect_backoff_max_s:g} s (default {LiveSettings.reconnect_backoff_s:g})")
+    p.add_argument("--jpeg-quality", type=int, metavar="Q", help="browser view JPEG quality 1..100 (default 80)")
+    p.set_defaults(func=live_command, legend=True, hud=True)
+
+
+def live_command(args) -> int:
+    from pipeline.run import summary
+    from pipeline.settings import load_settings
+
+    a = {k: v for k, v in vars(args).items()}
+    get = a.get
+    if not (get("show") or get("serve") or get("record")):
+        raise InvalidInputError("nothing to show: pass --show (a window), --serve [HOST:PORT] (a browser) "
+                                "and/or --record OUT.mp4")
+    if get("duration") is not None and get("duration") <= 0:
+        raise InvalidInputError(f"--duration {get('duration')} must be > 0 seconds")
+    if get("alpha") is not None and not 0 <= get("alpha") <= 1:
+        raise InvalidInputError(f"--alpha {get('alpha')} is outside 0..1: use e.g. --alpha 0.5")
+    settings = load_settings(get("config"),
+                             infer={"weights": get("weights"), "backend": get("backend"),
+                                    "precision": get("precision"), "device": get("device"), "size": get("size")},
+                             decode={"max_frames": get("frames")},
+                             colourise={"view": get("view"), "alpha": get("alpha")})
+    options = {k: v for k, v in {"realtime": get("realtime"), "loop": get("loop"), "batch": get("batch"),
+                                 "reconnect_attempts": get("reconnect_attempts"),
+                                 "reconnect_backoff_s": get("reconnect_backoff"),
+                                 "jpeg_quality": get("jpeg_quality"), "legend": get("legend"),
+                                 "hud": get("hud")}.items() if v is not None}
+    live = LiveSettings(**options)
+    src = get("src") if get("src") is not None else "0"
+    stats = run_live(src, settings, live, show=bool(get("show")), serve=get("serve"), record=get("record"),
+                     stats_path=get("stats"), duration_s=get("duration"))
+    print(summary(stats, get("record")) + _live_summary(stats))
+    if stats["live"]["exit"] == "SIGINT":
+        return 130
+    return 0
+
+
+def _live_summary(stats: dict) -> str:
+    s = stats["live"]
+    thirds = "/".join(f"{v:.0f}" for v in s["latency_p95_ms_by_third"])
+    where = {"display": "window", "serve": "browser stream", "record": "recording"}[s["view"]]
+    extra = f"; latency measured at the {where}, p99 {stats['latency_ms']['p99']:.0f} ms, p95 by third {thirds} ms"
+    if s["reconnects"]:
+        extra += f", {s['reconnects']} reconnect(s)"
+    return extra
+
+
+# --- running ----------------------------------------------------------------------------------------
+def live_pipeline_settings(settings, live: LiveSettings, latest: bool):
+    """The pipeline settings for live: small batch, tiny queues; drop-oldest at the door when live."""
+    return settings.override(infer={"batch": live.batch, "max_wait_ms": live.max_wait_ms},
+                             queues={"capacity": live.queue_capacity,
+                                     "policy": "drop-oldest" if latest else "block",
+                                     "downstream_policy": "block"},
+                             colourise={"legend": live.legend})
+
+
+def low_delay_decode(decode, spec):
+    """For a camera or stream: slice-threaded decoding (frame threads each hold a frame back, latency the
+    capture stamp cannot see) and no demuxer buffering, unless the config chose otherwise."""
+    text = str(spec)
+    if not (isinstance(spec, int) or text.isdigit() or text.startswith("/dev/video")
+            or ("://" in text and not text.startswith("file:"))):
+        return decode
+    thread_type = "SLICE" if decode.thread_type.upper() == "AUTO" else decode.thread_type
+    return replace(decode, thread_type=thread_type, options={"fflags": "nobuffer", **(decode.options or {})})
+
+
+def run_live(src, settings=None, live: LiveSettings = LiveSettings(), *, show: bool = False,
+             serve: str | None = None, record: str | Path | None = None, stats_path: str | Path | None = None,
+             duration_s: float | None = None, backend=None, window=None, state=None, opener=None) -> dict:
+    """Run the live demo until the source ends, a quit (key, signal, ``state.request_quit``) or
+    ``duration_s``; return the statistics. Raises MediaError (after writing the statistics) when a
+    camera or stream is lost for good. ``backend``, ``window`` (a fake OpenCV window), ``state`` and
+    ``opener`` (instead of ``open_source``) are for tests and embedding."""
+    from pipeline.display import KEYS_HELP, Display, gui_problem
+    from pipeline.graph import build_pipeline, output_size
+    from pipeline.hud import LiveState
+    from pipeline.live_source import LiveDecode, LiveSource, Reconnect
+    from pipeline.record import Record
+    from pipeline.run import apply_threads, load_backend, settings_path
+    from pipeline.server import FrameHub, LiveServer, Serve, parse_address
+    from pipeline.settings import format_size, load_settings, save_settings
+    from pipeline.sources import open_source
+
+    settings = settings or load_settings()
+    if not (show or serve or record):
+        raise InvalidInputError("nothing to show: pass show, serve and/or record")
+    if show and window is None and (problem := gui_problem()):
+        raise InvalidInputError(problem)
+    reconnect = Reconnect(live.reconnect_attempts, live.reconnect_backoff_s, live.reconnect_backoff_max_s)
+    if record is not None:
+        record = Path(record)
+        if isinstance(src, (str, Path)) and Path(src).exists() and record.resolve() == Path(src).resolve():
+            raise InvalidInputError(f"--record {record} is the input itself: write to another file")
+        record.parent.mkdir(parents=True, exist_ok=True)
+    state = state if state is not None else LiveState(settings.colourise.view, settings.colourise.alpha)
+    state.view, state.alpha = settings.colourise.view, settings.colourise.alpha
+
+    hub = server = source = None
+    try:
+        if serve is not None:
+            hub = FrameHub()
+            host, port = parse_address(serve)
+            server = LiveServer(host, port, hub, lambda: state.snapshot("serve"))   # binds now: a busy port fails first
+        settings = replace(settings, decode=low_delay_decode(settings.decode, src))
+        source = LiveSource(src, settings.decode, realtime=live.realtime, loop=live.loop, reconnect=reconnect,
+                            state=state, opener=opener or open_source)
+        settings = live_pipeline_settings(settings, live, source.latest)
+        apply_threads(settings)
+        backend = backend if backend is not None else load_backend(settings)
+        info = source.info
+        sinks = []
+        if show:
+            sinks.append(Display(state, window=window, title=f"segpipe live: {info.name}", hud=live.hud))
+        if serve is not None:
+            sinks.append(Serve(hub, state.tracker("serve"), quality=live.jpeg_quality))
+        if record is not None:
+            w, h = output_size(info.width, info.height, settings.colourise.view)
+            e = settings.encode
+            sinks.append(Record(record, w, h, info.fps, info.time_base, codec=e.codec, pix_fmt=e.pix_fmt,
+                                preset=e.preset, tune=e.tune, crf=e.crf, threads=e.threads, options=e.options))
+        # capture stamps come from the live source; the model only ever sees the newest frame
+        pipe = build_pipeline(source, backend, settings, sinks=sinks,
+                              decode=LiveDecode(source, settings.decode.max_frames),
+                              model_policy="drop-oldest" if source.latest else None)
+    except BaseException:
+        if source is not None:
+            source.close()
+        if server is not None:
+            server.stop()
+        raise
+
+    source.stop = pipe.stop_event
+    state.colourise = pipe["colourise"]
+    state.drops = lambda: pipe.drops + source.skipped
+    state.info = {"source": info.name, "backend": backend.name, "device": str(backend.device)}
+    if record is not None:
+        w, h = output_size(info.width, info.height, settings.colourise.view)
+        save_settings(settings, settings_path(record), source=info.name, output=str(record),
+                      input=f"{info.kind} {info.width}x{info.height} @ {float(info.fps):g} fps",
+                      output_size=f"{w}x{h}", backend=backend.name, device=str(backend.device),
+                      precision=backend.precision, input_size=format_size(backend.input_size),
+                      batch=pipe["infer"].batch, live=asdict(live),
+                      queues={q.name: f"{q.policy}, capacity {q.capacity}" for q in pipe.queues})
+    mode = ("live stream" if source.stream else "paced at its frame rate" if source.paced
+            else "every frame, as fast as the model goes (add --realtime to pace it like a camera)")
+    log.info("live: %s (%dx%d @ %.4g fps), %s", info.name, info.width, info.height, float(info.fps), mode)
+    if show:
+        log.info("window open; %s", KEYS_HELP)
+    if server is not None:
+        server.start()
+        host = server.address[0]
+        log.info("watch at %s%s", server.url, "  (every interface: anyone on this network can watch)"
+                 if host in ("0.0.0.0", "::") else "")
+
+    t0 = time.perf_counter()
+    next_status = [t0 + STATUS_EVERY_S]
+    view = "display" if show else "serve" if serve is not None else None
+
+    def tick():
+        now = time.perf_counter()
+        if duration_s is not None and now - t0 >= duration_s:
+            state.request_quit("duration")
+        if state.quit.is_set() and not pipe.stop_event.is_set():
+            pipe.stop()
+        if now >= next_status[0]:
+            next_status[0] = now + STATUS_EVERY_S
+            snap = state.snapshot(view)
+            log.info("%.1f fps, latency %s ms (p95 %s), dropped %d, %s", snap["fps"], snap["latency_ms"],
+                     snap["latency_p95_ms"], snap["dropped"], snap["status"])
+
+    try:
+        with _stop_on_signals(state):
+            pipe.run(on_tick=tick, tick_s=0.05)
+    finally:
+        if server is not None:
+            server.stop()
+    wall = time.perf_counter() - t0
+
+    stats = live_stats(pipe, wall, backend, source, state, view)
+    if stats_path is not None:
+        Path(stats_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(stats_path).write_text(json.dumps(stats, indent=2))
+    if source.error is not None:
+        raise source.error
+    return stats
+
+
+@contextmanager
+def _stop_on_signals(state):
+    """SIGINT and SIGTERM ask the demo to stop (cleanly: outputs closed, stats written); a second
+    Ctrl-C interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if signum == signal.SIGINT and state.quit.is_set():
+            raise KeyboardInterrupt
+        state.request_quit(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+# --- statistics -------------------------------------------------------------------------------------
+def _ms(values_s, qs) -> list[float]:
+    if not len(values_s):
+        return [0.0 for _ in qs]
+    return [round(float(v) * 1000.0, 3) for v in np.percentile(np.asarray(values_s), qs)]
+
+
+def live_stats(pipe, wall_s: float, backend, source, state, view: str | None) -> dict:
+    """``segpipe run --stats``'s schema, measured at the live view (the window, else the browser stream,
+    else the recording), plus a ``live`` section: per-view latency, drops by cause, reconnects, and the
+    p95 latency of each third of the run (growth shows as a rising last third)."""
+    from pipeline.run import collect_stats
+
+    stats = collect_stats(pipe, wall_s, backend, skipped=source.skipped)
+    views = {}
+    for name, tracker in state.trackers.items():
+        p50, p95, p99 = _ms(tracker.latency_s, (50, 95, 99))
+        views[name] = {"frames": tracker.frames, "p50": p50, "p95": p95, "p99": p99}
+    if "record" in (s.name for s in pipe.stages):
+        rec = pipe["record"]
+        p50, p95, p99 = _ms(rec.latency_s, (50, 95, 99))
+        views["record"] = {"frames": rec.delivered, "p50": p50, "p95": p95, "p99": p99}
+    primary = view or "record"
+    latency = state.trackers[primary].latency_s if primary in state.trackers else pipe["record"].latency_s
+    frames = views[primary]["frames"]
+    thirds = [_ms(part, (95,))[0] for part in np.array_split(np.asarray(latency), 3)] if len(latency) >= 3 \
+        else [views[primary]["p95"]] * 3
+    stats.update(frames=int(frames), fps=round(frames / wall_s, 3) if wall_s > 0 else 0.0,
+                 latency_ms={k: views[primary][k] for k in ("p50", "p95", "p99")})
+    display = next((s for s in pipe.stages if s.name == "display"), None)
+    stats["live"] = {
+        "view": primary,
+        "views": views,
+        "source": source.info.name,
+        "mode": "stream" if source.stream else "realtime" if source.paced else "every-frame",
+        "captured": pipe["decode"].count,
+        "queue_drops": {q.name: q.drops for q in pipe.queues if q.drops},
+        "late_frames": source.late,
+        "undecodable": source.skipped,
+        "reconnects": source.reconnects,
+        "paused_frames": display.paused_frames if display is not None else 0,
+        "latency_p95_ms_by_third": thirds,
+        "exit": state.quit_reason or ("source lost" if source.error is not None else "end of source"),
+    }
+    return stats

@@ -1,0 +1,188 @@
+"""Pipeline settings: one section per stage, read from configs/pipeline.yaml, overridden by CLI flags.
+
+``load_settings(path, overrides)`` returns a frozen ``Settings``; ``save_settings`` writes the settings
+actually used (plus what the run resolved: backend, policy, sizes) beside the output.
+The built-in defaults below are identical to configs/pipeline.yaml, so a missing file changes nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import yaml
+
+from train.errors import InputNotFoundError, InvalidInputError
+
+CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "pipeline.yaml"
+VIEWS = ("overlay", "mask", "side-by-side")
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    thread_type: str = "AUTO"        # FFmpeg decoder threading: AUTO (frame + slice), FRAME, SLICE, NONE
+    threads: int = 0                 # decoder threads (0: FFmpeg picks)
+    fps: float = 20.0                # frame rate for image folders/globs and streams that do not say
+    timeout_s: float = 10.0          # URLs and cameras: give up opening/reading after this long
+    camera_format: str = "v4l2"      # FFmpeg input format for cameras (v4l2 on Linux)
+    options: dict = field(default_factory=dict)  # FFmpeg demuxer options, e.g. {rtsp_transport: tcp}
+    max_frames: int | None = None    # stop after this many frames (None: the whole source)
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    interpolation: str = "area"      # resize filter: area (cv2.INTER_AREA / torch area) or bilinear
+    cv2_threads: int = 1             # OpenCV's thread pool (process-wide; also used by colourise)
+
+
+@dataclass(frozen=True)
+class InferSettings:
+    weights: str | None = None       # checkpoint (None: the shipped model)
+    backend: str = "auto"            # engine.load backend name, or auto
+    precision: str = "fp16"          # asked of the backend; CPU backends run what they support
+    device: str | None = None        # None: the backend's choice
+    size: tuple[int, int] | None = None  # model input (H, W); None: the checkpoint's
+    batch: int = 4                   # at most this many frames per inference call
+    max_wait_ms: float = 5.0         # wait at most this long for a batch to fill (live sources never stall)
+    torch_threads: int = 0           # torch (and onnxruntime) intra-op threads, process-wide; 0: torch's
+                                     # default (the physical cores)
+
+
+@dataclass(frozen=True)
+class ColouriseSettings:
+    view: str = "overlay"            # overlay | mask | side-by-side
+    alpha: float = 0.5               # overlay opacity of the class colours
+    legend: bool = False             # draw the classes present in each frame
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    codec: str = "libx264"
+    pix_fmt: str = "yuv420p"         # odd sizes are padded to even for chroma-subsampled formats
+    preset: str | None = "ultrafast" # x264/x265 speed preset (ultrafast: ~2 CPU-ms/frame less than
+                                     # superfast at 640x480, ~10% larger files)
+    tune: str | None = "zerolatency" # no lookahead or B-frames: a packet per frame, low latency
+    crf: int | None = 23
+    threads: int = 0                 # encoder threads (0: FFmpeg picks from the core count)
+    options: dict = field(default_factory=dict)  # extra codec options, e.g. {profile: high}
+    png_compression: int = 1         # --masks PNGs: zlib level 0-9 (lossless at every level)
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    capacity: int = 4                # frames each queue holds (the infer queue holds at least a batch)
+    policy: str = "auto"             # the queue after the source: auto = block for files, drop-oldest
+                                     # for live sources; or block | drop-oldest | drop-newest | fault
+    downstream_policy: str = "block" # the queues after that: block = backpressure, so a live source
+                                     # drops at the door instead of after costly inference
+
+
+@dataclass(frozen=True)
+class Settings:
+    decode: DecodeSettings = field(default_factory=DecodeSettings)
+    preprocess: PreprocessSettings = field(default_factory=PreprocessSettings)
+    infer: InferSettings = field(default_factory=InferSettings)
+    colourise: ColouriseSettings = field(default_factory=ColouriseSettings)
+    encode: EncodeSettings = field(default_factory=EncodeSettings)
+    queues: QueueSettings = field(default_factory=QueueSettings)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["infer"]["size"] is not None:
+            d["infer"]["size"] = format_size(d["infer"]["size"])
+        return d
+
+    def override(self, **sections: dict) -> "Settings":
+        """A copy with ``{section: {key: value}}`` applied; None values are ignored (unset flags)."""
+        return _apply(self, {s: {k: v for k, v in kv.items() if v is not None} for s, kv in sections.items()},
+                      origin="override")
+
+
+def parse_size(text) -> tuple[int, int] | None:
+    """'480x640' (H x W) -> (480, 640)."""
+    if text is None or isinstance(text, (tuple, list)):
+        return None if text is None else (int(text[0]), int(text[1]))
+    try:
+        h, w = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise InvalidInputError(f"size {text!r} is not HxW: write it like 144x192") from None
+    if h < 1 or w < 1:
+        raise InvalidInputError(f"size {text!r} must be positive, like 144x192")
+    return h, w
+
+
+def format_size(size) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def _apply(settings: Settings, data: dict, origin: str) -> Settings:
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{origin}: expected sections {', '.join(f.name for f in fields(Settings))}")
+    sections = {f.name: f for f in fields(Settings)}
+    updates = {}
+    for name, values in data.items():
+        if name not in sections:
+            raise InvalidInputError(f"{origin}: unknown section {name!r}: valid are {', '.join(sections)}")
+        current = getattr(settings, name)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise InvalidInputError(f"{origin}: section {name!r} must be a mapping of settings")
+        known = {f.name for f in fields(current)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InvalidInputError(f"{origin}: unknown {name} settings {unknown}: valid are {sorted(known)}")
+        if "size" in values:
+            values = {**values, "size": parse_size(values["size"])}
+        updates[name] = replace(current, **values)
+    return validate(replace(settings, **updates))
+
+
+def validate(s: Settings) -> Settings:
+    """Say early, and how to fix it, when a setting cannot work."""
+    if s.colourise.view not in VIEWS:
+        raise InvalidInputError(f"view {s.colourise.view!r} is unknown: use one of {', '.join(VIEWS)}")
+    if not 0.0 <= s.colourise.alpha <= 1.0:
+        raise InvalidInputError(f"alpha {s.colourise.alpha} is outside 0..1: use e.g. --alpha 0.5")
+    if s.infer.batch < 1:
+        raise InvalidInputError(f"batch {s.infer.batch} must be >= 1: use e.g. --batch 4")
+    if s.infer.max_wait_ms < 0:
+        raise InvalidInputError("infer.max_wait_ms must be >= 0")
+    if s.queues.capacity < 1:
+        raise InvalidInputError(f"queue capacity {s.queues.capacity} must be >= 1")
+    for policy in (s.queues.policy, s.queues.downstream_policy):
+        if policy not in ("auto", "block", "drop-oldest", "drop-newest", "fault"):
+            raise InvalidInputError(f"queue policy {policy!r} is unknown: use auto, block, drop-oldest, "
+                                    f"drop-newest or fault")
+    if s.preprocess.interpolation not in ("area", "bilinear"):
+        raise InvalidInputError(f"interpolation {s.preprocess.interpolation!r} is unknown: use area or bilinear")
+    if s.decode.max_frames is not None and s.decode.max_frames < 1:
+        raise InvalidInputError(f"--frames {s.decode.max_frames} must be >= 1")
+    if s.decode.fps <= 0:
+        raise InvalidInputError(f"decode.fps {s.decode.fps} must be > 0")
+    if not 0 <= s.encode.png_compression <= 9:
+        raise InvalidInputError("encode.png_compression must be 0..9")
+    return s
+
+
+def load_settings(path: str | Path | None = None, **overrides: dict) -> Settings:
+    """Built-in defaults, then the YAML file (configs/pipeline.yaml if ``path`` is None and it exists),
+    then ``overrides`` ({section: {key: value}}, None values ignored)."""
+    settings = Settings()
+    if path is not None and not Path(path).exists():
+        raise InputNotFoundError(f"config {path} does not exist: pass an existing YAML file or drop --config")
+    file = Path(path) if path is not None else CONFIG_FILE
+    if file.exists():
+        try:
+            data = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InvalidInputError(f"config {file} is not valid YAML: {str(e).splitlines()[0]}") from None
+        settings = _apply(settings, data, origin=str(file))
+    return settings.override(**overrides) if overrides else settings
+
+
+def save_settings(settings: Settings, path: str | Path, **resolved) -> Path:
+    """Write the settings used (and ``resolved``: what the run chose, e.g. backend, policy) as YAML."""
+    path = Path(path)
+    data = {"resolved": resolved, **settings.to_dict()} if resolved else settings.to_dict()
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

@@ -1,0 +1,107 @@
+"""The stage base class: a stage does its work in one ``process()``; this class owns the loop around it.
+
+A stage (Holoscan's operator) has at most one input queue and one output queue, set by
+``Pipeline.add_flow``. Its thread runs::
+
+    setup()
+    loop: item(s) = inbox.get()  ->  out = process(item)  ->  outbox.put(each of out)
+    at end of stream: outbox.put(each of finish()), then EOS
+    teardown()                      # always, also after an error or a stop
+
+- A source stage (no inbox) has ``process()`` called with no argument until it returns ``EOS``.
+- A batched stage (``batched = True``) receives a list of up to ``self.batch`` items, collected
+  for at most ``self.max_wait_s`` after the first arrives.
+- ``process()`` returns one item, a list of items, or None (nothing to pass on).
+- The last stage of a pipeline is its sink: each item it returns counts as delivered (frames out,
+  latency). A sink that delivers later (an encoder muxing packets) returns None and calls
+  ``self.deliver(frame.t_decoded)`` itself.
+
+Adding a sink is one file: subclass ``Stage``, set ``name``, write ``process(frame)`` (and ``setup`` /
+``teardown`` for what it opens), and pass it to ``build_pipeline(..., sinks=[...])``.
+"""
+from __future__ import annotations
+
+import time
+
+from pipeline.queues import EOS, BoundedQueue
+
+
+class Stage:
+    name = "stage"
+    batched = False
+
+    def __init__(self):
+        self.inbox: BoundedQueue | None = None
+        self.outbox: BoundedQueue | None = None
+        self.batch = 1
+        self.max_wait_s = 0.0
+        self.busy_s = 0.0               # time spent in process() and finish()
+        self.call_s: list[float] = []   # duration of each process() call
+        self.delivered = 0              # items out of the pipeline (sinks only)
+        self.latency_s: list[float] = []
+
+    # --- what a stage writes -------------------------------------------------------------------
+    def setup(self) -> None:
+        """Open what the stage needs (runs in the stage's thread, before the first process())."""
+
+    def process(self, item=None):
+        raise NotImplementedError
+
+    def finish(self):
+        """End of stream: return what the stage still holds (e.g. an encoder's flushed frames), or None."""
+        return None
+
+    def teardown(self) -> None:
+        """Release everything; called once, after the last process(), also after an error or a stop."""
+
+    # --- helpers for sinks ----------------------------------------------------------------------
+    def deliver(self, t_decoded: float) -> None:
+        """Count one frame out of the pipeline; its latency runs from ``t_decoded`` to now."""
+        self.latency_s.append(time.perf_counter() - t_decoded)
+        self.delivered += 1
+
+    # --- the loop (called by Pipeline in the stage's thread) ------------------------------------
+    def call(self, fn, *args):
+        t = time.perf_counter()
+        out = fn(*args)
+        dt = time.perf_counter() - t
+        self.busy_s += dt
+        if fn is not self.finish:
+            self.call_s.append(dt)
+        return out
+
+    def loop(self) -> None:
+        if self.inbox is None:                       # a source
+            while (out := self.call(self.process)) is not EOS:
+                self.emit(out)
+        else:
+            while True:
+                if self.batched:
+                    items = self.inbox.get_batch(self.batch, self.max_wait_s)
+                    end = items[-1] is EOS
+                    if end:
+                        items.pop()
+                    if items:
+                        self.emit(self.call(self.process, items))
+                else:
+                    item = self.inbox.get()
+                    end = item is EOS
+                    if not end:
+                        self.emit(self.call(self.process, item))
+                if end:
+                    break
+        self.emit(self.call(self.finish))
+        if self.outbox is not None:
+            self.outbox.put(EOS)
+
+    def emit(self, out) -> None:
+        if out is None:
+            return
+        for item in out if isinstance(out, list) else (out,):
+            if self.outbox is not None:
+                self.outbox.put(item)
+            else:
+                self.deliver(item.t_decoded)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"

@@ -1,0 +1,123 @@
+"""`segpipe run` / `segpipe bench` through pipeline.cli.main (return codes) and one real subprocess."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import CARLA_VIDEO, ROOT, SHARED, StubBackend, probe, write_clip
+from pipeline.cli import main
+
+STATS_KEYS = {"frames", "dropped", "fps", "wall_s", "backend", "device", "stages", "latency_ms"}
+
+
+def test_run_writes_video_stats_and_settings(tmp_path, clip, capsys):
+    out, stats = tmp_path / "seg.mp4", tmp_path / "s.json"
+    assert main(["run", str(clip), "--out", str(out), "--stats", str(stats), "--no-progress",
+                 "--view", "side-by-side", "--legend", "--batch", "2"]) == 0
+    data = json.loads(stats.read_text())
+    assert set(data) == STATS_KEYS and data["frames"] == 12 and data["dropped"] == 0
+    assert probe(out)["frames"] == 12 and probe(out)["width"] == 192
+    assert (tmp_path / "seg.mp4.settings.yaml").exists()
+    assert "12 frames in" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not CARLA_VIDEO.exists(), reason=f"needs the shared CARLA data at {SHARED}")
+def test_real_carla_clip_agrees_with_the_ground_truth(tmp_path):
+    n = 40
+    masks = tmp_path / "masks"
+    assert main(["run", str(CARLA_VIDEO), "--out", str(tmp_path / "seg.mp4"), "--masks", str(masks),
+                 "--frames", str(n), "--no-progress"]) == 0
+    truth = sorted((SHARED / "carla" / "CameraMask").iterdir())[:n]
+    ours = sorted(masks.iterdir())
+    assert [p.name for p in ours] == [f"{i:06d}.png" for i in range(n)]
+    agree = []
+    for mine, gt in zip(ours, truth):
+        pred = cv2.imread(str(mine), cv2.IMREAD_UNCHANGED)
+        label = cv2.imread(str(gt), cv2.IMREAD_UNCHANGED)[..., 2]      # BGRA: red is index 2
+        assert pred.shape == label.shape == (480, 640)
+        agree.append(np.mean(pred == label))
+    assert np.mean(agree) > 0.7, f"pixel agreement {np.mean(agree):.3f}"
+    assert probe(tmp_path / "seg.mp4")["frames"] == n
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["run", "/nonexistent/drive.mp4", "--out", "{tmp}/o.mp4"], 2, "does not exist"),
+    (["run", "{clip}", "--out", "{tmp}/o.mp4", "--size", "12x"], 2, "write it like 144x192"),
+    (["run", "{clip}", "--out", "{tmp}/o.mp4", "--size", "100x100"], 2, "use --size"),
+    (["run", "{clip}", "--out", "{tmp}/o.mp4", "--alpha", "2"], 2, "outside 0..1"),
+    (["run", "{clip}"], 2, "nothing to write"),
+    (["run", "{clip}", "--out", "{clip}"], 2, "is the input itself"),
+    (["run", "{clip}", "--out", "{tmp}/o.mp4", "--codec", "nosuchcodec"], 2, "cannot encode with"),
+    (["run", "{clip}", "--out", "{tmp}/o.mp4", "--config", "{tmp}/missing.yaml"], 2, "does not exist"),
+    (["bench", "--video", "{clip}", "--batch", "1,4"], 2, "one number"),
+])
+def test_user_errors_are_one_line_and_exit_code(tmp_path, clip, capsys, args, code, message):
+    args = [a.format(tmp=tmp_path, clip=clip) for a in args]
+    assert main(args + (["--no-progress"] if args[0] == "run" else [])) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"segpipe {args[0]}: error: ") and message in err[-1], err
+
+
+def test_sigterm_closes_the_output_and_exits_143(tmp_path):
+    clip = write_clip(tmp_path / "long.mp4", frames=400, width=160, height=120)
+    out = tmp_path / "seg.mp4"
+
+    def term_when_writing():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (out.exists() and out.stat().st_size > 0):
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=term_when_writing, daemon=True).start()
+    assert main(["run", str(clip), "--out", str(out), "--no-progress", "--batch", "1"]) == 143
+    assert 0 < probe(out)["frames"] < 400
+
+
+def test_ctrl_c_in_a_real_process_exits_130_with_a_playable_output(tmp_path):
+    clip = write_clip(tmp_path / "long.mp4", frames=400, width=160, height=120)
+    out = tmp_path / "seg.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(clip), "--out", str(out),
+                             "--no-progress", "--batch", "1"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (out.exists() and out.stat().st_size > 0):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "segpipe run: interrupted"
+    assert 0 < probe(out)["frames"] < 400
+
+
+def test_bench_video_reports_stages_pipeline_and_naive(tmp_path, clip, settings):
+    from pipeline.bench import bench_video, format_report
+
+    r = bench_video(clip, settings, frames=10, backend=StubBackend())
+    assert set(r["stages_fps"]) == {"decode", "preprocess", "infer", "colourise", "encode"}
+    assert all(v > 0 for v in r["stages_fps"].values())
+    assert r["frames"] == 10 and r["pipeline"]["frames"] == 10
+    assert r["efficiency"] == pytest.approx(r["pipeline_fps"] / min(r["stages_fps"].values()), rel=1e-2)
+    assert r["speedup"] == pytest.approx(r["pipeline_fps"] / r["naive_fps"], rel=1e-2)
+    assert "efficiency" in format_report(r)
+
+
+def test_bench_cli_dispatches(tmp_path, clip, monkeypatch, capsys):
+    assert main(["bench", "--video", str(clip), "--frames", "6", "--json", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["frames"] == 6
+    import engine.bench
+    calls = []
+    monkeypatch.setattr(engine.bench, "model_bench", lambda **kw: calls.append(kw) or [{"backend": "x"}])
+    monkeypatch.setattr(engine.bench, "format_rows", lambda rows: "ROWS")
+    assert main(["bench", "--backend", "onnxruntime,torch-cpu", "--batch", "1,2", "--size", "96x128"]) == 0
+    assert calls == [{"weights": None, "backends": ["onnxruntime", "torch-cpu"], "precisions": None,
+                      "batches": (1, 2), "size": "96x128"}]
+    assert "ROWS" in capsys.readouterr().out

@@ -1,0 +1,99 @@
+"""Round trips, as in PyAV's own tests: write a clip, run the pipeline, reopen the output and check it."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import ROAD, SKY, StubBackend, decode_index, probe, write_clip
+from pipeline.run import run, settings_path
+
+
+def test_frames_size_rate_and_timestamps_survive(tmp_path, clip, stub, settings):
+    out = tmp_path / "seg.mp4"
+    stats = run(clip, out, settings, backend=stub)
+    src, got = probe(clip), probe(out)
+    assert got["frames"] == src["frames"] == stats["frames"] == 12
+    assert (got["width"], got["height"]) == (src["width"], src["height"])
+    assert got["rate"] == src["rate"] == 25
+    assert got["time_base"] == src["time_base"]
+    assert got["pts"] == src["pts"]
+    assert got["codec"] == "h264"
+    assert stats["dropped"] == 0
+
+
+def test_masks_are_lossless_in_order_and_at_input_resolution(tmp_path, settings):
+    stub = StubBackend(delay_s=0.03)              # a slow model: frames queue up, batches fill
+    clip = write_clip(tmp_path / "clip.mp4", frames=20)
+    masks = tmp_path / "masks"
+    run(clip, tmp_path / "seg.mp4", settings.override(infer={"batch": 3}), masks=masks, backend=stub)
+    files = sorted(masks.iterdir())
+    assert [f.name for f in files] == [f"{i:06d}.png" for i in range(20)]
+    for i, f in enumerate(files):
+        labels = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
+        assert labels.dtype == np.uint8 and labels.shape == (64, 96)          # one channel, input size
+        assert set(np.unique(labels)) <= {ROAD, SKY}
+        assert decode_index(labels) == i                                        # frame i, in order
+    assert max(stub.batches) == 3 and sum(stub.batches) == 20                   # batched inference
+
+
+def test_odd_size_is_padded_to_even_for_yuv420p(tmp_path, stub, settings):
+    clip = tmp_path / "odd"
+    clip.mkdir()
+    for i in range(5):   # image folders can have odd sizes, which H.264 4:2:0 cannot
+        img = np.full((61, 83, 3), 40 * i, np.uint8)
+        cv2.imwrite(str(clip / f"f{i}.png"), img)
+    out = tmp_path / "odd.mp4"
+    stats = run(clip, out, settings, masks=tmp_path / "m", backend=stub)
+    got = probe(out)
+    assert (got["width"], got["height"], got["frames"]) == (84, 62, 5) and stats["frames"] == 5
+    assert cv2.imread(str(tmp_path / "m" / "000000.png"), cv2.IMREAD_UNCHANGED).shape == (61, 83)
+
+
+@pytest.mark.parametrize("view,width", [("mask", 96), ("side-by-side", 192), ("overlay", 96)])
+def test_views(tmp_path, clip, stub, settings, view, width):
+    out = tmp_path / f"{view}.mp4"
+    run(clip, out, settings.override(colourise={"view": view, "legend": view == "overlay"}), backend=stub)
+    got = probe(out)
+    assert (got["width"], got["height"], got["frames"]) == (width, 64, 12)
+
+
+def test_mask_view_shows_the_palette(tmp_path, clip, stub, settings):
+    out = tmp_path / "mask.mkv"
+    run(clip, out, settings.override(colourise={"view": "mask"}, encode={"crf": 0}), backend=stub)
+    import av
+    with av.open(str(out)) as c:
+        first = next(c.decode(video=0)).to_ndarray(format="rgb24")
+    sky = np.array([70, 130, 180])
+    assert np.abs(first[32, 90].astype(int) - sky).max() < 12       # frame 0: no bits set, all sky
+
+
+def test_other_codec_and_container(tmp_path, clip, stub, settings):
+    out = tmp_path / "seg.mkv"
+    run(clip, out, settings.override(encode={"codec": "mpeg4"}), backend=stub)
+    got = probe(out)
+    assert got["codec"] == "mpeg4" and got["frames"] == 12
+
+
+def test_settings_used_are_written_beside_the_output(tmp_path, clip, stub, settings):
+    import yaml
+    out = tmp_path / "seg.mp4"
+    run(clip, out, settings.override(colourise={"alpha": 0.3}, infer={"batch": 2}), backend=stub,
+        stats_path=tmp_path / "s.json")
+    saved = yaml.safe_load(settings_path(out).read_text())
+    assert saved["colourise"]["alpha"] == 0.3 and saved["infer"]["batch"] == 2
+    assert saved["resolved"]["backend"] == "stub"
+    assert saved["resolved"]["queues"]["decode->preprocess"].startswith("block")
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert set(stats) == {"frames", "dropped", "fps", "wall_s", "backend", "device", "stages", "latency_ms"}
+    assert set(stats["stages"]) == {"decode", "preprocess", "infer", "colourise", "encode"}
+    assert all(set(v) == {"busy_s", "p50_ms", "p95_ms"} for v in stats["stages"].values())
+    assert set(stats["latency_ms"]) == {"p50", "p95", "p99"} and stats["latency_ms"]["p50"] > 0
+    assert stats["frames"] == 12 and stats["backend"] == "stub" and stats["device"] == "cpu"
+
+
+def test_max_frames_and_fixed_batch_engines(tmp_path, clip, settings):
+    stub = StubBackend(min_batch=4, max_batch=4)          # e.g. a TensorRT engine built for batch 4
+    stats = run(clip, tmp_path / "seg.mp4", settings.override(decode={"max_frames": 7}), backend=stub)
+    assert stats["frames"] == 7 == probe(tmp_path / "seg.mp4")["frames"]
+    assert set(stub.batches) == {4}

@@ -1,0 +1,47 @@
+"""configs/pipeline.yaml: one section per stage, identical to the built-in defaults; overrides win."""
+import pytest
+import yaml
+
+from pipeline.settings import CONFIG_FILE, Settings, load_settings, parse_size
+from train.errors import InputNotFoundError, InvalidInputError
+
+
+def test_the_shipped_config_equals_the_built_in_defaults():
+    assert CONFIG_FILE.exists()
+    data = yaml.safe_load(CONFIG_FILE.read_text())
+    assert list(data) == ["decode", "preprocess", "infer", "colourise", "encode", "queues"]
+    assert load_settings() == Settings()
+    assert Settings().to_dict() == data
+
+
+def test_file_then_overrides(tmp_path):
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("infer: {batch: 2, size: 96x128}\ncolourise: {view: mask}\n")
+    s = load_settings(cfg, infer={"batch": 6, "backend": None}, colourise={"alpha": 0.2})
+    assert s.infer.batch == 6 and s.infer.size == (96, 128) and s.infer.backend == "auto"
+    assert s.colourise.view == "mask" and s.colourise.alpha == 0.2
+
+
+@pytest.mark.parametrize("text,match", [
+    ("infer: {batchsize: 2}", r"unknown infer settings \['batchsize'\]"),
+    ("inference: {batch: 2}", "unknown section 'inference'"),
+    ("colourise: {view: heatmap}", "use one of overlay, mask, side-by-side"),
+    ("colourise: {alpha: 3}", "outside 0..1"),
+    ("queues: {policy: lossy}", "unknown: use auto, block"),
+    ("infer: {size: 144}", "write it like 144x192"),
+    ("infer: [", "not valid YAML"),
+])
+def test_bad_settings_say_how_to_fix(tmp_path, text, match):
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(text)
+    with pytest.raises(InvalidInputError, match=match):
+        load_settings(cfg)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(InputNotFoundError, match="drop --config"):
+        load_settings(tmp_path / "nope.yaml")
+
+
+def test_parse_size():
+    assert parse_size("144x192") == (144, 192) and parse_size(None) is None

@@ -1,0 +1,102 @@
+"""Every source kind: file, image folder, glob, file:// URL, http URL; and clear errors for bad ones."""
+import functools
+import http.server
+import threading
+
+import cv2
+import pytest
+
+from conftest import StubBackend, decode_index, frame_image, probe, write_clip
+from pipeline.run import run
+from pipeline.sources import natural_sorted, open_source
+from train.errors import InputNotFoundError, InvalidInputError, MediaError
+
+
+def labels_in_order(masks):
+    return [decode_index(cv2.imread(str(p), cv2.IMREAD_UNCHANGED)) for p in sorted(masks.iterdir())]
+
+
+@pytest.fixture
+def frames_dir(tmp_path):
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i in range(11):        # natural order: frame2 before frame10
+        cv2.imwrite(str(d / f"frame{i}.png"), cv2.cvtColor(frame_image(i, 96, 64), cv2.COLOR_RGB2BGR))
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def test_image_folder_in_natural_order_at_the_configured_rate(tmp_path, frames_dir, settings):
+    out, masks = tmp_path / "seg.mp4", tmp_path / "m"
+    stats = run(frames_dir, out, settings.override(decode={"fps": 10}), masks=masks, backend=StubBackend())
+    assert labels_in_order(masks) == list(range(11))
+    got = probe(out)
+    assert got["frames"] == stats["frames"] == 11 and got["rate"] == 10
+
+
+def test_glob(tmp_path, frames_dir, settings):
+    masks = tmp_path / "m"
+    run(str(frames_dir / "frame1*.png"), None, settings, masks=masks, backend=StubBackend())
+    assert labels_in_order(masks) == [1, 10]          # frame1, frame10
+
+
+def test_file_url(tmp_path, clip, settings):
+    out = tmp_path / "seg.mp4"
+    run(clip.resolve().as_uri(), out, settings, backend=StubBackend())
+    assert probe(out)["frames"] == 12
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+@pytest.mark.parametrize("name,options", [("clip.mkv", None), ("clip.mp4", {"movflags": "+faststart"})])
+def test_http_url(tmp_path, http_root, settings, name, options):
+    root, base = http_root
+    write_clip(root / name, frames=10, options=options)
+    out, masks = tmp_path / "seg.mp4", tmp_path / "m"
+    stats = run(f"{base}/{name}", out, settings, masks=masks, backend=StubBackend())
+    assert stats["frames"] == 10 == probe(out)["frames"]
+    assert labels_in_order(masks) == list(range(10))
+
+
+def test_kinds_are_recognised(tmp_path, clip, frames_dir, settings):
+    s = settings.decode
+    assert open_source(clip, s).info.kind == "file"
+    assert open_source(frames_dir, s).info.kind == "images"
+    assert open_source(str(frames_dir / "*.png"), s).info.frames == 11
+    info = open_source(clip.resolve().as_uri(), s).info
+    assert info.kind == "url" and not info.live and info.frames == 12
+    assert natural_sorted(["f10.png", "f2.png", "f1.png"]) == ["f1.png", "f2.png", "f10.png"]
+
+
+def test_a_missing_camera_says_how_to_find_one(settings):
+    with pytest.raises(InputNotFoundError, match="camera /dev/video99 does not exist.*ls /dev/video"):
+        open_source("/dev/video99", settings.decode)
+    with pytest.raises(InputNotFoundError, match="camera /dev/video99"):
+        open_source(99, settings.decode)
+
+
+def test_bad_inputs_say_what_to_do(tmp_path, settings):
+    s = settings.decode
+    with pytest.raises(InputNotFoundError, match="does not exist"):
+        open_source(tmp_path / "nope.mp4", s)
+    with pytest.raises(InputNotFoundError, match="no images match"):
+        open_source(str(tmp_path / "*.jpg"), s)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidInputError, match="holds no images"):
+        open_source(tmp_path / "empty", s)
+    (tmp_path / "junk.mp4").write_bytes(b"\0" * 1000)
+    with pytest.raises(MediaError, match="cannot open"):
+        open_source(tmp_path / "junk.mp4", s)
