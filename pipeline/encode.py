@@ -2,12 +2,21 @@
 
 H.264 (libx264, yuv420p) by default. Each frame keeps its source pts and time base, so the output has
 the input's timing and frame rate. Sizes a chroma-subsampled format cannot hold (odd width or height
-for yuv420p) are padded by one row/column (edge replicated). ``teardown`` flushes and closes even after
-an error or a stop, so whatever was written stays playable.
+for yuv420p) are padded by one row/column (edge replicated).
+
+- Checked at construction (before any thread starts): the extension names a container FFmpeg can
+  write, the container can hold the codec, and the encoder opens with these settings (a probe file in
+  a temporary folder), so a typo in --out, --codec or encode.* fails first, in one line.
+- ``teardown`` flushes and closes even after an error or a stop, so whatever was written stays playable.
+- A write that fails (disk full, I/O error) is a MediaError that says so. An output that holds no frame,
+  or could not be finalised after a write error (an MP4 without its index), is removed: an output file
+  that exists is always playable. ``removed`` says whether that happened.
 """
 from __future__ import annotations
 
+import errno
 import logging
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -26,6 +35,31 @@ def even_size(width: int, height: int, pix_fmt: str) -> tuple[int, int]:
     w2 = any(c.width not in (0, 101) for c in comps)
     h2 = any(c.height not in (0, 101) for c in comps)
     return width + (width % 2 if w2 else 0), height + (height % 2 if h2 else 0)
+
+
+def write_error(path: Path, error: BaseException) -> MediaError:
+    """A failed write, in words: the disk is full, an I/O error, or FFmpeg's reason."""
+    code = getattr(error, "errno", None)
+    reason = getattr(error, "strerror", None) or str(error)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return MediaError(f"cannot write {path}: the disk is full ({reason}): free some space or write "
+                          f"to another disk")
+    if code == errno.EIO:
+        return MediaError(f"cannot write {path}: I/O error ({reason}): is the disk failing or unplugged?")
+    return MediaError(f"cannot write {path}: {reason}")
+
+
+def frames_in(path: Path) -> int:
+    """How many video frames ``path`` holds (its packets: no decoding), if its first one decodes; else 0."""
+    try:
+        with av.open(str(path)) as c:
+            stream = c.streams.video[0]
+            if next(iter(c.decode(stream)), None) is None:
+                return 0
+            c.seek(0)
+            return sum(1 for p in c.demux(stream) if p.size)
+    except (av.FFmpegError, OSError, IndexError, ValueError):
+        return 0
 
 
 class Encode(Stage):
@@ -49,16 +83,49 @@ class Encode(Stage):
         self._pending: dict[int, float] = {}     # pts -> t_decoded of frames inside the encoder
         self._last_pts = None
         self._flushed = False
+        self.packets = 0                         # packets muxed into the file
+        self.failed = False                      # a write failed: the file may lack its trailer
+        self.removed = False                     # the output was removed (nothing in it, or unplayable)
+        self.kept: int | None = None             # after a failed write: the frames the file really holds
+        self.preflight()
 
-    def setup(self) -> None:
+    def preflight(self) -> None:
+        """Open the same container and encoder on a probe file in a temporary folder: a wrong extension,
+        codec, pixel format or encoder option fails now, with what to do, instead of in a thread."""
+        suffix = self.path.suffix
+        if not suffix:
+            raise InvalidInputError(f"--out {self.path} has no extension, so the container is unknown: "
+                                    f"name it like {self.path}.mp4 (or .mkv, .mov)")
+        with tempfile.TemporaryDirectory(prefix="segpipe-probe-") as tmp:
+            try:
+                container = av.open(str(Path(tmp) / f"probe{suffix}"), "w")
+            except (av.FFmpegError, OSError, ValueError):
+                raise InvalidInputError(f"--out {self.path}: FFmpeg cannot write {suffix} files: use .mp4 or "
+                                        f".mkv (or .mov, .avi, .webm)") from None
+            try:
+                self._add_stream(container)
+                try:
+                    container.start_encoding()
+                except (av.FFmpegError, OSError, ValueError) as e:
+                    reason = str(e).split(": '")[0]
+                    options = dict(self._stream_options) or "no options"
+                    raise InvalidInputError(f"cannot start the {self.codec} encoder at {self.size[0]}x"
+                                            f"{self.size[1]} {self.pix_fmt} with {options} ({reason}): check "
+                                            f"--codec and encode.pix_fmt/preset/tune/crf/options, or use "
+                                            f"--codec libx264") from None
+            finally:
+                try:
+                    container.close()
+                except (av.FFmpegError, OSError, ValueError):
+                    pass
+
+    def _add_stream(self, container):
         try:
-            self.container = av.open(str(self.path), "w")
-        except (av.FFmpegError, OSError, ValueError) as e:
-            raise MediaError(f"cannot write {self.path}: {e} (does the folder exist, and does the extension "
-                             f"name a container, e.g. .mp4 or .mkv?)") from None
-        try:
-            stream = self.container.add_stream(self.codec, rate=self.fps)
+            stream = container.add_stream(self.codec, rate=self.fps)
         except (av.FFmpegError, ValueError) as e:
+            if "does not support" in str(e):
+                raise InvalidInputError(f"{self.path.suffix} files cannot hold {self.codec} ({e}): use .mkv, "
+                                        f"which holds any codec, or another --codec") from None
             raise InvalidInputError(f"cannot encode with {self.codec!r} ({e}): use e.g. --codec libx264, "
                                     f"libx265, libvpx-vp9 or mpeg4") from None
         stream.width, stream.height = self.size
@@ -67,10 +134,19 @@ class Encode(Stage):
         stream.codec_context.time_base = self.time_base
         stream.codec_context.thread_count = self.threads
         if stream.codec_context.name in ("libx264", "libx265"):
-            stream.options = self.options
+            self._stream_options = dict(self.options)
         else:   # preset/tune/crf mean nothing to other encoders; only pass the extra options
-            stream.options = {k: v for k, v in self.options.items() if k not in ("preset", "tune", "crf")}
-        self.stream = stream
+            self._stream_options = {k: v for k, v in self.options.items() if k not in ("preset", "tune", "crf")}
+        stream.options = self._stream_options
+        return stream
+
+    def setup(self) -> None:
+        try:
+            self.container = av.open(str(self.path), "w")
+        except (av.FFmpegError, OSError, ValueError) as e:
+            raise MediaError(f"cannot write {self.path}: {getattr(e, 'strerror', None) or e} (does the folder "
+                             f"exist and can it be written?)") from None
+        self.stream = self._add_stream(self.container)
 
     def process(self, frame):
         image = frame.output
@@ -89,31 +165,60 @@ class Encode(Stage):
         self._last_pts = pts
         vf.pts, vf.time_base = pts, frame.time_base
         self._pending[pts] = frame.t_decoded
-        self._mux(self.stream.encode(vf))
+        self._encode(vf)
         return None
+
+    def _encode(self, vf) -> None:
+        try:
+            self._mux(self.stream.encode(vf))
+        except (av.FFmpegError, OSError) as e:
+            self.failed = True
+            raise write_error(self.path, e) from None
 
     def _mux(self, packets) -> None:
         for packet in packets:
             pts = packet.pts                  # in the encoder's time base; mux rescales the packet
             self.container.mux(packet)
+            self.packets += 1
             t = self._pending.pop(pts, None)
             if t is not None:
                 self.deliver(t)
 
     def finish(self):
         self._flushed = True
-        self._mux(self.stream.encode())      # flush: the frames still inside the encoder
+        self._encode(None)                   # flush: the frames still inside the encoder
         return None
 
     def teardown(self) -> None:
         if self.container is None:
             return
+        close_error = None
         try:
-            if not self._flushed and self.stream is not None:
+            if not self._flushed and not self.failed and self.stream is not None:
                 self._flushed = True
                 try:
                     self._mux(self.stream.encode())
-                except av.FFmpegError as e:    # keep what was written; the original error matters more
+                except (av.FFmpegError, OSError) as e:  # keep what was written; the first error matters more
                     log.debug("encoder flush after a stop failed: %s", e)
         finally:
-            self.container.close()
+            try:
+                self.container.close()       # writes the trailer (an MP4's index)
+            except (av.FFmpegError, OSError) as e:
+                close_error, self.failed = e, True
+            self._remove_if_unusable()
+        if close_error is not None:
+            raise write_error(self.path, close_error)
+
+    def _remove_if_unusable(self) -> None:
+        """Never leave a file that holds nothing, or that a write error left unplayable."""
+        if self.failed and self.packets:
+            self.kept = frames_in(self.path)       # what reached the disk, not what was handed to it
+        if self.packets and self.kept != 0:
+            return
+        why = "no frame was encoded" if not self.packets else "it could not be finalised after a write error"
+        try:
+            self.path.unlink(missing_ok=True)
+            self.removed = True
+            log.warning("removed %s: %s", self.path, why)
+        except OSError as e:
+            log.warning("%s is unusable (%s) and could not be removed: %s", self.path, why, e)

@@ -27,11 +27,12 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.settings import LiveSettings   # its defaults: the live section of configs/pipeline.yaml
 from train.errors import InvalidInputError
 
 log = logging.getLogger("segpipe.live")
@@ -50,28 +51,6 @@ the HUD). A file without --realtime plays every frame as fast as the model goes 
 A camera or stream that drops is reopened (--reconnect-attempts, --reconnect-backoff).
 Exit status: 0 done or quit, 1 the source was lost or failed, 2 bad input or option, 130 Ctrl-C.
 """
-
-
-@dataclass(frozen=True)
-class LiveSettings:
-    """What `segpipe live` adds to the pipeline's settings (flags; see the module docs)."""
-    realtime: bool = False             # pace a file at its native rate, as if a camera filmed it
-    loop: bool = False                 # start a file again at its end
-    batch: int = 1                     # frames per inference call: 1 keeps latency lowest
-    max_wait_ms: float = 1.0           # wait this long at most for a batch to fill
-    queue_capacity: int = 1            # frames each queue holds
-    reconnect_attempts: int = 10       # a dropped camera/stream is reopened this many times at most
-    reconnect_backoff_s: float = 0.5   # before the first attempt; doubles each attempt ...
-    reconnect_backoff_max_s: float = 8.0   # ... up to this
-    jpeg_quality: int = 80             # browser view
-    legend: bool = True                # draw the classes present
-    hud: bool = True                   # fps, latency and drops in the window
-
-    def __post_init__(self):
-        if self.batch < 1:
-            raise InvalidInputError(f"--batch {self.batch} must be >= 1 (1 keeps latency lowest)")
-        if self.queue_capacity < 1:
-            raise InvalidInputError(f"queue capacity {self.queue_capacity} must be >= 1")
 
 
 # --- the command ------------------------------------------------------------------------------------
@@ -109,7 +88,7 @@ def register(sub, formatter) -> None:
                    help=f"wait before the first reconnect, doubling each attempt up to "
                         f"{LiveSettings.reconnect_backoff_max_s:g} s (default {LiveSettings.reconnect_backoff_s:g})")
     p.add_argument("--jpeg-quality", type=int, metavar="Q", help="browser view JPEG quality 1..100 (default 80)")
-    p.set_defaults(func=live_command, legend=True, hud=True)
+    p.set_defaults(func=live_command)     # legend, hud: absent unless given, so the config's live section applies
 
 
 def live_command(args) -> int:
@@ -135,7 +114,7 @@ def live_command(args) -> int:
                                  "reconnect_backoff_s": get("reconnect_backoff"),
                                  "jpeg_quality": get("jpeg_quality"), "legend": get("legend"),
                                  "hud": get("hud")}.items() if v is not None}
-    live = LiveSettings(**options)
+    live = replace(settings.live, **options)        # flags override the config's live section
     src = get("src") if get("src") is not None else "0"
     stats = run_live(src, settings, live, show=bool(get("show")), serve=get("serve"), record=get("record"),
                      stats_path=get("stats"), duration_s=get("duration"))
@@ -176,7 +155,7 @@ def low_delay_decode(decode, spec):
     return replace(decode, thread_type=thread_type, options={"fflags": "nobuffer", **(decode.options or {})})
 
 
-def run_live(src, settings=None, live: LiveSettings = LiveSettings(), *, show: bool = False,
+def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool = False,
              serve: str | None = None, record: str | Path | None = None, stats_path: str | Path | None = None,
              duration_s: float | None = None, backend=None, window=None, state=None, opener=None) -> dict:
     """Run the live demo until the source ends, a quit (key, signal, ``state.request_quit``) or
@@ -194,6 +173,7 @@ def run_live(src, settings=None, live: LiveSettings = LiveSettings(), *, show: b
     from pipeline.sources import open_source
 
     settings = settings or load_settings()
+    live = live if live is not None else settings.live
     if not (show or serve or record):
         raise InvalidInputError("nothing to show: pass show, serve and/or record")
     if show and window is None and (problem := gui_problem()):

@@ -1,5 +1,6 @@
 """Masks sink: each frame's labels as a lossless single-channel PNG, DIR/000000.png ..., at the input's
-resolution, named by the frame's index in the source. Passes the frame on."""
+resolution, named by the frame's index in the source. Passes the frame on. A PNG that cannot be written
+completely (disk full) is removed, so every PNG in the folder is whole."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,7 +27,13 @@ class MaskWriter(Stage):
 
     def process(self, frame):
         path = self.directory / f"{frame.index:06d}.png"
-        if not cv2.imwrite(str(path), frame.labels_full, self.params):
-            raise MediaError(f"cannot write {path}: is the disk full or the folder read-only?")
+        try:
+            ok = cv2.imwrite(str(path), frame.labels_full, self.params)
+        except cv2.error:
+            ok = False
+        if not ok:
+            path.unlink(missing_ok=True)      # never leave a half-written PNG
+            raise MediaError(f"cannot write {path}: is the disk full or the folder read-only? (the masks "
+                             f"before it are complete)")
         frame.labels_full = None
         return frame

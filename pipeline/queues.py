@@ -9,7 +9,8 @@ Policies (Holoscan's IOSpec queue policies, named for what they do):
 - ``fault``:       a full queue is an error (QueueOverflowError).
 
 Every wait is a short timed wait that checks the pipeline's stop event, so a stage blocked on a queue
-notices a shutdown within ``POLL_S``. End of stream (``EOS``) is never dropped.
+notices a shutdown within ``POLL_S``; a put into a stopped pipeline raises ``Stopped`` too, so a source
+that never waits (drop-oldest) stops at its next frame. End of stream (``EOS``) is never dropped.
 """
 from __future__ import annotations
 
@@ -68,6 +69,8 @@ class BoundedQueue:
 
     def put(self, item) -> None:
         with self._lock:
+            if self.stop.is_set():               # a stopped pipeline does no more work: a source whose
+                raise Stopped                    # queue never fills (drop-oldest) stops here too
             if len(self._items) >= self.capacity and item is not EOS:
                 if self.policy == "block":
                     while len(self._items) >= self.capacity:

@@ -9,15 +9,20 @@ returns the run's statistics (also written as JSON with ``stats_path``)::
      "latency_ms": {"p50", "p95", "p99"}}                    # decoder out -> encoded packet written
 
 ``dropped`` counts every frame of the source that is not in the output: queue drops (live sources)
-plus undecodable frames. A source that ends early (truncated file) raises PartialInputError after the
-output is closed and the statistics are written.
+plus undecodable frames (skipped and reported; the run goes on and succeeds). A source that ends early
+(truncated file) or stalls (no frame for ``decode.stall_timeout_s``) raises PartialInputError (exit 3)
+after the output is closed and the statistics are written. Outputs are checked before any work; any
+failure once running, SIGTERM (exit 143) and Ctrl-C (exit 130) close the outputs first (an output file
+that exists is playable; one with no frame in it is removed) and the message says what they hold.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -27,11 +32,12 @@ import cv2
 import numpy as np
 import torch
 
+from pipeline.encode import Encode
 from pipeline.graph import build_pipeline, output_size
 from pipeline.runner import Pipeline
 from pipeline.settings import Settings, format_size, load_settings, save_settings
 from pipeline.sources import open_source
-from train.errors import InvalidInputError, MediaError, PartialInputError, TerminatedError
+from train.errors import InvalidInputError, MediaError, PartialInputError, SegpipeError, TerminatedError
 
 log = logging.getLogger("segpipe.pipeline")
 
@@ -41,20 +47,32 @@ class _SigTerm(BaseException):
 
 
 @contextmanager
-def sigterm_raises():
-    """In the main thread, turn SIGTERM into an exception so the pipeline stops and closes its output."""
+def signals_raise():
+    """In the main thread, turn the first SIGTERM (or SIGINT) into an exception so the pipeline stops and
+    closes its output; signals that come while it winds down (a second Ctrl-C) are ignored, so the
+    output is always finalised (the wind-down is bounded: stages stop within a poll interval, a stuck
+    one is abandoned after runner.JOIN_TIMEOUT_S)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    fired = []
 
     def handler(signum, frame):
-        raise _SigTerm
+        if fired:
+            log.warning("%s: already stopping; finishing the output", signal.Signals(signum).name)
+            return
+        fired.append(signum)
+        raise _SigTerm if signum == signal.SIGTERM else KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+MALLOC_ARENAS = 2   # glibc malloc arenas for the whole process (see limit_malloc_arenas)
 
 
 def apply_threads(settings: Settings) -> None:
@@ -62,6 +80,21 @@ def apply_threads(settings: Settings) -> None:
     if settings.infer.torch_threads > 0 and torch.get_num_threads() != settings.infer.torch_threads:
         torch.set_num_threads(settings.infer.torch_threads)
     cv2.setNumThreads(settings.preprocess.cv2_threads)
+    limit_malloc_arenas()
+
+
+def limit_malloc_arenas() -> None:
+    """Frames are allocated in one stage's thread and freed in another's; glibc's default of one malloc
+    arena per thread (up to 8 per core) then holds ~50 MB more, creeping up for minutes (soak test:
+    benchmarks/soak.py). Two arenas keep resident memory flat at the same frame rate. Done before the
+    stage threads start; skipped off glibc or when MALLOC_ARENA_MAX is set."""
+    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").mallopt(-8, MALLOC_ARENAS)      # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
 
 
 def load_backend(settings: Settings):
@@ -77,34 +110,47 @@ def settings_path(out: str | Path) -> Path:
 
 
 def run(src, out: str | Path | None, settings: Settings | None = None, *, masks: str | Path | None = None,
-        stats_path: str | Path | None = None, progress: bool = False, backend=None, sinks=()) -> dict:
+        stats_path: str | Path | None = None, progress: bool = False, backend=None, sinks=(),
+        monitor=None) -> dict:
     """Segment ``src`` into ``out`` (and/or label PNGs in ``masks``, and/or extra ``sinks``); return the
     statistics. ``src``: anything ``open_source`` takes, or an opened source object (``info`` + ``frames()``);
-    ``backend``: an engine backend (default: ``engine.load`` with the infer settings)."""
+    ``backend``: an engine backend (default: ``engine.load`` with the infer settings); ``monitor``: called
+    with the running Pipeline every tick (0.1 s), e.g. to sample queue depths.
+
+    Outputs are checked before any work (folders exist or can be made, can be written, are not the
+    input). A failure once running (a stage error, a stalled source, SIGTERM, Ctrl-C) still closes the
+    outputs and writes the statistics; its message then says what the output holds."""
     settings = settings or load_settings()
     if out is None and masks is None and not sinks:
         raise InvalidInputError("nothing to write: pass --out (a video) and/or --masks (a folder)")
-    if out is not None:
-        out = Path(out)
-        if isinstance(src, (str, Path)) and Path(src).exists() and out.resolve() == Path(src).resolve():
-            raise InvalidInputError(f"--out {out} is the input itself: write to another file")
-        out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(out) if out is not None else None
+    check_outputs(src, out, masks, stats_path)
     apply_threads(settings)
-    source = src if hasattr(src, "frames") and hasattr(src, "info") else open_source(src, settings.decode)
+    source = src if hasattr(src, "frames") and hasattr(src, "info") else open_within(src, settings.decode)
     info = source.info
     try:                                  # until the pipeline runs (and its decoder owns it), close it here
+        if out is not None:               # the container and encoder open with these settings: before the
+            w, h = output_size(info.width, info.height, settings.colourise.view)   # model loads (or builds)
+            e = settings.encode
+            Encode(out, w, h, info.fps, info.time_base, codec=e.codec, pix_fmt=e.pix_fmt, preset=e.preset,
+                   tune=e.tune, crf=e.crf, threads=e.threads, options=e.options)
         backend = backend if backend is not None else load_backend(settings)
         pipe = build_pipeline(source, backend, settings, out=out, masks=masks, sinks=list(sinks))
+        if hasattr(pipe["decode"], "stall_timeout_s"):
+            pipe["decode"].stall_timeout_s = settings.decode.stall_timeout_s or None
         if out is not None:
             w, h = output_size(info.width, info.height, settings.colourise.view)
-            save_settings(settings, settings_path(out), source=info.name, output=str(out),
-                          masks=masks and str(masks),
-                          input=f"{info.kind} {info.width}x{info.height} @ {float(info.fps):g} fps, "
-                                f"time base {info.time_base}, frames {info.frames}",
-                          output_size=f"{w}x{h}", backend=backend.name, device=str(backend.device),
-                          precision=backend.precision, input_size=format_size(backend.input_size),
-                          batch=pipe["infer"].batch,
-                          queues={q.name: f"{q.policy}, capacity {q.capacity}" for q in pipe.queues})
+            try:
+                save_settings(settings, settings_path(out), source=info.name, output=str(out),
+                              masks=masks and str(masks),
+                              input=f"{info.kind} {info.width}x{info.height} @ {float(info.fps):g} fps, "
+                                    f"time base {info.time_base}, frames {info.frames}",
+                              output_size=f"{w}x{h}", backend=backend.name, device=str(backend.device),
+                              precision=backend.precision, input_size=format_size(backend.input_size),
+                              batch=pipe["infer"].batch,
+                              queues={q.name: f"{q.policy}, capacity {q.capacity}" for q in pipe.queues})
+            except OSError as e:
+                raise MediaError(f"cannot write {settings_path(out)}: {e.strerror or e}") from None
     except BaseException:
         source.close()
         raise
@@ -123,17 +169,18 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
             bar.update(pipe.sink.delivered - bar.n)
             if pipe.drops or source.skipped:
                 bar.set_postfix(dropped=pipe.drops + source.skipped, refresh=False)
+        if monitor is not None:
+            monitor(pipe)
 
     t0 = time.perf_counter()
+    failure: BaseException | None = None
     try:
-        with sigterm_raises():
+        with signals_raise():
             pipe.run(on_tick=tick)
     except _SigTerm:
-        raise TerminatedError(f"terminated (SIGTERM) after {pipe.sink.delivered} frames; "
-                              f"{_closed(out, masks)}") from None
-    except KeyboardInterrupt:
-        log.warning("interrupted after %d frames; %s", pipe.sink.delivered, _closed(out, masks))
-        raise
+        failure = TerminatedError(f"terminated (SIGTERM) after {pipe.sink.delivered} frames")
+    except (KeyboardInterrupt, SegpipeError) as e:
+        failure = e
     finally:
         tick()
         if bar is not None:
@@ -142,28 +189,129 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
 
     stats = collect_stats(pipe, wall, backend, skipped=source.skipped)
     frames_in = pipe["decode"].count
+    if stats_path is not None:
+        try:
+            Path(stats_path).write_text(json.dumps(stats, indent=2))
+        except OSError as e:
+            log.warning("could not write the statistics to %s: %s", stats_path, e.strerror or e)
+    if out is not None and not out.exists():          # no video (nothing encoded): no settings for it
+        settings_path(out).unlink(missing_ok=True)
+    encoder = next((s for s in pipe.stages if isinstance(s, Encode)), None)
+    kept = encoder.kept if encoder is not None and encoder.kept is not None else stats["frames"]
+    done = _closed(out, masks, kept)
+    if isinstance(failure, KeyboardInterrupt):
+        log.warning("interrupted after %d frames; %s", stats["frames"], done)
+        raise failure
+    if isinstance(failure, PartialInputError) and stats["frames"] == 0:
+        failure = MediaError(str(failure))           # nothing came through: a failure, not a partial result
+    if failure is not None:
+        failure.args = (f"{failure}; {done}",)        # the same error, saying what the output holds
+        raise failure
+
+    damaged = getattr(source, "damaged", 0)
     if pipe.drops or source.skipped:                 # never silent: say where frames went
         where = ", ".join(f"{q.drops} at {q.name} ({q.policy})" for q in pipe.queues if q.drops)
+        withheld = getattr(source, "withheld", 0)
+        detail = f": {source.skipped - withheld} damaged, {withheld} that depend on them" if withheld else ""
         log.warning("dropped %d frames: %s%s", pipe.drops + source.skipped, where or "none by the queues",
-                    f"; {source.skipped} undecodable" if source.skipped else "")
+                    f"; {source.skipped} undecodable{detail} (skipped, the rest kept)" if source.skipped else "")
+    if damaged:
+        log.warning("%d frames decoded with errors (damaged data, concealed by the decoder) were kept", damaged)
     if stats["frames"] + pipe.drops != frames_in:     # every frame accounted for, or say so
         log.warning("%d frames decoded but %d written and %d dropped", frames_in, stats["frames"], pipe.drops)
-    if stats_path is not None:
-        Path(stats_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(stats_path).write_text(json.dumps(stats, indent=2))
     if source.error is not None and frames_in == 0:
         hint = " (an MP4 over HTTP needs a server with range requests, or one written with " \
                "-movflags +faststart)" if info.name.startswith("http") else ""
-        raise MediaError(f"could not read a frame from {info.name}: {source.error}{hint}")
+        raise MediaError(f"could not read a frame from {info.name}: {source.error}{hint}; {done}")
     if source.error is not None:
-        raise PartialInputError(f"{info.name} ended early after {frames_in} frames ({source.error}); "
-                                f"{_closed(out, masks)}")
+        raise PartialInputError(f"{info.name} ended early: {frames_in} frames were read ({source.error}); {done}")
     return stats
 
 
-def _closed(out, masks) -> str:
-    where = " and ".join(str(p) for p in (out, masks) if p is not None)
-    return f"what was processed is in {where}" if where else "nothing was written"
+def open_within(src, decode):
+    """``open_source``, but a source that gives nothing for ``decode.stall_timeout_s`` while it is opened
+    (a pipe with no writer, a hung network drive) is an error, not a hang (its thread is abandoned)."""
+    timeout = decode.stall_timeout_s
+    if not timeout:
+        return open_source(src, decode)
+    result = {}
+
+    def target():
+        try:
+            result["source"] = open_source(src, decode)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+            result["error"] = e
+
+    opener = threading.Thread(target=target, name="segpipe-open", daemon=True)
+    opener.start()
+    opener.join(timeout)
+    if opener.is_alive():
+        raise MediaError(f"opening {src} gave nothing for {timeout:g} s: the source stalled (a pipe with no "
+                         f"writer, a hung network drive, a camera that does not answer?); if it is only slow, "
+                         f"raise decode.stall_timeout_s (0 waits forever)")
+    if "error" in result:
+        raise result["error"]
+    return result["source"]
+
+
+def check_outputs(src, out: Path | None, masks, stats_path) -> None:
+    """Refuse, before any work, outputs that cannot be written: the input itself, a folder given as
+    --out, a folder that cannot be made, a read-only place. Missing folders are made (like mkdir -p)."""
+    src_path = Path(src) if isinstance(src, (str, Path)) and Path(src).exists() else None
+    if out is not None:
+        if src_path is not None and out.resolve() == src_path.resolve():
+            raise InvalidInputError(f"--out {out} is the input itself: write to another file")
+        if out.is_dir():
+            raise InvalidInputError(f"--out {out} is a folder: name a file in it, e.g. --out {out / 'seg.mp4'}")
+        _writable_folder(out.parent, "--out", out)
+    if masks is not None:
+        masks = Path(masks)
+        if masks.exists() and not masks.is_dir():
+            raise InvalidInputError(f"--masks {masks} is a file: name a folder for the PNGs")
+        if src_path is not None and src_path.is_dir() and masks.resolve() == src_path.resolve():
+            raise InvalidInputError(f"--masks {masks} is the input folder: the PNGs would mix with its "
+                                    f"frames; name another folder")
+        _writable_folder(masks, "--masks", masks)
+    if stats_path is not None:
+        stats_path = Path(stats_path)
+        if stats_path.is_dir():
+            raise InvalidInputError(f"--stats {stats_path} is a folder: name a file, e.g. {stats_path / 'stats.json'}")
+        _writable_folder(stats_path.parent, "--stats", stats_path)
+
+
+def _writable_folder(folder: Path, flag: str, target) -> None:
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InvalidInputError(f"{flag} {target}: {existing} is a file, not a folder: choose another place")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidInputError(f"{flag} {target}: cannot create the folder {folder} ({e.strerror}): "
+                                f"choose another place") from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".segpipe-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InvalidInputError(f"{flag} {target}: cannot write in {folder} ({e.strerror}): choose a folder "
+                                f"you can write to") from None
+
+
+def _closed(out, masks, frames: int | None = None) -> str:
+    """What the outputs hold after a stop or a failure."""
+    parts = []
+    if out is not None:
+        if Path(out).exists():
+            parts.append(f"{out} is complete with the {frames} frames done" if frames is not None
+                         else f"what was processed is in {out}")
+        else:
+            parts.append(f"no video was written ({out} does not exist)")
+    if masks is not None and Path(masks).is_dir() and any(Path(masks).iterdir()):
+        parts.append(f"their masks are in {masks}")
+    return "; ".join(parts) if parts else "nothing was written"
 
 
 def _percentiles(values_s: list[float], qs) -> list[float]:

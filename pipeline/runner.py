@@ -4,6 +4,9 @@ Holoscan-style: ``Pipeline.run()`` starts every stage, waits, and re-raises in t
 exception any stage raised. An exception in one stage (or Ctrl-C in the caller) sets the shared stop
 event; every queue wait checks it, so all stages leave their loops within a poll interval and run
 their ``teardown()`` (the encoder flushes and closes the file, so the output so far stays playable).
+Every tick the runner asks each stage's ``watchdog()`` whether it is stuck (a stalled source): that is
+a failure like any other, and the stuck stage's thread (blocked in a system call) is abandoned after
+``STUCK_JOIN_S`` instead of ``JOIN_TIMEOUT_S``, so a stall ends the run promptly.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from train.errors import SegpipeError, StageError
 log = logging.getLogger("segpipe.pipeline")
 
 JOIN_TIMEOUT_S = 10.0   # a stage stuck in a system call (a dead camera) is abandoned after this
+STUCK_JOIN_S = 1.0      # ... or after this, when its watchdog already said it is stuck
 
 
 class Pipeline:
@@ -29,6 +33,8 @@ class Pipeline:
         self.error: tuple[Stage, BaseException] | None = None
         self._threads: list[threading.Thread] = []
         self._finished: list[threading.Event] = []   # set by each stage's thread after its teardown
+        self._stuck: set[str] = set()                # stages whose watchdog fired
+        self._abandoned = False                      # join gave up on a stuck stage's thread
         self._lock = threading.Lock()
 
     # --- wiring ---------------------------------------------------------------------------------
@@ -104,16 +110,33 @@ class Pipeline:
         return all(f.is_set() for f in self._finished)
 
     def join(self, timeout: float = JOIN_TIMEOUT_S) -> None:
+        if self._abandoned:                      # joined before: the stuck ones were given their time
+            return
         deadline = time.monotonic() + timeout
-        for f in self._finished:
-            f.wait(max(0.0, deadline - time.monotonic()))
+        stuck_deadline = time.monotonic() + min(timeout, STUCK_JOIN_S)
+        for stage, f in zip(self.stages, self._finished):
+            f.wait(max(0.0, (stuck_deadline if stage.name in self._stuck else deadline) - time.monotonic()))
         stuck = [t.name for t, f in zip(self._threads, self._finished) if not f.is_set()]
         if stuck:
+            self._abandoned = True
+            waited = min(timeout, STUCK_JOIN_S) if all(n.removeprefix("segpipe-") in self._stuck for n in stuck) \
+                else timeout
             log.warning("%s did not stop within %.0f s (blocked in a system call?); abandoning them",
-                        ", ".join(stuck), timeout)
+                        ", ".join(stuck), waited)
         for t, f in zip(self._threads, self._finished):
             if f.is_set():
                 t.join(1.0)          # only the interpreter's own bookkeeping is left
+
+    def check_watchdogs(self) -> None:
+        """Fail the pipeline for the first stage whose watchdog reports it stuck."""
+        for stage in self.stages:
+            if stage.name in self._stuck:
+                continue
+            error = stage.watchdog()
+            if error is not None:
+                self._stuck.add(stage.name)
+                self.fail(stage, error)
+                return
 
     def run(self, on_tick=None, tick_s: float = 0.1) -> None:
         """Start, wait for the end of stream (calling ``on_tick()`` every ``tick_s``), re-raise failures.
@@ -125,6 +148,7 @@ class Pipeline:
         try:
             while not self.done():
                 self._finished[-1].wait(tick_s)
+                self.check_watchdogs()
                 if self.stop_event.is_set():       # a failure: give the others their poll interval
                     self.join()
                     break

@@ -1,4 +1,5 @@
-"""Pipeline settings: one section per stage, read from configs/pipeline.yaml, overridden by CLI flags.
+"""Pipeline settings: one section per stage (and one for `segpipe live`), read from configs/pipeline.yaml,
+overridden by CLI flags. Values are checked for type and range, so a bad value is one clear line.
 
 ``load_settings(path, overrides)`` returns a frozen ``Settings``; ``save_settings`` writes the settings
 actually used (plus what the run resolved: backend, policy, sizes) beside the output.
@@ -15,6 +16,7 @@ from train.errors import InputNotFoundError, InvalidInputError
 
 CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "pipeline.yaml"
 VIEWS = ("overlay", "mask", "side-by-side")
+THREAD_TYPES = ("AUTO", "FRAME", "SLICE", "NONE")
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class DecodeSettings:
     camera_format: str = "v4l2"      # FFmpeg input format for cameras (v4l2 on Linux)
     options: dict = field(default_factory=dict)  # FFmpeg demuxer options, e.g. {rtsp_transport: tcp}
     max_frames: int | None = None    # stop after this many frames (None: the whole source)
+    stall_timeout_s: float = 30.0    # no frame from the source for this long ends the run (exit 3; 0: wait forever)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,28 @@ class QueueSettings:
 
 
 @dataclass(frozen=True)
+class LiveSettings:
+    """What `segpipe live` adds to the pipeline's settings (its flags override these; see pipeline/live.py)."""
+    realtime: bool = False             # pace a file at its native rate, as if a camera filmed it
+    loop: bool = False                 # start a file again at its end
+    batch: int = 1                     # frames per inference call: 1 keeps latency lowest
+    max_wait_ms: float = 1.0           # wait this long at most for a batch to fill
+    queue_capacity: int = 1            # frames each queue holds
+    reconnect_attempts: int = 10       # a dropped camera/stream is reopened this many times at most
+    reconnect_backoff_s: float = 0.5   # before the first attempt; doubles each attempt ...
+    reconnect_backoff_max_s: float = 8.0   # ... up to this
+    jpeg_quality: int = 80             # browser view
+    legend: bool = True                # draw the classes present
+    hud: bool = True                   # fps, latency and drops in the window
+
+    def __post_init__(self):
+        if self.batch < 1:
+            raise InvalidInputError(f"--batch {self.batch} must be >= 1 (1 keeps latency lowest)")
+        if self.queue_capacity < 1:
+            raise InvalidInputError(f"queue capacity {self.queue_capacity} must be >= 1")
+
+
+@dataclass(frozen=True)
 class Settings:
     decode: DecodeSettings = field(default_factory=DecodeSettings)
     preprocess: PreprocessSettings = field(default_factory=PreprocessSettings)
@@ -84,6 +109,7 @@ class Settings:
     colourise: ColouriseSettings = field(default_factory=ColouriseSettings)
     encode: EncodeSettings = field(default_factory=EncodeSettings)
     queues: QueueSettings = field(default_factory=QueueSettings)
+    live: LiveSettings = field(default_factory=LiveSettings)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -133,8 +159,35 @@ def _apply(settings: Settings, data: dict, origin: str) -> Settings:
             raise InvalidInputError(f"{origin}: unknown {name} settings {unknown}: valid are {sorted(known)}")
         if "size" in values:
             values = {**values, "size": parse_size(values["size"])}
+        types = {f.name: f.type for f in fields(current)}
+        values = {k: _typed(f"{name}.{k}", v, types[k], origin) for k, v in values.items()}
         updates[name] = replace(current, **values)
     return validate(replace(settings, **updates))
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}
+
+
+def _typed(key: str, value, annotation: str, origin: str):
+    """``value`` as the setting's type (an int where a float is wanted is fine), or a clear error."""
+    names = [t.strip() for t in str(annotation).split("|")]
+    if value is None:
+        if "None" in names:
+            return None
+        raise InvalidInputError(f"{origin}: {key} cannot be empty (null)")
+    for t in names:
+        want = _TYPES.get(t)
+        if want is None:
+            if t.startswith("tuple"):            # a size, parsed already
+                return value
+            continue
+        if want is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, want) and not (want is int and isinstance(value, bool)):
+            return value
+    wanted = " or ".join(t for t in names if t != "None")
+    raise InvalidInputError(f"{origin}: {key} is {value!r} ({type(value).__name__}) but must be {wanted}"
+                            f"{' or null' if 'None' in names else ''}")
 
 
 def validate(s: Settings) -> Settings:
@@ -159,6 +212,12 @@ def validate(s: Settings) -> Settings:
         raise InvalidInputError(f"--frames {s.decode.max_frames} must be >= 1")
     if s.decode.fps <= 0:
         raise InvalidInputError(f"decode.fps {s.decode.fps} must be > 0")
+    if str(s.decode.thread_type).upper() not in THREAD_TYPES:
+        raise InvalidInputError(f"decode.thread_type {s.decode.thread_type!r} is unknown: use one of "
+                                f"{', '.join(THREAD_TYPES)}")
+    if s.decode.stall_timeout_s is None or s.decode.stall_timeout_s < 0:
+        raise InvalidInputError(f"decode.stall_timeout_s {s.decode.stall_timeout_s} must be >= 0 seconds "
+                                f"(0: wait for the source forever)")
     if not 0 <= s.encode.png_compression <= 9:
         raise InvalidInputError("encode.png_compression must be 0..9")
     return s
@@ -171,6 +230,8 @@ def load_settings(path: str | Path | None = None, **overrides: dict) -> Settings
     if path is not None and not Path(path).exists():
         raise InputNotFoundError(f"config {path} does not exist: pass an existing YAML file or drop --config")
     file = Path(path) if path is not None else CONFIG_FILE
+    if file.is_dir():
+        raise InvalidInputError(f"config {file} is a folder: pass a YAML file, e.g. {file}/pipeline.yaml")
     if file.exists():
         try:
             data = yaml.safe_load(file.read_text()) or {}

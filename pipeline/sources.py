@@ -9,14 +9,19 @@ and ``frames()``, a generator of ``(index, pts, time_base, rgb)``:
 - image folders and globs are read with OpenCV, in natural order, at ``decode.fps``.
 
 Undecodable packets/images are skipped and counted in ``skipped``; a container that breaks mid-stream
-(truncated file, dropped connection) ends the stream early and sets ``error``.
+(dropped connection), or a file that ends well before its container said (truncated), ends the stream
+early and sets ``error``. A file that cannot be a video (empty, text, an MP4 cut before its index, no
+video stream, no decodable frame) is refused at open with what to do. Frames come out upright: a
+display-matrix rotation (phone videos) is applied, as players do.
 """
 from __future__ import annotations
 
 import glob
+import itertools
 import logging
 import os
 import re
+import stat
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -25,13 +30,14 @@ import av
 import cv2
 import numpy as np
 
-from train.errors import InputNotFoundError, InvalidInputError, MediaError
+from train.errors import InputNotFoundError, InvalidInputError, MediaError, UnreadableInputError
 
 log = logging.getLogger("segpipe.pipeline")
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 LIVE_SCHEMES = {"rtsp", "rtsps", "rtmp", "rtmps", "udp", "rtp", "srt", "tcp"}
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+MAX_SKIP_WARNINGS = 3      # undecodable packets listed one by one; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -82,17 +88,29 @@ def natural_sorted(names) -> list[str]:
 
 
 class VideoSource:
-    """A file, URL or camera, decoded by PyAV (FFmpeg)."""
+    """A file, URL or camera, decoded by PyAV (FFmpeg).
+
+    A file (or a URL that is not a live stream) is checked at open: an empty file, one FFmpeg cannot
+    read, an MP4 cut before its index, or one whose first frame does not decode fails here, before any
+    thread starts. Its first frame is decoded then, so its display rotation is known: frames come out
+    upright (a phone's portrait video, stored landscape with a 90 degree display matrix, is turned as
+    players turn it; flips in the matrix are ignored) and ``info`` has the upright size.
+    """
 
     def __init__(self, url: str, settings, kind: str):
         self.url, self.kind = url, kind
-        self.skipped = 0
-        self.error: Exception | None = None
+        self.undecodable = 0        # packets that did not decode (their frames are missing from the output)
+        self.withheld = 0           # frames the decoder did not give back after damage (see ``skipped``)
+        self.damaged = 0            # frames FFmpeg decoded but flagged corrupt (kept: concealed errors)
+        self.packets = 0            # video packets read
+        self.error: Exception | str | None = None
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         live = kind == "camera" or scheme in LIVE_SCHEMES
         options = {str(k): str(v) for k, v in (settings.options or {}).items()}
         fmt = settings.camera_format if kind == "camera" else None
         timeout = settings.timeout_s if kind != "file" else None
+        if kind == "file":
+            check_readable(Path(url))
         try:
             self.container = av.open(url, format=fmt, options=options, timeout=timeout)
         except FileNotFoundError:
@@ -102,13 +120,16 @@ class VideoSource:
             raise InputNotFoundError(f"input {url} does not exist: pass a video file, image folder, glob, "
                                      f"URL or camera index") from None
         except (av.FFmpegError, OSError) as e:
+            if kind == "file":
+                raise UnreadableInputError(unreadable_file(Path(url), e)) from None
             hint = {"camera": "is the camera connected and free (not used by another program)?",
                     "url": "is the address right and the server reachable?"}.get(kind, "is it a video file?")
             raise MediaError(f"cannot open {url}: {e}; {hint}") from None
         if not self.container.streams.video:
+            what = "audio-only" if self.container.streams.audio else "without a video stream"
             self.container.close()
-            raise InvalidInputError(f"{url} has no video stream: pass a video (audio-only files are not "
-                                    f"supported)")
+            raise InvalidInputError(f"{url} has no video stream ({what}): pass a video; audio-only files "
+                                    f"cannot be segmented")
         self.stream = stream = self.container.streams.video[0]
         stream.thread_type = settings.thread_type
         if settings.threads:
@@ -120,51 +141,184 @@ class VideoSource:
         fps = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = Fraction(fps) if fps else Fraction(settings.fps).limit_denominator(1001)
         time_base = Fraction(stream.time_base) if stream.time_base else 1 / fps
-        frames = int(stream.frames) or None                 # exact where the container says (MP4)
-        if frames is None and not live:                     # else from the duration: for the ETA, and to
-            seconds = None                                  # notice a file that ends early (truncated)
-            if stream.duration:
-                seconds = float(stream.duration * stream.time_base)
-            elif self.container.duration and len(self.container.streams) == 1:
-                seconds = self.container.duration / av.time_base
-            frames = max(1, round(seconds * fps)) if seconds else None
-        self.info = SourceInfo(kind, url, cc.width, cc.height, fps, time_base, frames, live)
+        self.exact_frames = int(stream.frames) or None       # what the container says (MP4), if it does
+        frames = self.exact_frames
+        self.duration_s = None                               # for noticing a file that ends early
+        if stream.duration:
+            self.duration_s = float(stream.duration * stream.time_base)
+        elif self.container.duration and len(self.container.streams) == 1:
+            self.duration_s = self.container.duration / av.time_base
+        if frames is None and not live and self.duration_s:  # for the progress bar's ETA
+            frames = max(1, round(self.duration_s * fps))
+        self._decoded = self._decode()
+        self._first = None
+        self.rotation = 0
+        self.coded_size = (cc.width, cc.height)
+        width, height = cc.width, cc.height
+        if not live:                                         # the first frame: it decodes, and its rotation
+            self._first = next(self._decoded, None)
+            if self._first is None:
+                self.container.close()
+                why = f"{self.undecodable} undecodable packet(s)" if self.undecodable else (self.error or "no frames")
+                raise UnreadableInputError(f"cannot open {url}: not one frame could be decoded ({why}): the "
+                                           f"video is damaged or empty; get it again or re-export it")
+            self.rotation = round(self._first.rotation / 90) % 4 * 90 if self._first.rotation else 0
+            if self.rotation in (90, 270):
+                width, height = height, width
+        self.info = SourceInfo(kind, url, width, height, fps, time_base, frames, live)
 
-    def frames(self):
-        """PyAV's loop: demux, decode (the final empty packet flushes), convert to RGB at a fixed size."""
-        w, h, tb = self.info.width, self.info.height, self.info.time_base
-        step = max(1, round(1 / (self.info.fps * tb)))     # pts per frame, for frames that have none
-        index = 0
-        last_pts = None
+    @property
+    def skipped(self) -> int:
+        """Frames of the source missing from the output: undecodable packets, and the frames after them
+        that the decoder could not rebuild (H.264 holds back frames that refer to a damaged one)."""
+        return self.undecodable + self.withheld
+
+    def _decode(self):
+        """PyAV's loop: demux, decode (the final empty packet flushes). A damaged packet is skipped and
+        counted; a container that breaks ends the stream and sets ``error``."""
         try:
             for packet in self.container.demux(self.stream):
+                if packet.size:
+                    self.packets += 1
                 try:
                     decoded = packet.decode()
                 except av.error.EOFError:
-                    break
+                    return
                 except (av.error.InvalidDataError, av.error.UndefinedError, ValueError) as e:
-                    self.skipped += 1
-                    index += 1
-                    log.warning("%s: skipped an undecodable packet (%s)", self.info.name, e)
+                    self.undecodable += 1
+                    level = logging.WARNING if self.undecodable <= MAX_SKIP_WARNINGS else logging.DEBUG
+                    log.log(level, "%s: skipped an undecodable packet (%s)%s", self.url, e,
+                            "; further ones are counted, not listed" if self.undecodable == MAX_SKIP_WARNINGS
+                            else "")
                     continue
                 for frame in decoded:
-                    pts = frame.pts
-                    if pts is None:
-                        pts = 0 if last_pts is None else last_pts + step
-                    last_pts = pts
-                    yield index, pts, tb, frame.to_ndarray(format="rgb24", width=w, height=h)
-                    index += 1
+                    if frame.is_corrupt:
+                        self.damaged += 1
+                    yield frame
         except av.FFmpegError as e:          # the container itself broke: keep what decoded
             self.error = e
-            log.warning("%s: input ended early after %d frames (%s)", self.info.name, index, e)
+
+    def frames(self):
+        """Frames as RGB at a fixed (upright) size, with their pts; frames without one get the last + 1/fps.
+
+        Each frame's index is its place in the source: after damage, a constant-rate stream's pts gap
+        tells how many frames are missing, so the frames after it keep their numbers."""
+        (cw, ch), tb, k = self.coded_size, self.info.time_base, self.rotation // 90
+        step = max(1, round(1 / (self.info.fps * tb)))     # pts per frame, for frames that have none
+        n, first_pts, last_pts = 0, None, None
+        regular = True                                      # pts one step apart so far (constant rate)
+        undecodable_before = 0
+        decoded = self._decoded if self._first is None else itertools.chain([self._first], self._decoded)
+        self._first = None
+        for frame in decoded:
+            pts = frame.pts
+            if pts is None:
+                pts = 0 if last_pts is None else last_pts + step
+            if last_pts is not None:
+                delta = pts - last_pts
+                if not self.skipped and abs(delta - step) > max(1, step // 10):
+                    regular = False
+                elif self.undecodable and regular and delta > 1.5 * step:
+                    missing = round(delta / step) - 1 - (self.undecodable - undecodable_before)
+                    self.withheld += max(0, missing)
+            first_pts = pts if first_pts is None else first_pts
+            last_pts, undecodable_before = pts, self.undecodable
+            image = frame.to_ndarray(format="rgb24", width=cw, height=ch)
+            if k:
+                image = np.ascontiguousarray(np.rot90(image, k))   # counter-clockwise, as the matrix says
+            yield n + self.skipped, pts, tb, image
+            n += 1
+        if self.error is not None:
+            log.warning("%s: input ended early after %d frames (%s)", self.info.name, n, self.error)
             return
-        expected = self.info.frames
-        if expected and not self.info.live and index < expected - max(3, expected // 20):
-            self.error = f"the container promised about {expected} frames; is the file truncated?"
-            log.warning("%s: ended after %d of about %d frames", self.info.name, index, expected)
+        if self.undecodable or self.damaged:               # every packet is a frame: account for the rest
+            left = self.packets - self.undecodable - self.withheld - n
+            self.withheld = max(0, self.withheld + left)
+        if not self.info.live:
+            self._check_complete(n, first_pts, last_pts)
+
+    def _check_complete(self, n: int, first_pts, last_pts) -> None:
+        """A file that ends well before what its container promised was cut short (truncated)."""
+        read = n + self.skipped
+        if self.exact_frames:
+            if read < self.exact_frames - max(2, self.exact_frames // 50):
+                self.error = f"the container promised {self.exact_frames} frames; is the file truncated?"
+        elif self.duration_s and last_pts is not None:
+            seen = float((last_pts - first_pts) * self.info.time_base) + float(1 / self.info.fps)
+            if seen < self.duration_s - max(3 / float(self.info.fps), 0.05 * self.duration_s):
+                self.error = (f"it stopped at {seen:.1f} s of the {self.duration_s:.1f} s its container "
+                              f"promised; is the file truncated?")
+        if self.error is not None:
+            log.debug("%s: ended after %d frames: %s", self.info.name, n, self.error)
 
     def close(self) -> None:
+        try:
+            self._decoded.close()
+        except ValueError:                   # still running in a thread abandoned as stuck: leave it
+            return
         self.container.close()
+
+
+def check_readable(path: Path) -> None:
+    """Fail clearly, before FFmpeg does, for a file that cannot be a video."""
+    try:
+        st = path.stat()
+    except OSError:
+        return                                   # av.open says what is wrong
+    if not stat.S_ISREG(st.st_mode):             # a pipe or a device: nothing to check before reading
+        return
+    if st.st_size == 0:
+        raise UnreadableInputError(f"cannot open {path}: it is empty (0 bytes): an interrupted download or copy? "
+                                   f"get the file again")
+    if not os.access(path, os.R_OK):
+        raise UnreadableInputError(f"cannot open {path}: permission denied: check its permissions")
+
+
+def unreadable_file(path: Path, error: Exception) -> str:
+    """Why FFmpeg could not open a local file, and what to do about it."""
+    reason = getattr(error, "strerror", None) or str(error)
+    if not path.is_file():
+        return f"cannot open {path}: {reason}; is it a video?"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        return f"cannot read {path}: {e.strerror}"
+    if len(head) >= 8 and head[4:8] == b"ftyp" and not _has_moov(path):
+        return (f"cannot open {path}: it is an MP4/MOV cut short, without its index (the moov atom, written "
+                f"last), so not one frame can be read: it is truncated (an interrupted download, copy or "
+                f"recording); get the file again")
+    text = head.decode("utf-8", errors="replace")
+    if head and sum(c.isprintable() or c in "\r\n\t" for c in text) > 0.95 * len(text):
+        start = " ".join(text.split())[:40]
+        return (f"cannot open {path}: it is text, not a video (it starts with {start!r}): a saved error page "
+                f"or a renamed file? pass a real video file")
+    return (f"cannot open {path}: it is not a video FFmpeg can read ({reason}): is it a video file, and "
+            f"complete? try it in a player, or get it again")
+
+
+def _has_moov(path: Path) -> bool:
+    """Whether an ISO-BMFF file has a top-level 'moov' box (its index)."""
+    try:
+        with open(path, "rb") as f:
+            size_total = os.fstat(f.fileno()).st_size
+            pos = 0
+            while pos + 8 <= size_total:
+                f.seek(pos)
+                header = f.read(16)
+                size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+                if kind == b"moov":
+                    return True
+                if size == 1 and len(header) >= 16:
+                    size = int.from_bytes(header[8:16], "big")
+                elif size == 0:
+                    return False
+                if size < 8:
+                    return False
+                pos += size
+    except OSError:
+        pass
+    return False
 
 
 class ImageSource:

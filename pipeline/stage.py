@@ -22,8 +22,55 @@ Adding a sink is one file: subclass ``Stage``, set ``name``, write ``process(fra
 from __future__ import annotations
 
 import time
+from array import array
+
+import numpy as np
 
 from pipeline.queues import EOS, BoundedQueue
+
+STATS_WINDOW = 50_000    # timing samples kept per stage (the most recent): memory stays flat on long runs
+
+
+class Samples:
+    """The most recent ``size`` timings (seconds), oldest first, in at most ``8 * size`` bytes: a list's
+    ``append``, ``len``, ``[i]`` (and ``[-1] -= x``) and ``np.asarray``, without growing forever on a
+    camera that runs for days. ``count`` is how many were ever added."""
+
+    def __init__(self, size: int = STATS_WINDOW):
+        self.size, self.count = int(size), 0
+        self._buf = array("d")
+        self._start = 0                      # index of the oldest sample once the buffer is full
+
+    def append(self, value: float) -> None:
+        if len(self._buf) < self.size:
+            self._buf.append(value)
+        else:
+            self._buf[self._start] = value
+            self._start = (self._start + 1) % self.size
+        self.count += 1
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    def _at(self, i: int) -> int:
+        n = len(self._buf)
+        if not -n <= i < n:
+            raise IndexError("sample index out of range")
+        return (self._start + i % n) % n
+
+    def __getitem__(self, i: int) -> float:
+        return self._buf[self._at(i)]
+
+    def __setitem__(self, i: int, value: float) -> None:
+        self._buf[self._at(i)] = value
+
+    def __iter__(self):
+        return iter(np.asarray(self).tolist())
+
+    def __array__(self, dtype=None, copy=None):
+        ordered = np.roll(np.frombuffer(self._buf, dtype=np.float64), -self._start) if len(self._buf) \
+            else np.zeros(0)
+        return ordered.astype(dtype) if dtype is not None else ordered
 
 
 class Stage:
@@ -36,9 +83,9 @@ class Stage:
         self.batch = 1
         self.max_wait_s = 0.0
         self.busy_s = 0.0               # time spent in process() and finish()
-        self.call_s: list[float] = []   # duration of each process() call
+        self.call_s = Samples()         # duration of each process() call (the most recent STATS_WINDOW)
         self.delivered = 0              # items out of the pipeline (sinks only)
-        self.latency_s: list[float] = []
+        self.latency_s = Samples()      # decoder out -> delivered, per frame (the most recent STATS_WINDOW)
 
     # --- what a stage writes -------------------------------------------------------------------
     def setup(self) -> None:
@@ -53,6 +100,11 @@ class Stage:
 
     def teardown(self) -> None:
         """Release everything; called once, after the last process(), also after an error or a stop."""
+
+    def watchdog(self) -> BaseException | None:
+        """Called by the runner from its own thread every tick: an error if the stage is stuck (e.g. a
+        source that gives no frame for too long), which stops the pipeline; None while all is well."""
+        return None
 
     # --- helpers for sinks ----------------------------------------------------------------------
     def deliver(self, t_decoded: float) -> None:

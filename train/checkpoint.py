@@ -60,7 +60,8 @@ def load_checkpoint(weights: str | Path | None = None) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e):  # a class or function: unpickling it would run code
+        if "global" in str(e).lower():  # a class or function ("Unsupported global", "unsupported GLOBAL
+                                        # posix.system ... is blocked"): unpickling it would run code
             raise CheckpointError(f"checkpoint {path} was refused: it holds Python objects that would run code "
                                   f"when loaded; re-save it as a plain segpipe checkpoint") from None
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: re-download or retrain it") from None

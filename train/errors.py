@@ -55,6 +55,10 @@ class StageError(MediaError):
         super().__init__(f"stage {stage} failed: {type(error).__name__}" + (f": {detail}" if detail else ""))
 
 
+class MissingExtraError(SegpipeError, ImportError):
+    """An optional extra is not installed; the message says which ``pip install 'segpipe[...]'``."""
+
+
 class QueueOverflowError(SegpipeError, RuntimeError):
     """A queue with the ``fault`` policy was full."""
     exit_code = 1
@@ -63,3 +67,13 @@ class QueueOverflowError(SegpipeError, RuntimeError):
 class TerminatedError(SegpipeError):
     """The process got SIGTERM; the output so far was closed properly."""
     exit_code = 143
+
+
+class SourceStalledError(PartialInputError):
+    """The source gave no frame for ``decode.stall_timeout_s``: what decoded before was processed."""
+
+
+class UnreadableInputError(InvalidInputError, MediaError):
+    """An input file exists but holds no video that can be read (empty, text, an MP4 cut before its index,
+    no decodable frame): a bad input (exit 2), and a media error for callers that catch those."""
+    exit_code = 2

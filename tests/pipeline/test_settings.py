@@ -9,7 +9,7 @@ from train.errors import InputNotFoundError, InvalidInputError
 def test_the_shipped_config_equals_the_built_in_defaults():
     assert CONFIG_FILE.exists()
     data = yaml.safe_load(CONFIG_FILE.read_text())
-    assert list(data) == ["decode", "preprocess", "infer", "colourise", "encode", "queues"]
+    assert list(data) == ["decode", "preprocess", "infer", "colourise", "encode", "queues", "live"]
     assert load_settings() == Settings()
     assert Settings().to_dict() == data
 

@@ -1,0 +1,83 @@
+"""Fixtures for the reliability tests (helpers and media makers are in faultmedia.py, imported by name).
+
+``cli`` runs `segpipe` in-process through pipeline.cli.main and returns its exit code, its last stderr
+line, all of stderr plus the log records, and stdout; with ``stub=True`` (the default) the model is the stand-in backend, so a test
+of error handling does not spend its seconds on inference.
+"""
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import pytest
+
+from faultmedia import StubBackend
+
+
+@pytest.fixture
+def settings():
+    from pipeline.settings import load_settings
+    return load_settings(infer={"torch_threads": 1})
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys, caplog):
+    import pipeline.run
+    from pipeline.cli import main
+
+    def run(*args, stub: bool = True):
+        if stub:
+            monkeypatch.setattr(pipeline.run, "load_backend", lambda settings: StubBackend())
+        args = [str(a) for a in args]
+        if args[0] == "run" and "--no-progress" not in args:
+            args.append("--no-progress")
+        try:
+            code = main(args)
+        except SystemExit as e:          # argparse: a bad option value
+            code = e.code
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        logged = caplog.text                 # warnings go through logging (set up by the first main())
+        caplog.clear()
+        return code, (lines[-1] if lines else ""), captured.err + logged, captured.out
+
+    return run
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 200 kB RAM disk (a disk that fills), or skip where mounting is not permitted."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A read-only file system (root ignores chmod), or skip where mounting is not permitted."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads():
+    """Every test leaves no pipeline thread behind."""
+    yield
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        alive = [t.name for t in threading.enumerate() if t.name.startswith("segpipe-")]
+        if not alive:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"pipeline threads still running: {alive}")
+
