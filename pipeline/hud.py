@@ -14,18 +14,20 @@ from collections import deque
 import cv2
 import numpy as np
 
+from pipeline.stage import Samples
+
 VIEWS = ("overlay", "mask", "side-by-side")
 ALPHA_STEP = 0.1
 STALL_S = 1.0            # no frame for this long: the HUD says it is waiting
 
 
 class Tracker:
-    """Frames shown by one view and their capture-to-view latency: all of them (for the final
-    percentiles) and a rolling window (for the HUD)."""
+    """Frames shown by one view and their capture-to-view latency: the most recent samples (for the
+    final percentiles, bounded so a camera can run for days) and a rolling window (for the HUD)."""
 
     def __init__(self, name: str, window_s: float = 2.0, clock=time.perf_counter):
         self.name, self.window_s, self.clock = name, window_s, clock
-        self.latency_s: list[float] = []
+        self.latency_s = Samples()
         self._recent: deque[tuple[float, float]] = deque()      # (shown at, latency)
         self._lock = threading.Lock()
         self.last_shown: float | None = None
@@ -42,7 +44,7 @@ class Tracker:
 
     @property
     def frames(self) -> int:
-        return len(self.latency_s)
+        return self.latency_s.count
 
     def _trim(self, now: float) -> None:
         while self._recent and now - self._recent[0][0] > self.window_s:

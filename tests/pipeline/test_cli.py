@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import CARLA_VIDEO, ROOT, SHARED, StubBackend, probe, write_clip
+from pipehelp import CARLA_VIDEO, ROOT, SHARED, StubBackend, probe, write_clip
 from pipeline.cli import main
 
 STATS_KEYS = {"frames", "dropped", "fps", "wall_s", "backend", "device", "stages", "latency_ms"}

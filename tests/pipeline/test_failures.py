@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import pytest
 
-from conftest import StubBackend, frame_image, probe, write_clip
+from pipehelp import StubBackend, frame_image, probe, write_clip
 from pipeline.run import run
 from train.errors import StageError
 from pipeline.sources import SourceInfo

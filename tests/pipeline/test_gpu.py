@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import StubBackend, frame_image, probe, write_clip
+from pipehelp import StubBackend, frame_image, probe, write_clip
 from pipeline.colourise import Colourise
 from pipeline.frame import Frame
 from pipeline.preprocess import Preprocess

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import ROAD, SKY, StubBackend, decode_index, probe, write_clip
+from pipehelp import ROAD, SKY, StubBackend, decode_index, probe, write_clip
 from pipeline.run import run, settings_path
 
 

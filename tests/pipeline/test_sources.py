@@ -6,7 +6,7 @@ import threading
 import cv2
 import pytest
 
-from conftest import StubBackend, decode_index, frame_image, probe, write_clip
+from pipehelp import StubBackend, decode_index, frame_image, probe, write_clip
 from pipeline.run import run
 from pipeline.sources import natural_sorted, open_source
 from train.errors import InputNotFoundError, InvalidInputError, MediaError
