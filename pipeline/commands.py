@@ -13,10 +13,14 @@ RUN_EPILOG = """examples:
   segpipe run rtsp://camera.local/stream --out live.mp4     a live stream: drops the oldest if behind
   segpipe run 0 --out webcam.mp4 --frames 300               a camera (index or /dev/videoN)
   segpipe run drive.mp4 --out seg.mkv --codec libx265 --backend onnxruntime --batch 8
+  segpipe run 'drives/*.mp4' --out-dir seg/ --stats batch.json     many inputs, concurrently (--workers N)
+  segpipe run @drives.txt --out-dir /shared/seg --ray auto          on a Ray cluster (pip install 'segpipe[ray]')
 
 Defaults come from configs/pipeline.yaml (one section per stage); flags override them, and the
 settings a run used are written to OUT.settings.yaml. Exit status: 0 done, 1 media/stage failure,
 2 bad input or option, 3 the input ended early (what decoded is written), 130 Ctrl-C, 143 SIGTERM.
+With several inputs: 0 if every file was done, 1 if any failed (each failure is retried once, then
+listed in the summary; the others go on).
 """
 
 BENCH_EPILOG = """examples:
@@ -40,9 +44,20 @@ def register(sub, formatter) -> None:
                        formatter_class=formatter, epilog=RUN_EPILOG,
                        description="Segment SRC frame by frame with a streaming pipeline (decode, preprocess, "
                                    "batched inference, colourise, encode running concurrently) and write OUT.")
-    p.add_argument("src", help="video file, URL (rtsp/http/udp/file...), camera index or /dev/videoN, "
-                               "image folder or glob")
+    p.add_argument("src", nargs="+", metavar="SRC",
+                   help="video file, URL (rtsp/http/udp/file...), camera index or /dev/videoN, image folder "
+                        "or glob; or several inputs (paths, a glob or folder of videos, @list.txt or list.txt "
+                        "with one path/URL per line) with --out-dir")
     p.add_argument("--out", help="output video (the container follows the extension: .mp4, .mkv ...)")
+    p.add_argument("--out-dir", metavar="DIR", help="several inputs: one DIR/NAME.mp4 per input (same base name; "
+                                                   "inputs in other folders keep their folders below DIR)")
+    p.add_argument("--workers", type=int, metavar="N", help="several inputs: pipelines at once (default: one per "
+                                                           "GPU, or one per CPU core; with --ray: one per "
+                                                           "GPU or CPU of the cluster)")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run the inputs on a Ray cluster: auto, a head address (ray://host:10001), or none for "
+                        "a local cluster; put it after the inputs or write --ray=ADDRESS "
+                        "(needs pip install 'segpipe[ray]')")
     p.add_argument("--weights", help="checkpoint (default: the shipped model)")
     p.add_argument("--backend", help=f"inference backend: auto, torch-cpu, onnxruntime, torch-cuda, tensorrt ... "
                                      f"(config: {d.infer.backend})")
@@ -106,16 +121,38 @@ def run_command(args) -> int:
     from train.errors import InvalidInputError
 
     args = _Options(args)
-    if args.out is None and args.masks is None:
+    srcs = list(args.src or [])
+    if args.ray and not _ray_address(args.ray):      # `--ray a.mp4 b.mp4`: a.mp4 is an input, not an address
+        srcs, args.ray = [args.ray, *srcs], ""
+    batch = args.out_dir is not None or args.ray is not None or args.workers is not None
+    if not batch:
+        from pipeline.batch import is_many
+        batch = is_many(srcs)
+    if batch and args.out is not None:
+        raise InvalidInputError("--out names one output: with several inputs (or --workers/--ray) pass "
+                                "--out-dir DIR for one video per input")
+    if not batch and args.out is None and args.masks is None:
         raise InvalidInputError("nothing to write: pass --out OUT.mp4 (and/or --masks DIR)")
     settings = _settings(args,
                          decode={"max_frames": args.frames},
                          colourise={"view": args.view, "alpha": args.alpha, "legend": args.legend},
                          encode={"codec": args.codec},
                          queues={"policy": args.policy})
-    stats = run(args.src, args.out, settings, masks=args.masks, stats_path=args.stats, progress=args.progress)
+    if batch:
+        from pipeline.batch import run_many
+        return run_many(srcs, settings, out_dir=args.out_dir, masks=args.masks, stats=args.stats,
+                        workers=args.workers, ray=args.ray, progress=args.progress)
+    stats = run(srcs[0], args.out, settings, masks=args.masks, stats_path=args.stats, progress=args.progress)
     print(summary(stats, args.out))
     return 0
+
+
+def _ray_address(text: str) -> bool:
+    """auto, ray://host:port, host:port: an address; an existing path, glob or list is an input."""
+    from pipeline.batch import is_list
+
+    return not (Path(text).exists() or is_list(text) or any(c in text for c in "*?[")
+                or Path(text).suffix.lower() in (".mp4", ".mkv", ".mov", ".avi", ".webm", ".ts"))
 
 
 def _ints(text: str | None, what: str) -> list[int] | None:

@@ -1,0 +1,540 @@
+"""Many inputs on one machine: ``run_batch(jobs, settings, workers=N)``, one output per input.
+
+``expand_inputs`` turns what the user typed (paths, globs of videos, folders of videos, ``@list.txt`` or
+``list.txt`` naming one path or URL per line) into inputs; ``plan_jobs`` names each one's output
+(``--out-dir`` mirrors the inputs' folders below their common parent, so ``a/x.mp4`` and ``b/x.mp4``
+do not collide; inputs in one folder land flat as ``DIR/x.mp4``).
+
+Each worker is a process with its own engine, built on its first file and reused for every file it
+takes, and its own thread budget (cores // workers for torch/onnxruntime, FFmpeg decode and encode),
+so N pipelines share the cores instead of oversubscribing them; on GPUs, one worker per GPU. Files go
+to workers as they free up. A failed file is retried once (unless the input itself is at fault:
+missing, not a video, truncated), then reported; it never stops the others. A worker whose engine
+cannot be built stops the batch (every file would fail the same way).
+
+The summary (``summarise``; ``--stats FILE`` writes it)::
+
+    {"mode", "workers", "backend", "files", "done", "failed", "frames", "wall_s", "fps",   # aggregate fps
+     "failures": [{"src", "error", "attempts"}],
+     "results": [{"src", "out", "masks", "status", "attempts", "worker", "frames", "fps", "wall_s",
+                  "error", "stats"}]}                                              # stats: run()'s
+``pipeline.cluster`` runs the same ``Worker`` as Ray actors.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from pipeline.stage import Stage
+from train.errors import (
+    InputNotFoundError,
+    InvalidInputError,
+    PartialInputError,
+    SegpipeError,
+    TerminatedError,
+)
+
+log = logging.getLogger("segpipe.batch")
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+LIST_EXTS = {".txt", ".lst"}
+MAX_ATTEMPTS = 2                         # a failed file is retried once
+NOT_RETRIED = (InputNotFoundError, InvalidInputError, PartialInputError)   # the input is at fault
+
+
+# ------------------------------------------------------------------------------ inputs and outputs
+
+@dataclass(frozen=True)
+class Job:
+    index: int                 # position in the batch (the summary keeps this order)
+    src: str                   # path (absolute), URL, or image folder/glob
+    out: str | None            # output video
+    masks: str | None          # label PNG folder
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.src.rstrip("/")) or self.src
+
+
+def is_list(spec: str) -> bool:
+    """``@list.txt``, or a .txt/.lst file: one input per line."""
+    return spec.startswith("@") or (Path(spec).suffix.lower() in LIST_EXTS and "://" not in spec)
+
+
+def is_many(specs) -> bool:
+    """Does what the user typed name several inputs (or possibly several: a list file)?"""
+    specs = list(specs or [])
+    return len(specs) > 1 or any(is_list(s) for s in specs) or any(_is_video_glob(s) for s in specs)
+
+
+def _is_video_glob(spec: str) -> bool:
+    if "://" in spec or not any(c in spec for c in "*?[") or Path(spec).exists():
+        return False
+    return any(Path(p).suffix.lower() not in IMAGE_EXTS for p in glob.glob(spec, recursive=True)
+               if Path(p).is_file())
+
+
+def expand_inputs(specs) -> list[str]:
+    """Paths, URLs, globs, folders and list files -> one entry per input (order kept, duplicates
+    dropped). A glob or folder of images stays one input (an image sequence); of videos, one per video.
+    In a list file, blank lines and ``#`` comments are skipped and relative paths are relative to the
+    list's folder."""
+    found: list[str] = []
+    for spec in specs:
+        spec = str(spec)
+        if is_list(spec):
+            path = Path(spec.removeprefix("@"))
+            if not path.is_file():
+                raise InputNotFoundError(f"list {path} does not exist: write one video path or URL per line")
+            lines = [ln.strip() for ln in path.read_text().splitlines()]
+            entries = [ln for ln in lines if ln and not ln.startswith("#")]
+            if not entries:
+                raise InvalidInputError(f"list {path} names no inputs: write one video path or URL per line")
+            for entry in entries:
+                if "://" not in entry and not Path(entry).is_absolute():
+                    entry = str(path.parent / entry)
+                found.extend(_expand_one(entry))
+        else:
+            found.extend(_expand_one(spec))
+    return list(dict.fromkeys(found))
+
+
+def _expand_one(spec: str) -> list[str]:
+    from pipeline.sources import natural_sorted
+
+    if "://" in spec or spec.isdigit() or spec.startswith("/dev/video"):
+        return [spec]
+    path = Path(spec)
+    if any(c in spec for c in "*?[") and not path.exists():
+        files = [p for p in glob.glob(spec, recursive=True) if Path(p).is_file()]
+        if not files:
+            raise InputNotFoundError(f"nothing matches {spec!r}: check the pattern (quote it so the shell "
+                                     f"does not expand it), e.g. 'drives/*.mp4'")
+        videos = [p for p in files if Path(p).suffix.lower() not in IMAGE_EXTS]
+        return [_abs(p) for p in natural_sorted(videos)] if videos else [spec]
+    if path.is_dir():
+        children = [p for p in path.iterdir() if p.is_file()]
+        if any(p.suffix.lower() in IMAGE_EXTS for p in children):
+            return [_abs(path)]                                # a folder of frames: one input
+        videos = natural_sorted(_abs(p) for p in children if not p.name.startswith("."))
+        if not videos:
+            raise InvalidInputError(f"folder {path} holds no videos or images")
+        return videos
+    return [_abs(path) if path.exists() else spec]     # a missing file fails as that file
+
+
+def _abs(path) -> str:
+    """Absolute and normalised, but links kept (their names are the user's: outputs are named after them)."""
+    return os.path.abspath(path)
+
+
+def _output_name(src: str) -> str:
+    """The input's base name without its extension (a glob of frames: its folder's name)."""
+    if "://" in src:
+        tail = src.split("://", 1)[1].split("?", 1)[0].rstrip("/")
+        return Path(tail.rsplit("/", 1)[-1]).stem or tail.replace("/", "_").replace(":", "_")
+    path = Path(src)
+    if any(c in src for c in "*?[") and not path.exists():      # 'run1/*.jpg' -> run1
+        parts = path.parts
+        first = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
+        return Path(_abs(Path(*parts[:first]))).name if first else Path.cwd().name
+    return path.name if path.is_dir() else path.stem
+
+
+def plan_jobs(inputs: list[str], out_dir=None, masks_dir=None, ext: str = ".mp4") -> list[Job]:
+    """One job per input: ``out_dir/REL/NAME.mp4`` (and ``masks_dir/REL/NAME/``), where REL is the
+    input's folder relative to the inputs' common parent (empty when they share one folder)."""
+    if not inputs:
+        raise InvalidInputError("no inputs: pass video files, a glob ('drives/*.mp4'), a folder, or @list.txt")
+    if out_dir is None and masks_dir is None:
+        raise InvalidInputError("nothing to write: with several inputs pass --out-dir DIR (one video per "
+                                "input, same base name) and/or --masks DIR")
+    local = [Path(_abs(s)).parent for s in inputs if "://" not in s and Path(s).exists()]
+    root = Path(os.path.commonpath(local)) if local else None
+    jobs, seen = [], {}
+    for i, src in enumerate(inputs):
+        rel = Path(_output_name(src))
+        if root is not None and "://" not in src and Path(src).exists():
+            rel = Path(_abs(src)).parent.relative_to(root) / rel
+        if str(rel) in seen:
+            raise InvalidInputError(f"{seen[str(rel)]} and {src} would both write {rel}{ext}: rename one, "
+                                    f"or run them as separate batches")
+        seen[str(rel)] = src
+        out = str(Path(_abs(out_dir)) / rel) + ext if out_dir is not None else None
+        masks = str(Path(_abs(masks_dir)) / rel) if masks_dir is not None else None
+        jobs.append(Job(i, src, out, masks))
+    return jobs
+
+
+# ------------------------------------------------------------------------------ one worker
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def uses_gpu(settings) -> bool:
+    import torch
+
+    from engine.loader import CPU_BACKENDS
+
+    s = settings.infer
+    return (s.backend not in CPU_BACKENDS and str(s.device or "cuda").startswith("cuda")
+            and torch.cuda.is_available())
+
+
+def default_workers(settings) -> int:
+    """One per GPU; on the CPU one single-threaded pipeline per core. Measured on 2 cores (4 x 300
+    frames of carla_drive.mp4, onnxruntime): 1 worker x 2 threads 51 fps, 2 x 1 thread 56 fps (98% of
+    the 2 cores, and of 2000 / 35 CPU-ms per frame), 4 x 1 thread 51 fps (oversubscribed: +10% CPU a
+    frame). benchmarks/scale.py measures it."""
+    if uses_gpu(settings):
+        import torch
+        return torch.cuda.device_count()
+    return cpu_count()
+
+
+def worker_settings(settings, threads: int, device: str | None = None):
+    """A worker's share of the machine: ``threads`` for torch/onnxruntime and for FFmpeg's decoder and
+    encoder (where the config leaves them to their defaults), and its GPU."""
+    s = settings
+    threads = max(1, int(threads))
+    return replace(s,
+                   infer=replace(s.infer, torch_threads=s.infer.torch_threads or threads,
+                                 device=device if device is not None else s.infer.device),
+                   decode=replace(s.decode, threads=s.decode.threads or threads),
+                   encode=replace(s.encode, threads=s.encode.threads or threads))
+
+
+class FrameCounter(Stage):
+    """A pass-through sink that counts frames as they leave the pipeline (for live progress)."""
+    name = "progress"
+
+    def __init__(self, tick):
+        super().__init__()
+        self.tick = tick
+
+    def process(self, frame):
+        self.tick(1)
+        return frame
+
+
+class Worker:
+    """One pipeline slot: a thread budget and an engine, built on the first file and reused for all.
+    Local workers live one per process; ``pipeline.cluster`` makes this class a Ray actor."""
+
+    def __init__(self, settings, name: str = "worker", tick=None):
+        self.settings, self.name = settings, name
+        self.backend = None
+        self.frames_done = 0                 # frames delivered by this worker, live (for progress)
+        self._tick = tick
+
+    def frames(self) -> int:
+        return self.frames_done
+
+    def _count(self, n: int) -> None:
+        self.frames_done += n
+        if self._tick is not None:
+            self._tick(n)
+
+    def process(self, job: Job, attempt: int = 1) -> dict:
+        """Segment one input; never raises: the result says done or failed, and why."""
+        from pipeline.run import apply_threads, load_backend, run
+
+        record = {"src": job.src, "out": job.out, "masks": job.masks, "status": "failed",
+                  "attempts": attempt, "worker": self.name, "frames": 0, "fps": 0.0, "wall_s": 0.0,
+                  "error": None, "stats": None}
+        if self.backend is None:
+            try:
+                apply_threads(self.settings)
+                self.backend = load_backend(self.settings)
+            except Exception as e:           # the engine cannot be built: every file would fail alike
+                record.update(error=f"cannot build the engine: {_reason(e)}", fatal=True,
+                              exception=e if _picklable(e) else None,
+                              exit_code=getattr(e, "exit_code", 1))
+                return record
+        before = self.frames_done
+        t0 = time.perf_counter()
+        try:
+            stats = run(job.src, job.out, self.settings, masks=job.masks, backend=self.backend,
+                        sinks=[FrameCounter(self._count)])
+        except Exception as e:
+            self._count(before - self.frames_done)        # a failed attempt's frames do not count
+            record.update(error=_reason(e), retry=not isinstance(e, NOT_RETRIED),
+                          wall_s=round(time.perf_counter() - t0, 3))
+            return record
+        stats["stages"].pop(FrameCounter.name, None)
+        record.update(status="done", frames=stats["frames"], fps=stats["fps"], wall_s=stats["wall_s"],
+                      stats=stats)
+        return record
+
+
+def _picklable(e: BaseException) -> bool:
+    import pickle
+    try:
+        pickle.loads(pickle.dumps(e))
+        return True
+    except Exception:
+        return False
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, SegpipeError):
+        return text or type(e).__name__
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def failed_record(job: Job, attempt: int, error: str, worker: str = "?") -> dict:
+    return {"src": job.src, "out": job.out, "masks": job.masks, "status": "failed", "attempts": attempt,
+            "worker": worker, "frames": 0, "fps": 0.0, "wall_s": 0.0, "error": error, "stats": None,
+            "retry": True}
+
+
+# ------------------------------------------------------------------------------ the batch's books
+
+class Tally:
+    """What is left, done and failed; the one retry; the progress bar (files, frames in the postfix)."""
+
+    def __init__(self, jobs: list[Job], *, progress: bool, mode: str, workers: int):
+        self.jobs, self.mode, self.workers = jobs, mode, workers
+        self.pending: deque[tuple[Job, int]] = deque((job, 1) for job in jobs)
+        self.records: dict[int, dict] = {}
+        self.t0 = time.perf_counter()
+        self.frames_live = 0
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=len(jobs), unit="file", desc=f"segment ({workers} {mode} workers)",
+                            dynamic_ncols=True, file=sys.stderr)
+
+    def next(self) -> tuple[Job, int] | None:
+        return self.pending.popleft() if self.pending else None
+
+    def finish(self, job: Job, attempt: int, record: dict) -> None:
+        """Book a result; a retryable failure goes to the back of the queue once."""
+        if record.get("fatal"):
+            self.close()
+            error = record.get("exception")
+            if not isinstance(error, SegpipeError):
+                error = SegpipeError(record["error"])
+                error.exit_code = record.get("exit_code", 1)
+            raise error
+        retry = record.pop("retry", False)
+        record.pop("exception", None)
+        if record["status"] == "failed" and retry and attempt < MAX_ATTEMPTS:
+            log.warning("%s failed (attempt %d of %d, %s): %s; retrying", job.name, attempt, MAX_ATTEMPTS,
+                        record["worker"], record["error"])
+            self.pending.append((job, attempt + 1))
+            return
+        if record["status"] == "failed":
+            log.warning("%s failed: %s", job.name, record["error"])
+        self.records[job.index] = record
+        if self.bar is not None:
+            self.bar.update(1)
+            self.live(self.frames_live)
+
+    def live(self, frames: int) -> None:
+        """Frames delivered so far across all workers (those of files still running included)."""
+        self.frames_live = max(frames, sum(r["frames"] for r in self.records.values()))
+        if self.bar is not None:
+            wall = time.perf_counter() - self.t0
+            failed = sum(r["status"] == "failed" for r in self.records.values())
+            post = {"frames": self.frames_live, "fps": f"{self.frames_live / wall:.1f}" if wall else "0"}
+            if failed:
+                post["failed"] = failed
+            self.bar.set_postfix(post, refresh=False)
+            self.bar.refresh()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pending)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def summary(self) -> dict:
+        self.close()
+        return summarise([self.records[j.index] for j in self.jobs if j.index in self.records],
+                         time.perf_counter() - self.t0, mode=self.mode, workers=self.workers)
+
+
+def summarise(records: list[dict], wall_s: float, *, mode: str, workers: int) -> dict:
+    done = [r for r in records if r["status"] == "done"]
+    frames = sum(r["frames"] for r in done)
+    backends = sorted({f"{r['stats']['backend']} ({r['stats']['device']})" for r in done})
+    return {"mode": mode, "workers": workers, "backend": ", ".join(backends) or None,
+            "files": len(records), "done": len(done),
+            "failed": len(records) - len(done), "frames": frames, "wall_s": round(wall_s, 3),
+            "fps": round(frames / wall_s, 3) if wall_s > 0 else 0.0,
+            "failures": [{"src": r["src"], "error": r["error"], "attempts": r["attempts"]}
+                         for r in records if r["status"] != "done"],
+            "results": records}
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"{summary['files']} files: {summary['done']} done, {summary['failed']} failed; "
+             f"{summary['frames']} frames in {summary['wall_s']:.1f} s ({summary['fps']:.1f} fps aggregate) "
+             f"on {summary['workers']} {summary['mode']} workers"
+             + (f", {summary['backend']}" if summary.get("backend") else "")]
+    for f in summary["failures"]:
+        lines.append(f"  FAILED {f['src']}: {f['error']} ({f['attempts']} attempt{'s' * (f['attempts'] > 1)})")
+    return "\n".join(lines)
+
+
+def write_summary(summary: dict, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, default=str))
+
+
+# ------------------------------------------------------------------------------ local processes
+
+_worker: Worker | None = None          # this process's worker (in a pool process)
+
+
+def _init_process(settings, threads: int, gpus: int, slot, counter, log_level: int) -> None:
+    global _worker
+    logging.basicConfig(level=log_level if log_level <= logging.DEBUG else max(log_level, logging.WARNING),
+                        format="%(levelname).1s %(name)s: %(message)s")
+    with slot.get_lock():
+        index = slot.value
+        slot.value += 1
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    device = f"cuda:{index % gpus}" if gpus else None
+
+    def tick(n):
+        with counter.get_lock():
+            counter.value += n
+
+    _worker = Worker(worker_settings(settings, threads, device), name=f"worker-{index}", tick=tick)
+
+
+def _process(job: Job, attempt: int) -> dict:
+    return _worker.process(job, attempt)
+
+
+def run_batch(jobs: list[Job], settings, workers: int | None = None, *, progress: bool = False) -> dict:
+    """Segment ``jobs`` with ``workers`` processes on this machine; return the summary."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    gpus = 0
+    if uses_gpu(settings) and settings.infer.device in (None, "cuda"):
+        import torch
+        gpus = torch.cuda.device_count()
+    workers = int(workers or default_workers(settings))
+    if workers < 1:
+        raise InvalidInputError(f"--workers {workers} must be >= 1")
+    workers = min(workers, len(jobs))
+    threads = max(1, cpu_count() // workers)
+    ctx = mp.get_context("spawn")        # fresh interpreters: no forked torch/FFmpeg thread state
+    counter, slot = ctx.Value("q", 0), ctx.Value("i", 0)
+
+    def pool():
+        return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_process,
+                                   initargs=(settings, threads, gpus, slot, counter,
+                                             logging.getLogger().getEffectiveLevel()))
+
+    log.info("%d files on %d workers (%d thread%s each%s)", len(jobs), workers, threads, "s" * (threads > 1),
+             f", {gpus} GPUs" if gpus else "")
+    tally = Tally(jobs, progress=progress, mode="local", workers=workers)
+    executor = pool()
+    inflight: dict = {}
+    try:
+        with _sigterm_raises():
+            while tally.busy or inflight:
+                while tally.busy and len(inflight) < workers:
+                    job, attempt = tally.next()
+                    inflight[executor.submit(_process, job, attempt)] = (job, attempt)
+                done, _ = wait(inflight, timeout=0.5, return_when=FIRST_COMPLETED)
+                broken = False
+                for future in done:
+                    job, attempt = inflight.pop(future)
+                    try:
+                        record = future.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        record = failed_record(job, attempt, "its worker process died (killed, or out of memory?)")
+                    tally.finish(job, attempt, record)
+                if broken:                       # every file on the dead pool failed; start a new pool
+                    for future in wait(inflight).done:
+                        job, attempt = inflight.pop(future)
+                        tally.finish(job, attempt, failed_record(
+                            job, attempt, "a worker process died while it ran (killed, or out of memory?)"))
+                    executor.shutdown(wait=True)
+                    executor = pool()
+                tally.live(counter.value)
+    except BaseException as e:
+        _stop(executor)
+        tally.close()
+        if isinstance(e, _SigTerm):
+            raise TerminatedError(f"terminated (SIGTERM) with {len(tally.records)} of {len(jobs)} files "
+                                  f"finished; the outputs of the files running were closed") from None
+        raise
+    executor.shutdown(wait=True)
+    return tally.summary()
+
+
+def _stop(executor) -> None:
+    """Stop the workers: SIGTERM makes each close its output properly (``run`` handles it)."""
+    for process in list(getattr(executor, "_processes", {}).values()):
+        if process.is_alive():
+            process.terminate()
+    executor.shutdown(wait=True, cancel_futures=True)
+
+
+class _SigTerm(BaseException):
+    pass
+
+
+class _sigterm_raises:
+    """In the main thread, SIGTERM raises so the workers are stopped and their outputs closed."""
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            def handler(signum, frame):
+                raise _SigTerm
+            self.previous = signal.signal(signal.SIGTERM, handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
+
+
+# ------------------------------------------------------------------------------ the command
+
+def run_many(specs, settings, *, out_dir=None, masks=None, stats=None, workers=None, ray=None,
+             progress=True) -> int:
+    """``segpipe run`` with several inputs: plan, run locally or on Ray (``ray``: an address, or ""
+    for a local cluster), print the summary, write ``stats``; exit status 0 if every file was done."""
+    if workers is not None and workers < 1:
+        raise InvalidInputError(f"--workers {workers} must be >= 1")
+    jobs = plan_jobs(expand_inputs(specs), out_dir, masks)
+    if ray is not None:
+        from pipeline.cluster import run_cluster
+        summary = run_cluster(jobs, settings, address=ray or None, workers=workers, progress=progress)
+    else:
+        summary = run_batch(jobs, settings, workers, progress=progress)
+    if stats is not None:
+        write_summary(summary, stats)
+    print(format_summary(summary))
+    return 0 if summary["failed"] == 0 else 1
