@@ -68,7 +68,8 @@ def register(sub, formatter) -> None:
     p.add_argument("--view", choices=["overlay", "mask", "side-by-side"], help=f"what to draw (config: {d.colourise.view})")
     p.add_argument("--alpha", type=float, help=f"overlay opacity 0..1 (config: {d.colourise.alpha})")
     p.add_argument("--legend", action="store_true", help="draw the classes present")
-    p.add_argument("--masks", metavar="DIR", help="also write each frame's labels as PNG: DIR/000000.png ...")
+    p.add_argument("--masks", metavar="DIR", help="also write each frame's labels as PNG: DIR/000000.png ... "
+                                                    "(several inputs: DIR/NAME/000000.png ...)")
     p.add_argument("--stats", metavar="FILE", help="write the run's statistics as JSON")
     p.add_argument("--config", metavar="FILE", help="pipeline settings (default: configs/pipeline.yaml)")
     p.add_argument("--codec", help=f"output codec, e.g. libx264, libx265, libvpx-vp9 (config: {d.encode.codec})")

@@ -76,8 +76,10 @@ def register(sub, formatter) -> None:
     p.add_argument("--size", metavar="HxW", help="model input size, e.g. 288x384 (default: the checkpoint's)")
     p.add_argument("--view", choices=["overlay", "mask", "side-by-side"], help="what to draw first (key v cycles)")
     p.add_argument("--alpha", type=float, help="overlay opacity 0..1 (keys +/-)")
-    p.add_argument("--no-legend", dest="legend", action="store_false", help="do not draw the classes present")
-    p.add_argument("--no-hud", dest="hud", action="store_false", help="no fps/latency/drops in the window")
+    p.add_argument("--no-legend", dest="legend", action="store_false", default=argparse.SUPPRESS,
+                   help="do not draw the classes present")
+    p.add_argument("--no-hud", dest="hud", action="store_false", default=argparse.SUPPRESS,
+                   help="no fps/latency/drops in the window")
     p.add_argument("--stats", metavar="FILE", help="write the statistics as JSON at exit (the `run --stats` schema)")
     p.add_argument("--config", metavar="FILE", help="pipeline settings (default: configs/pipeline.yaml)")
     p.add_argument("--frames", type=int, metavar="N", help="stop after N captured frames")
