@@ -1,3 +1,5 @@
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,3 +23,23 @@ def pytest_collection_modifyitems(config, items):
 def carla_dir() -> Path:
     """12 real CARLA pairs (320x240) in 4 runs of 3 consecutive frames."""
     return FIXTURES / "carla"
+
+
+@pytest.fixture
+def settings():
+    """Pipeline settings for tests: one intra-op thread, so tests beside each other do not oversubscribe."""
+    from pipeline.settings import load_settings
+    return load_settings(infer={"torch_threads": 1})
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads():
+    """Every test leaves no pipeline or server thread (named segpipe-*) behind."""
+    yield
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        alive = [t.name for t in threading.enumerate() if t.name.startswith("segpipe-")]
+        if not alive:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"threads still running: {alive}")

@@ -1,8 +1,6 @@
 """Fixtures for the live tests (helpers are in livehelp.py, imported by name)."""
 from __future__ import annotations
 
-import threading
-import time
 
 import pytest
 
@@ -20,20 +18,3 @@ def stub():
     return StubBackend()
 
 
-@pytest.fixture
-def settings():
-    from pipeline.settings import load_settings
-    return load_settings(infer={"torch_threads": 1})
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_threads():
-    """Every test leaves no pipeline or server thread behind."""
-    yield
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        alive = [t.name for t in threading.enumerate() if t.name.startswith("segpipe-")]
-        if not alive:
-            return
-        time.sleep(0.05)
-    pytest.fail(f"threads still running: {alive}")

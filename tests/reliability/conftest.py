@@ -7,18 +7,10 @@ of error handling does not spend its seconds on inference.
 from __future__ import annotations
 
 import subprocess
-import threading
-import time
 
 import pytest
 
 from faultmedia import StubBackend
-
-
-@pytest.fixture
-def settings():
-    from pipeline.settings import load_settings
-    return load_settings(infer={"torch_threads": 1})
 
 
 @pytest.fixture
@@ -68,16 +60,4 @@ def read_only_dir(tmp_path):
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
-
-@pytest.fixture(autouse=True)
-def no_leaked_threads():
-    """Every test leaves no pipeline thread behind."""
-    yield
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        alive = [t.name for t in threading.enumerate() if t.name.startswith("segpipe-")]
-        if not alive:
-            return
-        time.sleep(0.05)
-    pytest.fail(f"pipeline threads still running: {alive}")
 

@@ -22,7 +22,7 @@ import pipeline.run
 from faultmedia import ROOT, StubBackend, frame_image, probe, write_video
 from pipeline.run import run, settings_path
 from pipeline.sources import SourceInfo
-from train.errors import MediaError, PartialInputError
+from train.errors import PartialInputError
 
 
 def frames_done(line: str) -> int:
