@@ -12,13 +12,11 @@ from pathlib import Path
 
 import av
 import numpy as np
-import torch
 
-from train.classes import CARLA_CLASSES, CARLA_PALETTE
+from mediakit import ROAD, SKY, StubBackend, probe  # noqa: F401  (shared with the other test folders)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-ROAD, SKY = 7, 13
 
 
 def frame_image(i: int, width: int, height: int) -> np.ndarray:
@@ -41,36 +39,6 @@ def write_clip(path: Path, frames: int = 20, width: int = 96, height: int = 64, 
         for packet in stream.encode():
             container.mux(packet)
     return path
-
-
-def probe(path: Path) -> dict:
-    with av.open(str(path)) as c:
-        s = c.streams.video[0]
-        pts = [f.pts for f in c.decode(s)]
-        return {"frames": len(pts), "width": s.codec_context.width, "height": s.codec_context.height,
-                "time_base": s.time_base, "pts": pts}
-
-
-class StubBackend:
-    """The engine.load contract: road where red > 127, sky elsewhere; ``delay_s`` stands in for a model."""
-    name = "stub"
-    precision = "fp32"
-
-    def __init__(self, input_size=(32, 48), max_batch=8, delay_s=0.0):
-        self.device = torch.device("cpu")
-        self.input_size = tuple(input_size)
-        self.min_batch, self.max_batch = 1, max_batch
-        self.class_names = list(CARLA_CLASSES)
-        self.palette = np.asarray(CARLA_PALETTE, np.uint8)
-        self.delay_s = delay_s
-        self.batches: list[int] = []
-
-    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        self.batches.append(int(frames.shape[0]))
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        red = frames[:, 0]
-        return torch.where(red > 127, torch.tensor(ROAD, dtype=torch.uint8), torch.tensor(SKY, dtype=torch.uint8))
 
 
 class FakeWindow:

@@ -6,102 +6,18 @@ frame it came from: order and correspondence are checkable after a lossy round t
 """
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
-import av
-import numpy as np
-import torch
-
-from train.classes import CARLA_CLASSES, CARLA_PALETTE
+from mediakit import (  # noqa: F401
+    ROAD,
+    SKY,
+    StubBackend,
+    decode_index,
+    frame_image,
+    probe,
+    write_clip,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
 CARLA_VIDEO = SHARED / "videos" / "carla_drive.mp4"
-BITS = 6
-ROAD, SKY = 7, 13
-
-
-def frame_image(i: int, width: int, height: int) -> np.ndarray:
-    """RGB frame whose BITS vertical bands spell ``i`` in binary (red 255 = 1), plus a moving ramp in green."""
-    img = np.zeros((height, width, 3), np.uint8)
-    band = width // BITS
-    for k in range(BITS):
-        if i >> k & 1:
-            img[:, k * band:(k + 1) * band, 0] = 255
-    img[..., 1] = (np.arange(width)[None, :] * 2 + i * 9) % 200
-    img[..., 2] = 60
-    return img
-
-
-def decode_index(labels: np.ndarray) -> int:
-    """Read back the index from a label map (the majority label in the middle of each band)."""
-    h, w = labels.shape
-    band = w // BITS
-    value = 0
-    for k in range(BITS):
-        patch = labels[h // 4: 3 * h // 4, k * band + band // 4: (k + 1) * band - band // 4]
-        if np.mean(patch == ROAD) > 0.5:
-            value |= 1 << k
-    return value
-
-
-def write_clip(path: Path, frames: int = 12, width: int = 96, height: int = 64, rate: int = 25,
-               codec: str = "libx264", options: dict | None = None) -> Path:
-    """A test clip, as PyAV's own tests write them."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height = width + width % 2, height + height % 2
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"preset": "ultrafast", "crf": "10", **(options or {})} if codec == "libx264" \
-            else dict(options or {})
-        for i in range(frames):
-            img = frame_image(i, stream.width, stream.height)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def probe(path: Path) -> dict:
-    """Reopen a video: what a round-trip test checks."""
-    with av.open(str(path)) as c:
-        s = c.streams.video[0]
-        pts = [f.pts for f in c.decode(s)]
-        return {"frames": len(pts), "width": s.codec_context.width, "height": s.codec_context.height,
-                "rate": s.average_rate, "time_base": s.time_base, "pts": pts, "codec": s.codec_context.name}
-
-
-class StubBackend:
-    """The engine.load contract, in a few lines: road where red > 127, sky elsewhere."""
-    name = "stub"
-    precision = "fp32"
-
-    def __init__(self, input_size=(32, 48), max_batch=8, min_batch=1, delay_s=0.0, fail_at=None, error=None):
-        self.device = torch.device("cpu")
-        self.input_size = tuple(input_size)
-        self.min_batch, self.max_batch = min_batch, max_batch
-        self.class_names = list(CARLA_CLASSES)
-        self.palette = np.asarray(CARLA_PALETTE, np.uint8)
-        self.delay_s, self.fail_at, self.error = delay_s, fail_at, error
-        self.calls = 0
-        self.batches: list[int] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        assert frames.dtype == torch.uint8 and frames.is_contiguous()
-        assert tuple(frames.shape[1:]) == (3, *self.input_size), frames.shape
-        assert self.min_batch <= frames.shape[0] <= self.max_batch
-        with self.lock:
-            self.calls += 1
-            self.batches.append(int(frames.shape[0]))
-            if self.fail_at is not None and self.calls >= self.fail_at:
-                raise self.error or RuntimeError("stub backend exploded")
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        red = frames[:, 0]
-        return torch.where(red > 127, torch.tensor(ROAD, dtype=torch.uint8), torch.tensor(SKY, dtype=torch.uint8))
-
-

@@ -30,22 +30,11 @@ def frames_done(line: str) -> int:
 
 
 # --- a stage that raises ---------------------------------------------------------------------------------
-class Exploding(StubBackend):
-    def __init__(self, at: int):
-        super().__init__()
-        self.at, self.calls = at, 0
-
-    def __call__(self, frames):
-        self.calls += 1
-        if self.calls == self.at:
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return super().__call__(frames)
-
-
 def test_a_stage_raising_mid_stream_exits_1_with_a_playable_output(tmp_path, cli, monkeypatch):
     src = write_video(tmp_path / "clip.mp4", 60)
     out = tmp_path / "seg.mp4"
-    monkeypatch.setattr(pipeline.run, "load_backend", lambda settings: Exploding(at=6))
+    monkeypatch.setattr(pipeline.run, "load_backend", lambda settings: StubBackend(
+        fail_at=6, error=RuntimeError("CUDA error: an illegal memory access was encountered")))
     t = time.monotonic()
     code, last, err, _ = cli("run", src, "--out", out, "--batch", "2", stub=False)
     assert time.monotonic() - t < 10
