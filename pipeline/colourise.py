@@ -6,7 +6,7 @@ labels at the input's resolution in ``frame.labels_full`` (for --masks).
 
 CPU: palette lookup at the model's (small) resolution, nearest-neighbour resize to full size, then
 cv2.addWeighted: all vectorised. GPU (when the backend is): labels upsampled nearest on the device,
-palette gather and blend there; only the finished frame (and labels, if kept) leave the GPU.
+palette gather and blend there; only the finished frame (and labels, if kept) leave the GPU, in one wait.
 """
 from __future__ import annotations
 
@@ -75,14 +75,17 @@ class Colourise(Stage):
             out = colour
         else:
             out = torch.cat([image, colour], dim=1)
-        frame.output = out.cpu().numpy()
+        wanted = [out]
         if self.keep_labels:
-            frame.labels_full = full.cpu().numpy()
+            wanted.append(full)
+        if self.legend:
+            wanted.append(torch.bincount(labels.flatten(), minlength=len(self.class_names)))
+        host = to_host(wanted)
+        frame.output = host.pop(0)
+        if self.keep_labels:
+            frame.labels_full = host.pop(0)
         frame.image_dev = None
-        if not self.legend:
-            return None
-        counts = torch.bincount(labels.flatten(), minlength=len(self.class_names))
-        return np.flatnonzero(counts.cpu().numpy())
+        return np.flatnonzero(host.pop(0)) if self.legend else None
 
     def _nearest(self, out_len: int, in_len: int) -> torch.Tensor:
         """Source index of each output pixel (pixel centres aligned, as cv2.INTER_NEAREST_EXACT)."""
@@ -91,6 +94,16 @@ class Colourise(Stage):
             idx = ((torch.arange(out_len, dtype=torch.float64) + 0.5) * in_len / out_len).floor().long()
             self._index[key] = idx.clamp_(0, in_len - 1).to(self.device)
         return self._index[key]
+
+
+def to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
+    """Device tensors to numpy with one wait: async copies into pinned (cached) host memory, then a single
+    stream sync, instead of one blocking round trip per tensor."""
+    host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
+    for dst, src in zip(host, tensors):
+        dst.copy_(src, non_blocking=True)
+    torch.cuda.current_stream(tensors[0].device).synchronize()
+    return [h.numpy() for h in host]
 
 
 def draw_legend(image: np.ndarray, present, lut: np.ndarray, names: list[str], x0: int = 0) -> None:

@@ -28,7 +28,7 @@ def test_preprocess_and_colourise_match_the_cpu(tmp_path):
         cpu_f.labels, gpu_f.labels = labels, labels.to(cuda)
         gpu_f.image_dev = torch.from_numpy(image).to(cuda)
         for f, dev in ((cpu_f, "cpu"), (gpu_f, cuda)):
-            c = Colourise(palette, names, dev, view=view, keep_labels=True)
+            c = Colourise(palette, names, dev, view=view, keep_labels=True, legend=view == "overlay")
             c.setup()
             c.process(f)
         assert isinstance(gpu_f.output, np.ndarray) and gpu_f.output.shape == cpu_f.output.shape
