@@ -139,15 +139,17 @@ class FrameSet:
         return len(self.pairs)
 
     def batches(self, batch_size: int, shuffle: bool, augment: bool, generator: torch.Generator | None = None,
-                indices: torch.Tensor | None = None):
-        """Yield (uint8 images, int64 masks) at the model size."""
+                indices: torch.Tensor | None = None, crop: tuple[int, int] | None = None,
+                zoom: tuple[float, float] = (1.0, 1.6)):
+        """Yield (uint8 images, int64 masks): augmented ``crop``-sized pieces at the model's scale, or whole
+        frames at the model size."""
         order = indices if indices is not None else (
             torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self)))
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             images, masks = self.images[idx], self.masks[idx]
             if augment:
-                images, masks = augment_batch(images, masks, self.size, generator)
+                images, masks = augment_batch(images, masks, self.size, generator, crop=crop, zoom=zoom)
             elif images.shape[-2:] != self.size:
                 images = F.interpolate(images.float(), size=self.size, mode="bilinear", antialias=True,
                                        align_corners=False).round().clamp(0, 255).byte()
@@ -156,24 +158,30 @@ class FrameSet:
 
 
 def augment_batch(images: torch.Tensor, masks: torch.Tensor, size: tuple[int, int],
-                  generator: torch.Generator | None = None, max_zoom: float = 1.6):
-    """Driving-friendly augmentation: horizontal flip, zoom-in crop, photometric jitter.
+                  generator: torch.Generator | None = None, crop: tuple[int, int] | None = None,
+                  zoom: tuple[float, float] = (1.0, 1.6)):
+    """Driving-friendly augmentation: horizontal flip, scale jitter with a random crop, photometric jitter.
 
-    No vertical flips or rotations: the sky stays up and the road stays down.
+    ``images`` are frames cached larger than the model ``size``; the output is ``crop`` pixels (default: the
+    whole ``size``) at the model's scale times a zoom drawn from ``zoom``. A crop smaller than the model size
+    trains the fully convolutional net faster at the same scale. No vertical flips or rotations: the sky
+    stays up and the road stays down.
     """
     n, _, H, W = images.shape
-    out_img = torch.empty(n, 3, *size)
-    out_mask = torch.empty(n, *size, dtype=torch.uint8)
+    crop = tuple(crop or size)
+    per_pixel = min(H / size[0], W / size[1])  # cached pixels per model pixel
+    out_img = torch.empty(n, 3, *crop)
+    out_mask = torch.empty(n, *crop, dtype=torch.uint8)
     r = torch.rand(n, 8, generator=generator)
     for i in range(n):
-        zoom = 1.0 + (max_zoom - 1.0) * r[i, 0].item()
-        ch, cw = max(1, round(H / zoom)), max(1, round(W / zoom))
+        z = zoom[0] + (zoom[1] - zoom[0]) * r[i, 0].item()
+        ch, cw = min(H, max(1, round(crop[0] * per_pixel / z))), min(W, max(1, round(crop[1] * per_pixel / z)))
         top = int(r[i, 1].item() * (H - ch))
         left = int(r[i, 2].item() * (W - cw))
         img = images[i:i + 1, :, top:top + ch, left:left + cw].float()
         mask = masks[i:i + 1, None, top:top + ch, left:left + cw].float()
-        img = F.interpolate(img, size=size, mode="bilinear", antialias=True, align_corners=False)
-        mask = F.interpolate(mask, size=size, mode="nearest")
+        img = F.interpolate(img, size=crop, mode="bilinear", antialias=True, align_corners=False)
+        mask = F.interpolate(mask, size=crop, mode="nearest")
         if r[i, 3] < 0.5:
             img, mask = img.flip(-1), mask.flip(-1)
         out_img[i], out_mask[i] = img[0], mask[0, 0].byte()

@@ -39,6 +39,8 @@ DEFAULTS = {
     "class_weights": "inverse_sqrt",   # or "none"
     "augment": True,
     "cache_scale": 1.25,               # frames kept this much larger than the model size, for crops
+    "crop": None,                      # [H, W] train on random crops this size (default: the whole input size)
+    "zoom": [1.0, 1.6],                # scale jitter range; < 1 zooms out
     "val_every": 5,                    # every 5th run of frames is validation
     "run_gap": 10,                     # frames closer than this in number belong to one run
     "seed": 0,
@@ -83,7 +85,7 @@ def train_one_epoch(model, frames: FrameSet, optimizer, scheduler, cfg: dict, de
     total = torch.zeros(2, dtype=torch.float64)  # loss sum, frames
     t0 = time.perf_counter()
     bar = tqdm(frames.batches(cfg["batch_size"], shuffle=False, augment=cfg["augment"], generator=generator,
-                              indices=indices),
+                              indices=indices, crop=cfg["crop"], zoom=tuple(cfg["zoom"])),
                total=math.ceil(len(indices) / cfg["batch_size"]), desc=f"epoch {epoch}", unit="batch",
                leave=False, disable=None if world.is_main else True)
     for images, masks in bar:
@@ -156,6 +158,8 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
     size = tuple(cfg["input_size"])
     model = create_model(cfg["model"], **cfg["model_options"])
     check_input_size(model.config, *size)
+    if cfg["crop"]:
+        check_input_size(model.config, *cfg["crop"])
     num_classes = model.config.num_classes
 
     pairs = find_pairs(data)

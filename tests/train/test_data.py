@@ -99,3 +99,20 @@ def test_augment_keeps_masks_nearest_and_sky_up(carla_dir):
     sky = 13
     top, bottom = (masks[:, :20] == sky).float().mean(), (masks[:, -20:] == sky).float().mean()
     assert top > bottom  # no vertical flips
+
+
+def test_crops_are_taken_at_the_model_scale(carla_dir):
+    frames = FrameSet(find_pairs(carla_dir)[:3], (96, 128), scale=1.0)
+    g = torch.Generator().manual_seed(1)
+    images, masks = augment_batch(frames.images, frames.masks, (96, 128), g, crop=(48, 64), zoom=(1.0, 1.0))
+    assert images.shape == (3, 3, 48, 64) and masks.shape == (3, 48, 64)
+    for full, piece in zip(frames.masks, masks):         # each crop is a window of the frame, maybe mirrored
+        windows = full.unfold(0, 48, 1).unfold(1, 64, 1)  # (49, 65, 48, 64)
+        assert any((windows == p).all(-1).all(-1).any() for p in (piece, piece.flip(-1)))
+
+
+def test_zooming_out_fits_the_cached_frame(carla_dir):
+    frames = FrameSet(find_pairs(carla_dir)[:2], (96, 128), scale=1.25)
+    images, masks = augment_batch(frames.images, frames.masks, (96, 128), torch.Generator().manual_seed(0),
+                                  crop=(64, 96), zoom=(0.5, 0.5))   # asks for more than the frame: clamped
+    assert images.shape == (2, 3, 64, 96) and set(masks.unique().tolist()) <= set(frames.masks.unique().tolist())

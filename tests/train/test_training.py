@@ -128,3 +128,16 @@ def test_init_fine_tunes_from_a_checkpoint(carla_dir, tiny_config, tmp_path):
     save_checkpoint(make_checkpoint(create_model("unet_seed"), "unet_seed", (48, 64)), other)
     with pytest.raises(InvalidInputError, match="use a checkpoint of the same model"):
         train(carla_dir, tmp_path / "bad", config=tiny_config, epochs=1, init=other)
+
+
+def test_training_on_crops(carla_dir, tmp_path):
+    config = tmp_path / "crops.yaml"
+    config.write_text(yaml.safe_dump({"train": {
+        "model": "unet_tiny", "input_size": [64, 96], "crop": [48, 64], "zoom": [0.8, 1.4], "epochs": 1,
+        "batch_size": 4, "val_every": 4}}))
+    best = train(carla_dir, tmp_path / "run", config=config)
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["input_size"] == [64, 96]   # crops only in training
+    assert 0 <= best["miou"] <= 1
+    config.write_text(yaml.safe_dump({"train": {"model": "unet_tiny", "input_size": [64, 96], "crop": [50, 64]}}))
+    with pytest.raises(InvalidInputError, match="50"):
+        train(carla_dir, tmp_path / "bad", config=config)
