@@ -18,6 +18,7 @@ import errno
 import json
 import logging
 import socket
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +34,7 @@ log = logging.getLogger("segpipe.live")
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
 BOUNDARY = "segpipe-frame"
+GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError, socket.timeout)  # viewer left
 
 
 def parse_address(text: str | None) -> tuple[str, int]:
@@ -116,7 +118,7 @@ class LiveServer:
         self.page = page if page is not None else _page()
         handler = type("LiveHandler", (_Handler,), {"live": self})
         try:
-            self.httpd = ThreadingHTTPServer((host, port), handler)
+            self.httpd = _Server((host, port), handler)
         except OSError as e:
             why = "the port is in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
             raise InvalidInputError(f"cannot serve on {host}:{port}: {why}: pick another, e.g. "
@@ -124,7 +126,6 @@ class LiveServer:
         except (socket.gaierror, UnicodeError) as e:
             raise InvalidInputError(f"cannot serve on {host}:{port}: {e}: use an address of this machine, "
                                     f"e.g. --serve 127.0.0.1:8080 (or 0.0.0.0:8080 for every interface)") from None
-        self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
     @property
@@ -148,6 +149,20 @@ class LiveServer:
             self.httpd.shutdown()
             self._thread.join(5)
         self.httpd.server_close()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A viewer leaving mid-response is normal; anything else is one logged line. Never the standard
+        library's traceback on the user's terminal."""
+        e = sys.exc_info()[1]
+        if isinstance(e, GONE):
+            log.debug("http %s: viewer went away (%s)", client_address[0], type(e).__name__)
+        else:
+            log.warning("http %s: request failed: %s: %s", client_address[0], type(e).__name__, e,
+                        exc_info=log.isEnabledFor(logging.DEBUG))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -210,8 +225,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"Content-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
                                  + jpeg + f"\r\n--{BOUNDARY}\r\n".encode())
                 self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError, TimeoutError, socket.timeout):
-            pass                     # the viewer went away
+        except GONE:
+            pass
         finally:
             with hub.cond:
                 hub.viewers -= 1

@@ -194,3 +194,24 @@ def test_the_page_in_headless_chromium(tmp_path, stub, settings):
     assert 'id="status" class="">live<' in dom
     frames = int(dom.split('id="frames">', 1)[1].split("<", 1)[0])
     assert frames > 0 and 'id="viewers">' in dom
+
+
+def test_viewers_that_reset_mid_response_leave_no_traceback(server, capfd, caplog):
+    port = server.address[1]
+    for i in range(30):                     # request, then reset at once (RST, not FIN): the reply hits a dead socket
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.sendall(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n" if i % 2 else b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.close()
+    assert http_get(port, "/stats")[0] == 200                       # still serving
+    try:                                                            # and the server's own error path, directly
+        raise ConnectionResetError(104, "Connection reset by peer")
+    except ConnectionResetError:
+        server.httpd.handle_error(None, ("127.0.0.1", 1))
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        server.httpd.handle_error(None, ("127.0.0.1", 1))
+    assert "Traceback" not in capfd.readouterr().err
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == \
+        ["http 127.0.0.1: request failed: RuntimeError: boom"]
