@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,8 +9,8 @@ from pipeline.cli import main
 from train.checkpoint import load_checkpoint, load_model, make_checkpoint, save_checkpoint
 from train.errors import CheckpointError, InputNotFoundError, InvalidInputError
 from train.evaluate import evaluate_checkpoint
-from train.model import create_model
-from train.trainer import train
+from train.model import check_input_size, create_model
+from train.trainer import load_settings, train
 
 
 @pytest.fixture
@@ -141,3 +142,12 @@ def test_training_on_crops(carla_dir, tmp_path):
     config.write_text(yaml.safe_dump({"train": {"model": "unet_tiny", "input_size": [64, 96], "crop": [50, 64]}}))
     with pytest.raises(InvalidInputError, match="50"):
         train(carla_dir, tmp_path / "bad", config=config)
+
+
+@pytest.mark.parametrize("name", ["unet_carla", "unet_seed", "unet_gpu"])
+def test_every_training_config_builds_its_model(name):
+    settings = load_settings(Path(__file__).parents[2] / "configs" / f"{name}.yaml", {})
+    model = create_model(settings["model"], **settings["model_options"])
+    check_input_size(model.config, *settings["input_size"])
+    if settings["crop"]:
+        check_input_size(model.config, *settings["crop"])
