@@ -4,12 +4,12 @@ Opens the source and the backend first (bad inputs fail before any thread starts
 with ``build_pipeline``, writes the settings used beside the output, runs with a progress bar, and
 returns the run's statistics (also written as JSON with ``stats_path``)::
 
-    {"frames", "dropped", "fps", "wall_s", "backend", "device",
+    {"frames", "dropped", "dropped_by": {"queues", "undecodable"}, "fps", "wall_s", "backend", "device",
      "stages": {name: {"busy_s", "p50_ms", "p95_ms"}},       # per process() call (infer: per batch)
      "latency_ms": {"p50", "p95", "p99"}}                    # decoder out -> encoded packet written
 
 ``dropped`` counts every frame of the source that is not in the output: queue drops (live sources)
-plus undecodable frames (skipped and reported; the run goes on and succeeds). A source that ends early
+plus undecodable frames (skipped and reported; the run goes on and succeeds); ``dropped_by`` splits it. A source that ends early
 (truncated file) or stalls (no frame for ``decode.stall_timeout_s``) raises PartialInputError (exit 3)
 after the output is closed and the statistics are written. Outputs are checked before any work; any
 failure once running, SIGTERM (exit 143) and Ctrl-C (exit 130) close the outputs first (an output file
@@ -330,6 +330,7 @@ def collect_stats(pipe: Pipeline, wall_s: float, backend, skipped: int = 0) -> d
     return {
         "frames": int(frames),
         "dropped": int(pipe.drops + skipped),
+        "dropped_by": {"queues": int(pipe.drops), "undecodable": int(skipped)},
         "fps": round(frames / wall_s, 3) if wall_s > 0 else 0.0,
         "wall_s": round(wall_s, 4),
         "backend": str(backend.name),

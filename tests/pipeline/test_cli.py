@@ -14,7 +14,7 @@ import pytest
 from pipehelp import CARLA_VIDEO, ROOT, SHARED, StubBackend, probe, write_clip
 from pipeline.cli import main
 
-STATS_KEYS = {"frames", "dropped", "fps", "wall_s", "backend", "device", "stages", "latency_ms"}
+STATS_KEYS = {"frames", "dropped", "dropped_by", "fps", "wall_s", "backend", "device", "stages", "latency_ms"}
 
 
 def test_run_writes_video_stats_and_settings(tmp_path, clip, capsys):

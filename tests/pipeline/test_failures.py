@@ -112,7 +112,7 @@ def test_live_sources_drop_the_oldest_and_count_it(tmp_path, settings):
     out = tmp_path / "live.mp4"
     s = settings.override(queues={"capacity": 2}, infer={"batch": 1})
     stats = run(LiveSource(), out, s, backend=StubBackend(delay_s=0.02), masks=tmp_path / "m")
-    assert stats["dropped"] > 0
+    assert stats["dropped"] > 0 and stats["dropped_by"] == {"queues": stats["dropped"], "undecodable": 0}
     assert stats["frames"] + stats["dropped"] == 60                   # every frame accounted for
     assert probe(out)["frames"] == stats["frames"]
     written = sorted(int(p.stem) for p in (tmp_path / "m").iterdir())

@@ -99,8 +99,10 @@ def test_corrupted_packets_are_skipped_counted_and_reported(tmp_path, cli):
     code, _, err, stdout = cli("run", bad, "--out", out, "--stats", stats, "--masks", masks)
     assert code == 0, err
     assert err.count("skipped an undecodable packet") == 3 and "3 damaged" in err
-    frames, dropped = json.loads(stats.read_text())["frames"], json.loads(stats.read_text())["dropped"]
+    data = json.loads(stats.read_text())
+    frames, dropped = data["frames"], data["dropped"]
     assert frames + dropped == 40 and dropped >= 3 and f"dropped {dropped}" in stdout
+    assert data["dropped_by"] == {"queues": 0, "undecodable": dropped}
     assert probe(out)["frames"] == frames
     kept = sorted(int(p.stem) for p in masks.iterdir())
     assert len(kept) == frames and kept[:15] == list(range(15)) and kept[-1] == 39
