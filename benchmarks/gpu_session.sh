@@ -22,7 +22,8 @@ if ! python3 -c "import av" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
-command -v segpipe >/dev/null || python3 -m pip install -q --no-deps -e . || exit 1
+python3 -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null || echo "(no editable install: running from the checkout)"
+segpipe() { python3 -m pipeline.cli "$@"; }     # the checkout's segpipe, wherever pip put its script
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$WORK/gpu.txt" 2>&1
 [ -d "$DATA/carla" ] || python3 benchmarks/gpu_pack.py unpack "$DATA" || exit 1
 
