@@ -1,9 +1,7 @@
-"""`segpipe run` / `segpipe bench` through pipeline.cli.main (return codes) and one real subprocess."""
+"""`segpipe run` / `segpipe bench` through pipeline.cli.main (return codes); real-process signals: tests/reliability."""
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -11,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipehelp import CARLA_VIDEO, ROOT, SHARED, StubBackend, probe, write_clip
+from pipehelp import CARLA_VIDEO, SHARED, StubBackend, probe, write_clip
 from pipeline.cli import main
 
 STATS_KEYS = {"frames", "dropped", "dropped_by", "fps", "wall_s", "backend", "device", "stages", "latency_ms"}
@@ -77,24 +75,6 @@ def test_sigterm_closes_the_output_and_exits_143(tmp_path):
 
     threading.Thread(target=term_when_writing, daemon=True).start()
     assert main(["run", str(clip), "--out", str(out), "--no-progress", "--batch", "1"]) == 143
-    assert 0 < probe(out)["frames"] < 400
-
-
-def test_ctrl_c_in_a_real_process_exits_130_with_a_playable_output(tmp_path):
-    clip = write_clip(tmp_path / "long.mp4", frames=400, width=160, height=120)
-    out = tmp_path / "seg.mp4"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(clip), "--out", str(out),
-                             "--no-progress", "--batch", "1"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (out.exists() and out.stat().st_size > 0):
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "segpipe run: interrupted"
     assert 0 < probe(out)["frames"] < 400
 
 

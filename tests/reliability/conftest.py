@@ -7,6 +7,7 @@ of error handling does not spend its seconds on inference.
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -37,27 +38,25 @@ def cli(monkeypatch, capsys, caplog):
     return run
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """A 200 kB RAM disk (a disk that fills), or skip where mounting is not permitted."""
-    mnt = tmp_path / "disk"
+def mounted_tmpfs(mnt: Path, options: str, what: str):
+    """Mount a tmpfs at ``mnt`` for the test, or skip where mounting is not permitted."""
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        pytest.skip(f"cannot mount {what} here: {done.stderr.decode().strip()}")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 200 kB RAM disk (a disk that fills)."""
+    yield from mounted_tmpfs(tmp_path / "disk", "size=200k", "a tmpfs")
 
 
 @pytest.fixture
 def read_only_dir(tmp_path):
-    """A read-only file system (root ignores chmod), or skip where mounting is not permitted."""
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(mnt)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.decode().strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    """A read-only file system (root ignores chmod)."""
+    yield from mounted_tmpfs(tmp_path / "ro", "size=64k,ro", "a read-only tmpfs")
 
 
