@@ -5,6 +5,6 @@
     labels = b(frames)                # uint8 (N, 3, H, W) RGB on b.device -> uint8 (N, H, W) class ids
 """
 from engine.backend import Backend, ModelInfo
-from engine.loader import BACKENDS, FP16_MIN_AGREEMENT, PRECISIONS, load
+from engine.loader import BACKENDS, PARITY_MIN_AGREEMENT, PRECISIONS, load
 
-__all__ = ["Backend", "ModelInfo", "BACKENDS", "PRECISIONS", "FP16_MIN_AGREEMENT", "load"]
+__all__ = ["Backend", "ModelInfo", "BACKENDS", "PRECISIONS", "PARITY_MIN_AGREEMENT", "load"]

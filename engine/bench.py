@@ -15,6 +15,7 @@ from torch import nn
 
 from engine.frames import sample_frames
 from train.errors import BackendUnavailableError
+from train.precision import cpu_has_native_bf16
 
 log = logging.getLogger("segpipe.engine")
 
@@ -78,7 +79,7 @@ def roofline_ms(cost: dict, peak_tflops: float, peak_gb_s: float, precision: str
 
 
 def _default_plan(backends, precisions) -> list[tuple[str, str]]:
-    from engine.loader import tensorrt_available
+    from engine.loader import CPU_BACKENDS, tensorrt_available
     if backends is None:
         if torch.cuda.is_available():
             backends = (["tensorrt"] if tensorrt_available() else []) + ["torch-cuda"]
@@ -86,11 +87,11 @@ def _default_plan(backends, precisions) -> list[tuple[str, str]]:
             backends = ["torch-cpu", "onnxruntime"]
     plan = []
     for b in backends:
-        cpu = b in ("torch-cpu", "onnxruntime", "cpu")
-        for p in precisions or (["fp32"] if cpu else ["fp16", "fp32"]):
-            if cpu and p == "fp16":
-                continue  # CPU backends run FP32 only
-            plan.append((b, p))
+        # on the CPU "fp16" means torch-cpu BF16, which only CPUs with native BF16 run; onnxruntime runs FP32
+        reduced = b == "torch-cpu" and cpu_has_native_bf16() if b in CPU_BACKENDS else True
+        for p in precisions or ["fp16", "fp32"]:
+            if p == "fp32" or reduced:
+                plan.append((b, p))
     return plan
 
 

@@ -28,7 +28,8 @@ def register(sub, formatter) -> None:
                        formatter_class=formatter,
                        description="Prepare what `segpipe run` will use, so the first run starts at once: a TensorRT "
                                    "engine on an NVIDIA GPU (FP16, checked against FP32 on CARLA frames), or on a "
-                                   "CPU the ONNX export and the torch-vs-onnxruntime speed race. Results are cached "
+                                   "CPU the ONNX export and the speed race of torch (BF16 where the CPU has it) "
+                                   "against onnxruntime. Results are cached "
                                    "(see `segpipe engines`) under a key of ONNX hash, TensorRT version, GPU, "
                                    "precision, input size and batch range; a change of any of them rebuilds.",
                        epilog="examples:\n"
@@ -37,7 +38,8 @@ def register(sub, formatter) -> None:
                               "  segpipe build --backend tensorrt --size 480x640 --weights runs/train/best.pt\n"
                               "  segpipe build --force                           ignore the cache and rebuild")
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help="which backend to prepare")
-    p.add_argument("--precision", default="fp16", choices=["fp16", "fp32"], help="GPU precision (CPUs run fp32)")
+    p.add_argument("--precision", default="fp16", choices=["fp16", "fp32"], help="fp16: reduced precision where it is fast and matches FP32 (FP16 on GPUs, BF16 on CPUs "
+                        "with native BF16), else FP32")
     p.add_argument("--max-batch", type=int, default=8, help="largest batch the engine accepts")
     p.add_argument("--size", metavar="HxW", help="input size (default: the checkpoint's)")
     p.add_argument("--weights", help="checkpoint (default: the shipped model)")

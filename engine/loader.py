@@ -1,9 +1,9 @@
 """``engine.load``: pick and build the fastest correct backend for a checkpoint on this machine.
 
 auto order: TensorRT FP16 (tensorrt importable and CUDA present) -> PyTorch CUDA FP16 -> the faster
-of torch-cpu and onnxruntime for this model, size and thread count (measured once, then cached).
-Every FP16 backend passes a parity gate against the FP32 model on real CARLA frames or falls back
-to FP32 loudly. The choice and the reason are logged on ``segpipe.engine``.
+of torch-cpu (BF16 on CPUs with native BF16, else FP32) and onnxruntime for this model, size and thread
+count (measured once, then cached). Every reduced-precision backend (FP16, BF16) passes a parity gate
+against the FP32 model on real CARLA frames or falls back to FP32 loudly. The choice and the reason are logged on ``segpipe.engine``.
 """
 from __future__ import annotations
 
@@ -23,13 +23,14 @@ from engine.fused import fused_segmenter
 from train.checkpoint import load_model, resolve_weights
 from train.errors import BackendUnavailableError, InvalidInputError
 from train.model import check_input_size, output_size
+from train.precision import cpu_has_native_bf16
 
 log = logging.getLogger("segpipe.engine")
 
 BACKENDS = ("auto", "tensorrt", "torch-tensorrt", "torch-cuda", "cpu", "torch-cpu", "onnxruntime")
 CPU_BACKENDS = ("cpu", "torch-cpu", "onnxruntime")
-PRECISIONS = ("fp16", "fp32")
-FP16_MIN_AGREEMENT = 0.995  # FP16 labels vs FP32 labels on the shipped CARLA frames
+PRECISIONS = ("fp16", "fp32")  # fp16: reduced precision where it is fast (BF16 on the CPU), parity-checked
+PARITY_MIN_AGREEMENT = 0.995  # FP16/BF16 labels vs FP32 labels on the shipped CARLA frames
 TRT_INSTALL_HINT = "pip install 'segpipe[trt]' on a machine with an NVIDIA GPU"
 
 
@@ -122,11 +123,13 @@ def load(weights=None, backend: str = "auto", precision: str = "fp16", device=No
         raise BackendUnavailableError(f"backend {backend} needs a CUDA GPU and none is visible: "
                                       f"use --backend auto (picks the fastest CPU backend)")
     if backend in CPU_BACKENDS:
-        if precision == "fp16":
-            log.debug("CPU backends run FP32 (FP16 was asked; CPUs here gain nothing from it)")
+        cpu_precision = "bf16" if precision == "fp16" and cpu_has_native_bf16() else "fp32"
+        if precision == "fp16" and cpu_precision == "fp32":
+            log.debug("CPU backends run FP32 here: this CPU has no native BF16 and gains nothing from FP16")
         if backend == "cpu":
-            return _announce(*_fastest_cpu(model, info, max_batch, rebuild))
-        return _announce(_build_cpu(backend, model, info, max_batch), f"--backend {backend} was asked for")
+            return _announce(*_fastest_cpu(model, info, max_batch, cpu_precision, rebuild))
+        return _announce(_build_cpu(backend, model, info, max_batch, cpu_precision),
+                         f"--backend {backend} was asked for")
     return _announce(_build_gpu(backend, model, info, dev, precision, max_batch, rebuild),
                      f"--backend {backend} was asked for")
 
@@ -153,41 +156,50 @@ def _require_tensorrt(backend: str) -> None:
 
 # ---------------------------------------------------------------- CPU
 
-def _build_cpu(name: str, model, info: ModelInfo, max_batch: int) -> Backend:
+def _build_cpu(name: str, model, info: ModelInfo, max_batch: int, precision: str = "fp32") -> Backend:
+    """torch-cpu in ``precision`` (a BF16 one must pass the parity gate), or onnxruntime (always FP32)."""
     if name == "torch-cpu":
         from engine.torch_backend import TorchCPUBackend
-        return TorchCPUBackend(model, info, max_batch)
+        backend = TorchCPUBackend(model, info, max_batch, precision)
+        if precision == "fp32":
+            return backend
+        return _parity_checked(backend, model, info, lambda: TorchCPUBackend(model, info, max_batch))
     from engine.onnx_export import cached_onnx
     from engine.onnxruntime_backend import OnnxRuntimeBackend
     onnx_path = cached_onnx(fused_segmenter(model, info.normalize), info.sha256, info.input_size)
     return OnnxRuntimeBackend(onnx_path, info, max_batch)
 
 
-def cpu_choice_key(info: ModelInfo, threads: int, batch: int) -> dict:
+def cpu_choice_key(info: ModelInfo, threads: int, batch: int, precision: str = "fp32") -> dict:
     import onnxruntime
     return {"kind": "cpu-choice", "checkpoint_sha256": info.sha256, "input_size": list(info.input_size),
-            "threads": threads, "batch": batch, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
+            "threads": threads, "batch": batch, "precision": precision, "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__}
 
 
-def _fastest_cpu(model, info: ModelInfo, max_batch: int, rebuild: bool = False) -> tuple[Backend, str]:
-    """Measure torch-cpu against onnxruntime once per (model, size, threads, batch, versions); cache the verdict."""
+def _fastest_cpu(model, info: ModelInfo, max_batch: int, precision: str = "fp32",
+                 rebuild: bool = False) -> tuple[Backend, str]:
+    """Race torch-cpu (in ``precision``) against onnxruntime once per (model, size, threads, batch, precision,
+    versions); cache the verdict."""
     from engine.onnxruntime_backend import cpu_threads
     batch = min(4, max_batch)
-    key = cpu_choice_key(info, cpu_threads(), batch)
+    key = cpu_choice_key(info, cpu_threads(), batch, precision)
     hit = cache.lookup(key, ".json")
     if hit.hit and not rebuild:
         verdict = json.loads(hit.path.read_text())
         ms = verdict["ms_per_frame"]
-        why = (f"faster on this CPU ({ms['torch-cpu']:.2f} vs {ms['onnxruntime']:.2f} ms/frame for torch-cpu vs "
-               f"onnxruntime at batch {batch}, measured {verdict['measured']}, cached)")
-        return _build_cpu(verdict["winner"], model, info, max_batch), why
-    candidates = {name: _build_cpu(name, model, info, max_batch) for name in ("torch-cpu", "onnxruntime")}
+        why = (f"faster on this CPU ({ms['torch-cpu']:.2f} vs {ms['onnxruntime']:.2f} ms/frame for torch-cpu "
+               f"{verdict['torch_cpu_precision']} vs onnxruntime at batch {batch}, measured {verdict['measured']}, "
+               f"cached)")
+        return _build_cpu(verdict["winner"], model, info, max_batch, precision), why
+    candidates = {name: _build_cpu(name, model, info, max_batch, precision) for name in ("torch-cpu", "onnxruntime")}
     ms = _race(candidates, sample_frames(info.input_size, batch))
     winner = min(ms, key=ms.get)
-    cache.store(key, json.dumps({"winner": winner, "ms_per_frame": ms,
+    ran = candidates["torch-cpu"].precision  # bf16 asked may have failed its parity gate
+    cache.store(key, json.dumps({"winner": winner, "ms_per_frame": ms, "torch_cpu_precision": ran,
                                  "measured": time.strftime("%Y-%m-%d %H:%M")}).encode(), ".json")
-    why = (f"faster on this CPU ({ms['torch-cpu']:.2f} vs {ms['onnxruntime']:.2f} ms/frame for torch-cpu vs "
-           f"onnxruntime at batch {batch}, {cpu_threads()} threads; measured now, cached)")
+    why = (f"faster on this CPU ({ms['torch-cpu']:.2f} vs {ms['onnxruntime']:.2f} ms/frame for torch-cpu {ran} "
+           f"vs onnxruntime at batch {batch}, {cpu_threads()} threads; measured now, cached)")
     return candidates[winner], why
 
 
@@ -215,15 +227,7 @@ def _build_gpu(name: str, model, info: ModelInfo, dev: torch.device, precision: 
     backend = _make_gpu(name, model, info, dev, precision, max_batch, rebuild)
     if precision != "fp16":
         return backend
-    agree = fp16_agreement(backend, model, info)
-    if agree >= FP16_MIN_AGREEMENT:
-        log.info("FP16 parity: %s labels agree with FP32 on %.3f%% of pixels (>= %.1f%% needed)",
-                 name, 100 * agree, 100 * FP16_MIN_AGREEMENT)
-        return backend
-    log.warning("FP16 PARITY FAILED: %s FP16 labels agree with FP32 on only %.3f%% of pixels (< %.1f%%): "
-                "falling back to FP32, which is slower", name, 100 * agree, 100 * FP16_MIN_AGREEMENT)
-    del backend
-    return _make_gpu(name, model, info, dev, "fp32", max_batch, rebuild)
+    return _parity_checked(backend, model, info, lambda: _make_gpu(name, model, info, dev, "fp32", max_batch, rebuild))
 
 
 def _make_gpu(name: str, model, info: ModelInfo, dev: torch.device, precision: str, max_batch: int,
@@ -237,7 +241,21 @@ def _make_gpu(name: str, model, info: ModelInfo, dev: torch.device, precision: s
     return trt_engine.load_backend(name, model, info, dev, precision, max_batch, force=rebuild)
 
 
-def fp16_agreement(backend: Backend, model, info: ModelInfo) -> float:
+def _parity_checked(backend: Backend, model, info: ModelInfo, build_fp32) -> Backend:
+    """``backend`` (FP16 or BF16) if its labels match FP32 closely enough, else ``build_fp32()``, loudly."""
+    agree = precision_agreement(backend, model, info)
+    tag = backend.precision.upper()
+    if agree >= PARITY_MIN_AGREEMENT:
+        log.info("%s parity: %s labels agree with FP32 on %.3f%% of pixels (>= %.1f%% needed)",
+                 tag, backend.name, 100 * agree, 100 * PARITY_MIN_AGREEMENT)
+        return backend
+    log.warning("%s PARITY FAILED: %s %s labels agree with FP32 on only %.3f%% of pixels (< %.1f%%): "
+                "falling back to FP32, which is slower", tag, backend.name, tag, 100 * agree, 100 * PARITY_MIN_AGREEMENT)
+    del backend
+    return build_fp32()
+
+
+def precision_agreement(backend: Backend, model, info: ModelInfo) -> float:
     """Label agreement of ``backend`` with the unfused FP32 PyTorch model on the shipped CARLA frames."""
     n = max(backend.min_batch, min(4, backend.max_batch))
     frames = sample_frames(info.input_size, n).to(backend.device)

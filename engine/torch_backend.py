@@ -1,4 +1,4 @@
-"""PyTorch backends: CPU (FP32, channels_last) and CUDA (FP16, channels_last, CUDA graphs)."""
+"""PyTorch backends: CPU (FP32 or BF16, channels_last) and CUDA (FP16, channels_last, CUDA graphs)."""
 from __future__ import annotations
 
 import logging
@@ -18,12 +18,18 @@ log = logging.getLogger("segpipe.engine")
 
 
 class TorchCPUBackend(Backend):
-    """FP32 on the CPU: BatchNorm folded, channels_last, no autograd."""
+    """The CPU: BatchNorm folded, channels_last, no autograd; FP32, or BF16 weights and activations
+    (about twice the speed on CPUs with native BF16: AVX512-BF16 or AMX)."""
     name = "torch-cpu"
 
-    def __init__(self, model: nn.Module, info: ModelInfo, max_batch: int = 8):
-        super().__init__(info, torch.device("cpu"), "fp32", max_batch)
-        self.net = fused_segmenter(model, info.normalize).to(memory_format=torch.channels_last)
+    def __init__(self, model: nn.Module, info: ModelInfo, max_batch: int = 8, precision: str = "fp32"):
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"torch-cpu runs fp32 or bf16, not {precision!r}")
+        super().__init__(info, torch.device("cpu"), precision, max_batch)
+        net = fused_segmenter(model, info.normalize)
+        if precision == "bf16":
+            net.model.to(torch.bfloat16)  # normalisation buffers stay FP32 (see FusedSegmenter)
+        self.net = net.to(memory_format=torch.channels_last)
 
     def _run(self, frames: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -25,6 +25,7 @@ from train.data import FrameSet, class_frequencies, find_pairs, split_by_runs, w
 from train.errors import InvalidInputError
 from train.metrics import ConfusionMatrix, class_weights_from_frequencies, pixel_cross_entropy
 from train.model import check_input_size, create_model
+from train.precision import autocast_dtype
 
 log = logging.getLogger("segpipe.train")
 
@@ -43,6 +44,7 @@ DEFAULTS = {
     "zoom": [1.0, 1.6],                # scale jitter range; < 1 zooms out
     "val_every": 5,                    # every 5th run of frames is validation
     "run_gap": 10,                     # frames closer than this in number belong to one run
+    "precision": "auto",               # fp16 on CUDA, bf16 on CPUs with native bf16, else fp32
     "seed": 0,
     "init_weights": None,              # start from this checkpoint's weights (fine-tuning)
 }
@@ -79,7 +81,8 @@ def warmup_cosine(total_steps: int, warmup: float = 0.1):
 
 
 def train_one_epoch(model, frames: FrameSet, optimizer, scheduler, cfg: dict, device, normalize, class_weights,
-                    generator, indices: torch.Tensor, world: World, scaler=None, epoch: int = 0) -> dict:
+                    generator, indices: torch.Tensor, world: World, scaler=None, epoch: int = 0,
+                    amp_dtype: torch.dtype | None = None) -> dict:
     """One pass over this rank's share of the training frames; loss averaged over all ranks."""
     model.train()
     total = torch.zeros(2, dtype=torch.float64)  # loss sum, frames
@@ -90,8 +93,9 @@ def train_one_epoch(model, frames: FrameSet, optimizer, scheduler, cfg: dict, de
                leave=False, disable=None if world.is_main else True)
     for images, masks in bar:
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-        with torch.autocast(device.type, enabled=scaler is not None):
-            loss = pixel_cross_entropy(model(normalize(images)), masks, class_weights)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(normalize(images))
+        loss = pixel_cross_entropy(logits.float(), masks, class_weights)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -154,6 +158,7 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
                                  "init_weights": str(init) if init else None})
     out = Path(out)
     world, dev = distributed.init(pick_device(device))
+    amp_dtype = autocast_dtype(dev, cfg["precision"])  # refuses fp16 on the CPU before any work
     torch.manual_seed(cfg["seed"])
     size = tuple(cfg["input_size"])
     model = create_model(cfg["model"], **cfg["model_options"])
@@ -171,8 +176,6 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
         write_split(out / "split.json", train_pairs, val_pairs)
         (out / "settings.yaml").write_text(yaml.safe_dump(
             {"train": cfg, "data": str(data), "device": str(dev), "world_size": world.size}))
-        log.info("data: %d train / %d val frames from %s; %d process(es) on %s",
-                 len(train_pairs), len(val_pairs), data, world.size, dev)
     train_set = FrameSet(train_pairs, size, scale=cfg["cache_scale"] if cfg["augment"] else 1.0,
                          num_classes=num_classes)
     val_set = FrameSet(val_pairs, size, num_classes=num_classes)
@@ -189,15 +192,16 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
             raise InvalidInputError(f"--init {cfg['init_weights']} is a {init.config} but the config builds a "
                                     f"{model.config}: use a checkpoint of the same model")
         model.load_state_dict(init.state_dict())
-    model.to(dev)
-    if dev.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model.to(dev, memory_format=torch.channels_last)  # faster convs on GPUs and oneDNN CPUs alike
     sampler = DistributedSampler(range(len(train_set)), num_replicas=world.size, rank=world.rank,
                                  shuffle=True, seed=cfg["seed"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     steps = cfg["epochs"] * math.ceil(len(sampler) / cfg["batch_size"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
-    scaler = torch.amp.GradScaler("cuda") if dev.type == "cuda" else None
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None  # bf16 needs no loss scaling
+    if world.is_main:
+        log.info("data: %d train / %d val frames from %s; %d process(es) on %s, %s",
+                 len(train_pairs), len(val_pairs), data, world.size, dev, str(amp_dtype or torch.float32)[6:])
     normalize = normalizer(DEFAULT_NORMALIZE, dev)
     generator = torch.Generator()
 
@@ -222,7 +226,7 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
         generator.manual_seed(cfg["seed"] + 1000 * epoch + world.rank)  # augmentation differs per rank
         indices = torch.tensor(list(sampler))
         stats = train_one_epoch(net, train_set, optimizer, scheduler, cfg, dev, normalize, weights, generator,
-                                indices, world, scaler, epoch)
+                                indices, world, scaler, epoch, amp_dtype)
         cm, val_loss = evaluate(model, val_set, dev, normalize, num_classes, class_weights=weights, world=world)
         metrics = cm.summary(CARLA_CLASSES)
         is_best = metrics["miou"] > best["miou"]

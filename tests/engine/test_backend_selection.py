@@ -11,12 +11,13 @@ from train.errors import BackendUnavailableError, CheckpointError, InputNotFound
 
 def test_auto_without_cuda_picks_a_cpu_backend_and_says_why(tiny_ckpt, caplog, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(loader, "cpu_has_native_bf16", lambda: False)
     caplog.set_level(logging.INFO, logger="segpipe.engine")
     b = engine.load(tiny_ckpt, max_batch=4)
     assert b.name in ("torch-cpu", "onnxruntime") and b.device.type == "cpu" and b.precision == "fp32"
     picked = [r.getMessage() for r in caplog.records if r.getMessage().startswith("inference: ")]
     assert picked and f"inference: {b.name} fp32 on cpu at 96x128, batch 1..4: faster on this CPU" in picked[-1]
-    assert "ms/frame for torch-cpu vs onnxruntime" in picked[-1]
+    assert "ms/frame for torch-cpu fp32 vs onnxruntime" in picked[-1]
 
     caplog.clear()  # the verdict is cached per (model, size, threads, batch, versions): no second race
     again = engine.load(tiny_ckpt, max_batch=4)

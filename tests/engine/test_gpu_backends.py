@@ -31,7 +31,7 @@ def test_fp16_parity(name, carla):
     assert b.device.type == "cuda" and b.precision == "fp16"
     got = b(frames)
     assert got.dtype == torch.uint8 and got.device == frames.device
-    assert label_agreement(got, want) >= engine.FP16_MIN_AGREEMENT
+    assert label_agreement(got, want) >= engine.PARITY_MIN_AGREEMENT
 
 
 def test_cuda_graph_replay_matches_eager(carla):

@@ -1,6 +1,7 @@
 """model_bench rows and model_cost numbers, on the CPU with the tiny checkpoint."""
 import pytest
 
+from engine import bench
 from engine.bench import format_cost, format_rows, model_bench, model_cost, roofline_ms
 from train.model import create_model
 
@@ -22,7 +23,8 @@ def test_model_cost_counts_macs_by_hand():
     assert "GMACs" in format_cost(cost)
 
 
-def test_model_bench_rows(tiny_ckpt):
+def test_model_bench_rows(tiny_ckpt, monkeypatch):
+    monkeypatch.setattr(bench, "cpu_has_native_bf16", lambda: False)  # a CPU without BF16: FP32 rows only
     rows = model_bench(tiny_ckpt, backends=["torch-cpu", "onnxruntime"], batches=(1, 2), iters=2, warmup=1)
     assert [(r["backend"], r["batch"]) for r in rows] == [("torch-cpu", 1), ("torch-cpu", 2),
                                                          ("onnxruntime", 1), ("onnxruntime", 2)]
@@ -37,3 +39,12 @@ def test_model_bench_rows(tiny_ckpt):
 def test_model_bench_skips_unavailable_backends(tiny_ckpt):
     assert model_bench(tiny_ckpt, backends=["tensorrt"], batches=(1,), iters=1, warmup=0) == []
     assert format_rows([]) == "no backend could run here"
+
+
+def test_model_bench_rows_on_a_bf16_cpu(tiny_ckpt, monkeypatch):
+    """On CPUs with native BF16 the default plan adds torch-cpu BF16 rows; onnxruntime stays FP32."""
+    monkeypatch.setattr(bench, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("engine.loader.cpu_has_native_bf16", lambda: True)
+    rows = model_bench(tiny_ckpt, backends=["torch-cpu", "onnxruntime"], batches=(1,), iters=2, warmup=1)
+    assert [(r["backend"], r["precision"]) for r in rows] == [("torch-cpu", "bf16"), ("torch-cpu", "fp32"),
+                                                             ("onnxruntime", "fp32")]
