@@ -3,7 +3,8 @@
 #
 # Here, once:   python benchmarks/gpu_pack.py pack        (.gpu/: the drive video + masks; .whl/: PyAV)
 # Device call:  carry [".gpu", ".whl"], command: bash benchmarks/gpu_session.sh PHASE [PHASE ...]
-#   check    GPU tests (FP16 parity, CUDA-graph replay, GPU stages) and the model bench   ~3 min
+#   check    GPU tests (FP16 parity, CUDA-graph replay, GPU stages), the model bench and
+#            validation scores per backend and precision                                  ~3 min
 #   stream   pipeline bench (each stage, pipeline, naive loop) and live latency at 720p    ~3 min
 #   train    configs/unet_gpu.yaml, for the accuracy targets                                 ~7 min
 #   seed     the base-32 seed model (12 epochs at 240x320), benched at 480x640 (roofline)  ~3 min
@@ -42,6 +43,7 @@ for phase in "$@"; do
         step gpu_tests python3 -m pytest -m gpu -v -p no:cacheprovider tests
         step bench_model segpipe bench --model-only --backend "$MODEL_BACKENDS" --precision fp16,fp32 \
             --batch 1,8,32 --json "$WORK/bench_model.json"
+        step parity python3 benchmarks/precision_parity.py --data "$DATA/carla" --json "$WORK/parity.json"
         ;;
     stream)   # live latency is measured to the browser view's publish (no viewer needed)
         step bench_pipeline segpipe bench --video .gpu/carla_drive.mp4 --backend "$BACKEND" \

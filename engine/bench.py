@@ -87,8 +87,8 @@ def _default_plan(backends, precisions) -> list[tuple[str, str]]:
             backends = ["torch-cpu", "onnxruntime"]
     plan = []
     for b in backends:
-        # on the CPU "fp16" means torch-cpu BF16, which only CPUs with native BF16 run; onnxruntime runs FP32
-        reduced = b == "torch-cpu" and cpu_has_native_bf16() if b in CPU_BACKENDS else True
+        # GPUs run FP16; on the CPU "fp16" means torch-cpu BF16, worth a row only where BF16 is native
+        reduced = b not in CPU_BACKENDS or (b in ("torch-cpu", "cpu") and cpu_has_native_bf16())
         for p in precisions or ["fp16", "fp32"]:
             if p == "fp32" or reduced:
                 plan.append((b, p))

@@ -3,7 +3,8 @@
 auto order: TensorRT FP16 (tensorrt importable and CUDA present) -> PyTorch CUDA FP16 -> the faster
 of torch-cpu (BF16 on CPUs with native BF16, else FP32) and onnxruntime for this model, size and thread
 count (measured once, then cached). Every reduced-precision backend (FP16, BF16) passes a parity gate
-against the FP32 model on real CARLA frames or falls back to FP32 loudly. The choice and the reason are logged on ``segpipe.engine``.
+against the FP32 model on real CARLA frames or falls back to FP32 loudly. The choice and the reason are
+logged on ``segpipe.engine``.
 """
 from __future__ import annotations
 
@@ -187,10 +188,9 @@ def _fastest_cpu(model, info: ModelInfo, max_batch: int, precision: str = "fp32"
     hit = cache.lookup(key, ".json")
     if hit.hit and not rebuild:
         verdict = json.loads(hit.path.read_text())
-        ms = verdict["ms_per_frame"]
-        why = (f"faster on this CPU ({ms['torch-cpu']:.2f} vs {ms['onnxruntime']:.2f} ms/frame for torch-cpu "
-               f"{verdict['torch_cpu_precision']} vs onnxruntime at batch {batch}, measured {verdict['measured']}, "
-               f"cached)")
+        ms, ran = verdict["ms_per_frame"], verdict.get("torch_cpu_precision", precision)
+        why = (f"faster on this CPU ({ms['torch-cpu']:.2f} vs {ms['onnxruntime']:.2f} ms/frame for torch-cpu {ran} "
+               f"vs onnxruntime at batch {batch}, measured {verdict['measured']}, cached)")
         return _build_cpu(verdict["winner"], model, info, max_batch, precision), why
     candidates = {name: _build_cpu(name, model, info, max_batch, precision) for name in ("torch-cpu", "onnxruntime")}
     ms = _race(candidates, sample_frames(info.input_size, batch))

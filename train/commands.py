@@ -12,6 +12,7 @@ def register(sub, formatter) -> None:
                               "  segpipe train --config configs/unet_carla.yaml --data ../shared/carla\n"
                               "  segpipe train --config configs/unet_seed.yaml --data DIR --out runs/seed --epochs 60\n"
                               "  segpipe train --config configs/unet_carla.yaml --data DIR --out runs/x --resume\n"
+                              "  segpipe train --config configs/unet_carla.yaml --data DIR --precision bf16\n"
                               "  segpipe train --config configs/unet_carla.yaml --data MYDATA --init train/weights/unet_carla.pt")
     p.add_argument("--config", default="configs/unet_carla.yaml", help="training settings (YAML)")
     p.add_argument("--data", required=True, help="CARLA folder with CameraRGB/ and CameraMask/")
@@ -19,6 +20,9 @@ def register(sub, formatter) -> None:
     p.add_argument("--epochs", type=int, help="override the config's epochs")
     p.add_argument("--batch-size", type=int, help="override the config's batch size")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="override the config's: auto is FP16 mixed precision on CUDA and FP32 on the CPU; bf16 "
+                        "trains about twice as fast on CPUs with native BF16 (AVX512-BF16, AMX)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--init", help="start from this checkpoint's weights (fine-tuning; same model)")
     p.add_argument("--max-frames", type=int, help="use only the first N frames (quick checks)")
@@ -44,7 +48,7 @@ def run_train(args) -> int:
 
     best = train(args.data, args.out, config=args.config, epochs=args.epochs, device=args.device,
                  resume=args.resume, batch_size=args.batch_size, max_frames=args.max_frames,
-                 init=args.init)
+                 init=args.init, precision=args.precision)
     print(f"best epoch {best.get('epoch')}: pixel accuracy {best['pixel_accuracy']:.3f}, "
           f"mIoU {best['miou']:.3f}; checkpoints in {Path(args.out)}")
     return 0

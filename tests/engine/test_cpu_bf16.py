@@ -2,7 +2,10 @@
 
 ``cpu_has_native_bf16`` is patched both ways, so every path runs on any CPU (BF16 is emulated, and slow,
 where the CPU lacks it; the labels are the same)."""
+import importlib.util
+import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +15,8 @@ from engine import cache, loader
 from engine.frames import label_agreement, sample_frames
 from engine.fused import fused_segmenter
 from train.checkpoint import load_model
-from train.precision import autocast_dtype
 from train.errors import InvalidInputError
+from train.precision import autocast_dtype
 
 
 @pytest.fixture
@@ -68,9 +71,28 @@ def test_cpu_race_is_cached_per_precision(bf16_cpu):
 
 def test_training_precision_names():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert autocast_dtype(cuda) is torch.float16
+    assert autocast_dtype(cuda) is torch.float16 and autocast_dtype(cpu) is None  # auto: FP32 on any CPU
     assert autocast_dtype(cpu, "bf16") is torch.bfloat16 and autocast_dtype(cpu, "fp32") is None
     with pytest.raises(InvalidInputError, match="precision fp16 needs a CUDA GPU: use bf16 or fp32 on the CPU"):
         autocast_dtype(cpu, "fp16")
     with pytest.raises(InvalidInputError, match="precision must be one of auto, fp32, bf16, fp16, not 'int8'"):
         autocast_dtype(cpu, "int8")
+
+
+def test_precision_parity_benchmark_scores_each_backend(carla_dir, tmp_path, monkeypatch, capsys):
+    """benchmarks/precision_parity.py: one row per backend and precision that ran, scored on real frames."""
+    spec = importlib.util.spec_from_file_location(
+        "precision_parity", Path(__file__).parents[2] / "benchmarks" / "precision_parity.py")
+    parity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(parity)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(loader, "cpu_has_native_bf16", lambda: True)
+    assert parity.main(["--data", str(carla_dir), "--json", str(tmp_path / "parity.json")]) == 0
+    rows = json.loads((tmp_path / "parity.json").read_text())
+    assert [(r["backend"], r["precision"]) for r in rows] == [("torch-cpu", "fp32"), ("torch-cpu", "bf16"),
+                                                             ("onnxruntime", "fp32")]
+    assert rows[0]["agreement_with_first"] == 1.0 and rows[0]["frames"] == 3  # the fixture's one validation run
+    for r in rows:
+        assert 0.5 < r["pixel_accuracy"] <= 1 and 0 < r["miou"] <= 1
+        assert r["agreement_with_first"] >= engine.PARITY_MIN_AGREEMENT
+    assert "labels = torch-cpu fp32 on" in capsys.readouterr().out
