@@ -41,7 +41,7 @@ class PreprocessSettings:
 class InferSettings:
     weights: str | None = None       # checkpoint (None: the shipped model)
     backend: str = "auto"            # engine.load backend name, or auto
-    precision: str = "fp16"          # asked of the backend; CPU backends run what they support
+    precision: str = "fp16"          # reduced precision where fast and checked (BF16 on CPUs that have it), or fp32
     device: str | None = None        # None: the backend's choice
     size: tuple[int, int] | None = None  # model input (H, W); None: the checkpoint's
     batch: int = 4                   # at most this many frames per inference call
