@@ -11,7 +11,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 (Zen 4, Cooper Lake) or AMX (Sapphire Rapids): BF16 convs run about twice as fast as FP32.
 
-    Elsewhere PyTorch emulates BF16, which is slower than FP32, so ``auto`` keeps FP32 there."""
+    Elsewhere PyTorch emulates BF16, slower than FP32, so the engine keeps FP32 there."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
