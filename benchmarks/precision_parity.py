@@ -18,9 +18,9 @@ import torch
 
 import engine
 from train.checkpoint import load_checkpoint
-from train.data import FrameSet, find_pairs, split_by_runs
+from train.data import FrameSet
+from train.evaluate import checkpoint_split
 from train.metrics import ConfusionMatrix
-from train.trainer import DEFAULTS
 
 
 def plan() -> list[tuple[str, str]]:
@@ -41,9 +41,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname).1s %(name)s: %(message)s")
 
     ckpt = load_checkpoint(args.weights)
-    settings = {**DEFAULTS, **ckpt.get("settings", {})}
-    _, val_pairs = split_by_runs(find_pairs(args.data), settings["val_every"], settings["run_gap"])
-    frames = FrameSet(val_pairs, tuple(ckpt["input_size"]))
+    frames = FrameSet(checkpoint_split(args.data, ckpt, "val"), tuple(ckpt["input_size"]))
     rows, reference, seen = [], None, set()
     for name, precision in plan():
         b = engine.load(args.weights, backend=name, precision=precision, max_batch=8)

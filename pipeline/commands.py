@@ -61,8 +61,9 @@ def register(sub, formatter) -> None:
     p.add_argument("--weights", help="checkpoint (default: the shipped model)")
     p.add_argument("--backend", help=f"inference backend: auto, torch-cpu, onnxruntime, torch-cuda, tensorrt ... "
                                      f"(config: {d.infer.backend})")
-    p.add_argument("--precision", choices=["fp16", "fp32"], help=f"fp16: reduced precision where it is fast and matches FP32 (FP16 on GPUs, BF16 on "
-                        f"CPUs with native BF16); fp32: full (config: {d.infer.precision})")
+    p.add_argument("--precision", choices=["fp16", "fp32"],
+                   help=f"fp16: reduced precision where it is fast and matches FP32 (FP16 on GPUs, BF16 on CPUs "
+                        f"with native BF16); fp32: full (config: {d.infer.precision})")
     p.add_argument("--device", help="cpu, cuda or cuda:N (config: the backend's choice)")
     p.add_argument("--batch", type=int, help=f"frames per inference call, at most (config: {d.infer.batch})")
     p.add_argument("--size", metavar="HxW", help="model input size, e.g. 288x384 (config: the checkpoint's)")

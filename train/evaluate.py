@@ -17,11 +17,7 @@ def evaluate_checkpoint(data, weights=None, split: str = "val", device: str = "a
     model, ckpt = load_model(weights)
     dev = pick_device(device)
     model.to(dev)
-    settings = {**DEFAULTS, **ckpt.get("settings", {})}
-    pairs = find_pairs(data)
-    if split != "all":
-        train_pairs, val_pairs = split_by_runs(pairs, settings["val_every"], settings["run_gap"])
-        pairs = val_pairs if split == "val" else train_pairs
+    pairs = checkpoint_split(data, ckpt, split)
     size = tuple(ckpt["input_size"])
     frames = FrameSet(pairs, size, num_classes=model.config.num_classes)
     normalize = normalizer(ckpt["normalize"], dev)
@@ -30,6 +26,16 @@ def evaluate_checkpoint(data, weights=None, split: str = "val", device: str = "a
     if grid:
         save_grid(model, frames, normalize, dev, ckpt["palette"], grid, grid_frames)
     return result
+
+
+def checkpoint_split(data, ckpt: dict, split: str = "val") -> list:
+    """The frame pairs of ``data`` in ``split`` (val, train or all), split as the checkpoint was trained."""
+    pairs = find_pairs(data)
+    if split == "all":
+        return pairs
+    settings = {**DEFAULTS, **ckpt.get("settings", {})}
+    train_pairs, val_pairs = split_by_runs(pairs, settings["val_every"], settings["run_gap"])
+    return val_pairs if split == "val" else train_pairs
 
 
 def format_table(result: dict) -> str:

@@ -206,7 +206,7 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None  # bf16 needs no loss scaling
     if world.is_main:
         log.info("data: %d train / %d val frames from %s; %d process(es) on %s, %s",
-                 len(train_pairs), len(val_pairs), data, world.size, dev, str(amp_dtype or torch.float32)[6:])
+                 len(train_pairs), len(val_pairs), data, world.size, dev, str(amp_dtype or torch.float32).removeprefix("torch."))
     normalize = normalizer(DEFAULT_NORMALIZE, dev)
     generator = torch.Generator()
 
