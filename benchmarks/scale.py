@@ -118,9 +118,7 @@ def stage_costs(video: str, frames: int = 200, backend: str = "auto") -> dict:
     timed("colourise", colour.process, got)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.mp4"
-        encode = Encode(out, info.width, info.height, info.fps, info.time_base, codec=s.encode.codec,
-                        pix_fmt=s.encode.pix_fmt, preset=s.encode.preset, tune=s.encode.tune, crf=s.encode.crf,
-                        threads=1, options=s.encode.options)
+        encode = Encode.from_settings(out, info.width, info.height, info, s.encode, threads=1)
         encode.setup()
         t = time.thread_time()
         for frame in got:

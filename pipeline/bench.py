@@ -39,9 +39,7 @@ def _stages(source, backend, s: Settings, out: Path, batch: int):
             Infer(backend, batch, s.infer.max_wait_ms),
             Colourise(backend.palette, backend.class_names, backend.device, view=s.colourise.view,
                       alpha=s.colourise.alpha, legend=s.colourise.legend),
-            Encode(out, width, height, info.fps, info.time_base, codec=s.encode.codec, pix_fmt=s.encode.pix_fmt,
-                   preset=s.encode.preset, tune=s.encode.tune, crf=s.encode.crf, threads=s.encode.threads,
-                   options=s.encode.options))
+            Encode.from_settings(out, width, height, info, s.encode))
 
 
 def _sync(backend) -> None:

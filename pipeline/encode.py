@@ -8,25 +8,41 @@ for yuv420p) are padded by one row/column (edge replicated).
   write, the container can hold the codec, and the encoder opens with these settings (a probe file in
   a temporary folder), so a typo in --out, --codec or encode.* fails first, in one line.
 - ``teardown`` flushes and closes even after an error or a stop, so whatever was written stays playable.
+- MP4 and MOV keep their index at the end, so a run killed before it (SIGKILL, out of memory, power
+  loss, a full disk) would leave nothing playable. They are written in FFmpeg's hybrid fragmented mode
+  instead: self-contained fragments of ``fragment_s`` seconds reach the disk as they are made, and a clean
+  close turns the file into an ordinary MP4 in place. A killed run keeps all but its last fragment.
 - A write that fails (disk full, I/O error) is a MediaError that says so. An output that holds no frame,
-  or could not be finalised after a write error (an MP4 without its index), is removed: an output file
-  that exists is always playable. ``removed`` says whether that happened.
+  or no frame that plays, is removed: an output file that exists is always playable. ``removed`` says
+  whether that happened, ``kept`` how many frames a failed file still holds.
 """
 from __future__ import annotations
 
 import errno
+import functools
 import logging
+import os
 import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import cv2
+import numpy as np
 
 from pipeline.stage import Stage
 from train.errors import InvalidInputError, MediaError
 
 log = logging.getLogger("segpipe.pipeline")
+
+FRAGMENTED_MUXERS = {"mp4", "mov"}      # FFmpeg's names for the formats that hold their index at the end
+
+
+def fragmented_options(fragment_s: float) -> dict:
+    """Muxer options for a crash-safe MP4/MOV (FFmpeg 7.1+): fragments of ``fragment_s`` seconds, each
+    written through to the file when it is complete, then an ordinary MP4 at a clean close."""
+    return {"movflags": "+hybrid_fragmented", "frag_duration": str(round(fragment_s * 1e6)),
+            "flush_packets": "1"}
 
 
 def even_size(width: int, height: int, pix_fmt: str) -> tuple[int, int]:
@@ -49,17 +65,26 @@ def write_error(path: Path, error: BaseException) -> MediaError:
     return MediaError(f"cannot write {path}: {reason}")
 
 
-def frames_in(path: Path) -> int:
-    """How many video frames ``path`` holds (its packets: no decoding), if its first one decodes; else 0."""
+@functools.cache
+def warn_unfragmented(suffix: str) -> None:
+    """Once per process: this FFmpeg writes MP4/MOV in one piece only."""
+    log.warning("FFmpeg %s cannot write %s in fragments (needs 7.1+: pip install -U av): a %s output is "
+                "unplayable if the run is killed before it ends", av.ffmpeg_version_info, suffix, suffix)
+
+
+def intact_frames(path: Path) -> tuple[int, int]:
+    """How many whole video frames ``path`` holds (counting packets: no decoding), if its first one decodes,
+    and the byte where the last of them ends; (0, 0) if none."""
     try:
         with av.open(str(path)) as c:
             stream = c.streams.video[0]
             if next(iter(c.decode(stream)), None) is None:
-                return 0
+                return 0, 0
             c.seek(0)
-            return sum(1 for p in c.demux(stream) if p.size)
+            ends = [p.pos + p.size for p in c.demux(stream) if p.size and not p.is_corrupt]  # corrupt: cut short
+            return len(ends), max(ends, default=0)
     except (av.FFmpegError, OSError, IndexError, ValueError):
-        return 0
+        return 0, 0
 
 
 class Encode(Stage):
@@ -67,7 +92,8 @@ class Encode(Stage):
 
     def __init__(self, path: str | Path, width: int, height: int, fps: Fraction, time_base: Fraction, *,
                  codec: str = "libx264", pix_fmt: str = "yuv420p", preset: str | None = None,
-                 tune: str | None = None, crf: int | None = None, threads: int = 0, options: dict | None = None):
+                 tune: str | None = None, crf: int | None = None, threads: int = 0, options: dict | None = None,
+                 fragment_s: float = 1.0):
         super().__init__()
         self.path = Path(path)
         self.width, self.height = int(width), int(height)
@@ -79,6 +105,8 @@ class Encode(Stage):
             self.size = even_size(self.width, self.height, pix_fmt)
         except (ValueError, av.FFmpegError):
             raise InvalidInputError(f"unknown pixel format {pix_fmt!r}: use e.g. yuv420p") from None
+        self.fragment_s = float(fragment_s)
+        self.muxer_options: dict = {}            # set by preflight: crash-safe fragments for MP4/MOV
         self.container = self.stream = None
         self._pending: dict[int, float] = {}     # pts -> t_decoded of frames inside the encoder
         self._last_pts = None
@@ -89,6 +117,14 @@ class Encode(Stage):
         self.kept: int | None = None             # after a failed write: the frames the file really holds
         self.preflight()
 
+    @classmethod
+    def from_settings(cls, path, width: int, height: int, info, settings, threads: int | None = None) -> Encode:
+        """An encoder for a source's timing (``info``: fps, time_base) with the ``encode:`` settings."""
+        return cls(path, width, height, info.fps, info.time_base, codec=settings.codec, pix_fmt=settings.pix_fmt,
+                   preset=settings.preset, tune=settings.tune, crf=settings.crf,
+                   threads=settings.threads if threads is None else threads, options=settings.options,
+                   fragment_s=settings.fragment_s)
+
     def preflight(self) -> None:
         """Open the same container and encoder on a probe file in a temporary folder: a wrong extension,
         codec, pixel format or encoder option fails now, with what to do, instead of in a thread."""
@@ -97,27 +133,45 @@ class Encode(Stage):
             raise InvalidInputError(f"--out {self.path} has no extension, so the container is unknown: "
                                     f"name it like {self.path}.mp4 (or .mkv, .mov)")
         with tempfile.TemporaryDirectory(prefix="segpipe-probe-") as tmp:
+            probe = Path(tmp) / f"probe{suffix}"
+            if self.fragment_s > 0 and self._probe(probe, {}) in FRAGMENTED_MUXERS:
+                try:
+                    self._probe(probe, fragmented_options(self.fragment_s))
+                    self.muxer_options = fragmented_options(self.fragment_s)
+                except InvalidInputError:       # the settings are fine without: an FFmpeg older than 7.1
+                    warn_unfragmented(suffix)
+            else:
+                self._probe(probe, {})
+
+    def _probe(self, path: Path, muxer_options: dict) -> str:
+        """Open the container with ``muxer_options`` and this encoder on ``path`` and start encoding (which
+        writes the header); returns FFmpeg's name of the muxer."""
+        try:
+            container = av.open(str(path), "w", options=muxer_options)
+        except (av.FFmpegError, OSError, ValueError):
+            raise InvalidInputError(f"--out {self.path}: FFmpeg cannot write {self.path.suffix} files: use .mp4 "
+                                    f"or .mkv (or .mov, .avi, .webm)") from None
+        try:
+            stream = self._add_stream(container)
             try:
-                container = av.open(str(Path(tmp) / f"probe{suffix}"), "w")
+                container.start_encoding()
+                if muxer_options:   # FFmpeg 8.1 crashes closing a fragmented file that holds no packet
+                    blank = av.VideoFrame.from_ndarray(np.zeros((self.size[1], self.size[0], 3), np.uint8), "rgb24")
+                    for packet in [*stream.encode(blank), *stream.encode()]:
+                        container.mux(packet)
+            except (av.FFmpegError, OSError, ValueError) as e:
+                reason = str(e).split(": '")[0]
+                options = dict(self._stream_options) or "no options"
+                raise InvalidInputError(f"cannot start the {self.codec} encoder at {self.size[0]}x"
+                                        f"{self.size[1]} {self.pix_fmt} with {options} ({reason}): check "
+                                        f"--codec and encode.pix_fmt/preset/tune/crf/options, or use "
+                                        f"--codec libx264") from None
+            return container.format.name
+        finally:
+            try:
+                container.close()
             except (av.FFmpegError, OSError, ValueError):
-                raise InvalidInputError(f"--out {self.path}: FFmpeg cannot write {suffix} files: use .mp4 or "
-                                        f".mkv (or .mov, .avi, .webm)") from None
-            try:
-                self._add_stream(container)
-                try:
-                    container.start_encoding()
-                except (av.FFmpegError, OSError, ValueError) as e:
-                    reason = str(e).split(": '")[0]
-                    options = dict(self._stream_options) or "no options"
-                    raise InvalidInputError(f"cannot start the {self.codec} encoder at {self.size[0]}x"
-                                            f"{self.size[1]} {self.pix_fmt} with {options} ({reason}): check "
-                                            f"--codec and encode.pix_fmt/preset/tune/crf/options, or use "
-                                            f"--codec libx264") from None
-            finally:
-                try:
-                    container.close()
-                except (av.FFmpegError, OSError, ValueError):
-                    pass
+                pass
 
     def _add_stream(self, container):
         try:
@@ -142,7 +196,7 @@ class Encode(Stage):
 
     def setup(self) -> None:
         try:
-            self.container = av.open(str(self.path), "w")
+            self.container = av.open(str(self.path), "w", options=self.muxer_options)
         except (av.FFmpegError, OSError, ValueError) as e:
             raise MediaError(f"cannot write {self.path}: {getattr(e, 'strerror', None) or e} (does the folder "
                              f"exist and can it be written?)") from None
@@ -205,14 +259,20 @@ class Encode(Stage):
                 self.container.close()       # writes the trailer (an MP4's index)
             except (av.FFmpegError, OSError) as e:
                 close_error, self.failed = e, True
-            self._remove_if_unusable()
+            self._remove_if_unusable(finalised=close_error is None)
         if close_error is not None:
             raise write_error(self.path, close_error)
 
-    def _remove_if_unusable(self) -> None:
-        """Never leave a file that holds nothing, or that a write error left unplayable."""
+    def _remove_if_unusable(self, finalised: bool) -> None:
+        """Never leave a file that holds nothing, or that a write error left unplayable; trim a fragmented
+        file that could not be finalised to its whole frames."""
         if self.failed and self.packets:
-            self.kept = frames_in(self.path)       # what reached the disk, not what was handed to it
+            self.kept, end = intact_frames(self.path)   # what reached the disk, not what was handed to it
+            if self.kept and self.muxer_options and not finalised:   # the error cut its last fragment short
+                try:
+                    os.truncate(self.path, end)
+                except OSError as e:
+                    log.warning("could not trim the unfinished fragment off %s: %s", self.path, e)
         if self.packets and self.kept != 0:
             return
         why = "no frame was encoded" if not self.packets else "it could not be finalised after a write error"

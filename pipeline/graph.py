@@ -53,9 +53,7 @@ def build_pipeline(source, backend, settings: Settings, *, out: str | Path | Non
     outputs.extend(sinks)
     if out is not None:
         width, height = output_size(info.width, info.height, s.colourise.view)
-        outputs.append(Encode(out, width, height, info.fps, info.time_base, codec=s.encode.codec,
-                              pix_fmt=s.encode.pix_fmt, preset=s.encode.preset, tune=s.encode.tune,
-                              crf=s.encode.crf, threads=s.encode.threads, options=s.encode.options))
+        outputs.append(Encode.from_settings(out, width, height, info, s.encode))
     if not outputs:
         raise ValueError("build_pipeline needs an output: out, masks or a sink")
 

@@ -209,9 +209,7 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
             sinks.append(Serve(hub, state.tracker("serve"), quality=live.jpeg_quality))
         if record is not None:
             w, h = output_size(info.width, info.height, settings.colourise.view)
-            e = settings.encode
-            sinks.append(Record(record, w, h, info.fps, info.time_base, codec=e.codec, pix_fmt=e.pix_fmt,
-                                preset=e.preset, tune=e.tune, crf=e.crf, threads=e.threads, options=e.options))
+            sinks.append(Record.from_settings(record, w, h, info, settings.encode))
         # capture stamps come from the live source; the model only ever sees the newest frame
         pipe = build_pipeline(source, backend, settings, sinks=sinks,
                               decode=LiveDecode(source, settings.decode.max_frames),

@@ -131,9 +131,7 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     try:                                  # until the pipeline runs (and its decoder owns it), close it here
         if out is not None:               # the container and encoder open with these settings: before the
             w, h = output_size(info.width, info.height, settings.colourise.view)   # model loads (or builds)
-            e = settings.encode
-            Encode(out, w, h, info.fps, info.time_base, codec=e.codec, pix_fmt=e.pix_fmt, preset=e.preset,
-                   tune=e.tune, crf=e.crf, threads=e.threads, options=e.options)
+            Encode.from_settings(out, w, h, info, settings.encode)
         backend = backend if backend is not None else load_backend(settings)
         pipe = build_pipeline(source, backend, settings, out=out, masks=masks, sinks=list(sinks))
         if hasattr(pipe["decode"], "stall_timeout_s"):

@@ -67,6 +67,8 @@ class EncodeSettings:
     crf: int | None = 23
     threads: int = 0                 # encoder threads (0: FFmpeg picks from the core count)
     options: dict = field(default_factory=dict)  # extra codec options, e.g. {profile: high}
+    fragment_s: float = 1.0          # MP4/MOV: on disk in fragments this long, so a killed run keeps all but
+                                     # the last; a finished file is an ordinary MP4. 0: index at the end only
     png_compression: int = 1         # --masks PNGs: zlib level 0-9 (lossless at every level)
 
 
@@ -218,6 +220,9 @@ def validate(s: Settings) -> Settings:
     if s.decode.stall_timeout_s is None or s.decode.stall_timeout_s < 0:
         raise InvalidInputError(f"decode.stall_timeout_s {s.decode.stall_timeout_s} must be >= 0 seconds "
                                 f"(0: wait for the source forever)")
+    if s.encode.fragment_s is None or s.encode.fragment_s < 0:
+        raise InvalidInputError(f"encode.fragment_s {s.encode.fragment_s} must be >= 0 seconds (0: an MP4 "
+                                f"written in one piece, unplayable if the run is killed)")
     if not 0 <= s.encode.png_compression <= 9:
         raise InvalidInputError("encode.png_compression must be 0..9")
     return s

@@ -99,3 +99,35 @@ def test_max_frames_and_fixed_batch_engines(tmp_path, clip, settings):
     stats = run(clip, tmp_path / "seg.mp4", settings.override(decode={"max_frames": 7}), backend=stub)
     assert stats["frames"] == 7 == probe(tmp_path / "seg.mp4")["frames"]
     assert set(stub.batches) == {4}
+
+
+def top_level_boxes(path) -> list[str]:
+    """The MP4 boxes a player reads first (ftyp, moov, mdat, moof, ...), in file order."""
+    data, boxes, at = path.read_bytes(), [], 0
+    while at + 8 <= len(data):
+        size, kind = int.from_bytes(data[at:at + 4], "big"), data[at + 4:at + 8].decode("latin-1")
+        size = int.from_bytes(data[at + 8:at + 16], "big") if size == 1 else size or len(data) - at
+        boxes.append(kind)
+        at += size
+    return boxes
+
+
+def test_a_finished_mp4_is_an_ordinary_one(tmp_path, clip, stub, settings):
+    """Written in fragments (crash-safe), finalised as a plain MP4: one mdat, one index, no fragments."""
+    out = tmp_path / "seg.mp4"
+    run(clip, out, settings, backend=stub)
+    boxes = top_level_boxes(out)
+    assert boxes.count("moov") == 1 and boxes.count("mdat") == 1 and "moof" not in boxes, boxes
+    assert probe(out)["frames"] == 12
+
+
+def test_an_ffmpeg_without_fragmented_mp4_still_writes_one_with_a_warning(tmp_path, clip, stub, settings,
+                                                                         monkeypatch, caplog):
+    """FFmpeg before 7.1 has no hybrid_fragmented flag: the muxer rejects it, the probe sees that."""
+    import pipeline.encode
+    monkeypatch.setattr(pipeline.encode, "fragmented_options", lambda s: {"movflags": "+no_such_flag"})
+    pipeline.encode.warn_unfragmented.cache_clear()                  # it warns once per process
+    out = tmp_path / "seg.mp4"
+    run(clip, out, settings, backend=stub)
+    assert probe(out)["frames"] == 12
+    assert "cannot write .mp4 in fragments (needs 7.1+" in caplog.text

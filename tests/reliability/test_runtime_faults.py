@@ -63,18 +63,28 @@ def test_a_write_error_says_the_disk_is_full_and_keeps_what_was_written(tmp_path
 
 
 @pytest.mark.parametrize("ext", ["mp4", "mkv"])
-def test_a_full_disk_never_leaves_an_unplayable_file(tmp_path, cli, tmpfs, ext):
-    """A real 200 kB disk. An MP4 needs its index written at the end: when that fails the file is
-    removed (it would not play). An MKV plays without it: the frames written are kept."""
+def test_a_full_disk_keeps_the_frames_that_reached_it_playable(tmp_path, cli, tmpfs, ext):
+    """A real 200 kB disk. An MKV plays without its end; an MP4 is written in fragments, and the one the
+    error cut short is trimmed to its whole frames, so the file decodes to the end without an error."""
     src = write_video(tmp_path / "noise.mkv", 40, 160, 120, noise=True, options={"crf": "23"})
     out = tmpfs / f"seg.{ext}"
     code, last, err, _ = cli("run", src, "--out", out)
     assert code == 1 and "the disk is full" in last and "Traceback" not in err, err
+    assert 0 < frames_done(last) < 40 and probe(out)["frames"] >= 1
     if ext == "mp4":
-        assert not out.exists() and f"no video was written ({out} does not exist)" in last
-        assert not settings_path(out).exists()
-    else:
-        assert 0 < frames_done(last) < 40 and probe(out)["frames"] >= 1
+        assert probe(out)["frames"] == frames_done(last)
+
+
+def test_an_mp4_written_in_one_piece_is_removed_when_the_disk_fills(tmp_path, cli, tmpfs):
+    """encode.fragment_s 0: the classic MP4, whose index comes last; without it the file would not play."""
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("encode:\n  fragment_s: 0\n")
+    src = write_video(tmp_path / "noise.mkv", 40, 160, 120, noise=True, options={"crf": "23"})
+    out = tmpfs / "seg.mp4"
+    code, last, err, _ = cli("run", src, "--out", out, "--config", config)
+    assert code == 1 and "the disk is full" in last and "Traceback" not in err, err
+    assert not out.exists() and f"no video was written ({out} does not exist)" in last
+    assert not settings_path(out).exists()
 
 
 # --- signals ---------------------------------------------------------------------------------------------
@@ -105,6 +115,28 @@ def test_a_signal_finalises_the_output_and_stops_every_thread_promptly(tmp_path,
         assert lines[-1] == "segpipe run: interrupted" and "interrupted after" in lines[-2]
     done = frames_done(err)
     assert 0 < done < 600 and probe(out)["frames"] == done
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mov"])
+def test_a_killed_run_leaves_an_mp4_that_plays_to_its_last_whole_fragment(tmp_path, ext):
+    """SIGKILL (as the OOM killer or a power cut would end it): nothing can finalise the file, yet every
+    fragment written before it plays. encode.fragment_s is 1 s, so at most the last second is lost."""
+    src = write_video(tmp_path / "long.mp4", 600, 160, 120)
+    out = tmp_path / f"seg.{ext}"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(src), "--out", str(out),
+                             "--no-progress", "--batch", "1"], cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (out.exists() and out.stat().st_size > 20_000):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    kept = probe(out)
+    assert 20 <= kept["frames"] < 600                      # whole 1 s fragments at 20 fps
+    assert kept["pts"] == sorted(kept["pts"]) and len(set(kept["pts"])) == kept["frames"]
 
 
 class EndlessCamera:
