@@ -18,6 +18,7 @@ for yuv420p) are padded by one row/column (edge replicated).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -63,6 +64,16 @@ def write_error(path: Path, error: BaseException) -> MediaError:
     if code == errno.EIO:
         return MediaError(f"cannot write {path}: I/O error ({reason}): is the disk failing or unplugged?")
     return MediaError(f"cannot write {path}: {reason}")
+
+
+def muxer_name(path: Path) -> str | None:
+    """FFmpeg's name for the muxer that ``path``'s extension picks (None if none does); writes nothing."""
+    try:
+        container = av.open(str(path), "w")
+    except (av.FFmpegError, OSError, ValueError):
+        return None
+    container.close()
+    return container.format.name
 
 
 @functools.cache
@@ -134,18 +145,19 @@ class Encode(Stage):
                                     f"name it like {self.path}.mp4 (or .mkv, .mov)")
         with tempfile.TemporaryDirectory(prefix="segpipe-probe-") as tmp:
             probe = Path(tmp) / f"probe{suffix}"
-            if self.fragment_s > 0 and self._probe(probe, {}) in FRAGMENTED_MUXERS:
-                try:
+            fragmented = self.fragment_s > 0 and muxer_name(probe) in FRAGMENTED_MUXERS
+            if fragmented:
+                with contextlib.suppress(InvalidInputError):     # raised again below if the settings are wrong
                     self._probe(probe, fragmented_options(self.fragment_s))
                     self.muxer_options = fragmented_options(self.fragment_s)
-                except InvalidInputError:       # the settings are fine without: an FFmpeg older than 7.1
-                    warn_unfragmented(suffix)
-            else:
-                self._probe(probe, {})
+                    return
+            self._probe(probe, {})
+            if fragmented:                                        # the settings are fine: FFmpeg is before 7.1
+                warn_unfragmented(suffix)
 
-    def _probe(self, path: Path, muxer_options: dict) -> str:
+    def _probe(self, path: Path, muxer_options: dict) -> None:
         """Open the container with ``muxer_options`` and this encoder on ``path`` and start encoding (which
-        writes the header); returns FFmpeg's name of the muxer."""
+        writes the header)."""
         try:
             container = av.open(str(path), "w", options=muxer_options)
         except (av.FFmpegError, OSError, ValueError):
@@ -166,7 +178,6 @@ class Encode(Stage):
                                         f"{self.size[1]} {self.pix_fmt} with {options} ({reason}): check "
                                         f"--codec and encode.pix_fmt/preset/tune/crf/options, or use "
                                         f"--codec libx264") from None
-            return container.format.name
         finally:
             try:
                 container.close()
