@@ -9,9 +9,10 @@ for yuv420p) are padded by one row/column (edge replicated).
   a temporary folder), so a typo in --out, --codec or encode.* fails first, in one line.
 - ``teardown`` flushes and closes even after an error or a stop, so whatever was written stays playable.
 - MP4 and MOV keep their index at the end, so a run killed before it (SIGKILL, out of memory, power
-  loss, a full disk) would leave nothing playable. They are written in FFmpeg's hybrid fragmented mode
-  instead: self-contained fragments of ``fragment_s`` seconds reach the disk as they are made, and a clean
-  close turns the file into an ordinary MP4 in place. A killed run keeps all but its last fragment.
+  loss, a full disk) would leave nothing playable. With H.264 (the default) they are written in FFmpeg's
+  hybrid fragmented mode instead: self-contained fragments of ``fragment_s`` seconds reach the disk as they
+  are made, and a clean close turns the file into an ordinary MP4 in place. A killed run keeps all but its
+  last fragment. (Other codecs are written in one piece: FFmpeg 8.1 fails on some HEVC fragments.)
 - A write that fails (disk full, I/O error) is a MediaError that says so. An output that holds no frame,
   or no frame that plays, is removed: an output file that exists is always playable. ``removed`` says
   whether that happened, ``kept`` how many frames a failed file still holds.
@@ -37,6 +38,7 @@ from train.errors import InvalidInputError, MediaError
 log = logging.getLogger("segpipe.pipeline")
 
 FRAGMENTED_MUXERS = {"mp4", "mov"}      # FFmpeg's names for the formats that hold their index at the end
+FRAGMENTED_CODECS = {"h264"}            # checked; FFmpeg 8.1 cannot mux HEVC fragments from a flat first frame
 
 
 def fragmented_options(fragment_s: float) -> dict:
@@ -64,6 +66,14 @@ def write_error(path: Path, error: BaseException) -> MediaError:
     if code == errno.EIO:
         return MediaError(f"cannot write {path}: I/O error ({reason}): is the disk failing or unplugged?")
     return MediaError(f"cannot write {path}: {reason}")
+
+
+def codec_family(codec: str) -> str | None:
+    """The format an encoder writes (libx264 -> h264); None for an unknown encoder."""
+    try:
+        return av.Codec(codec, "w").canonical_name
+    except (av.FFmpegError, ValueError):
+        return None
 
 
 def muxer_name(path: Path) -> str | None:
@@ -145,7 +155,8 @@ class Encode(Stage):
                                     f"name it like {self.path}.mp4 (or .mkv, .mov)")
         with tempfile.TemporaryDirectory(prefix="segpipe-probe-") as tmp:
             probe = Path(tmp) / f"probe{suffix}"
-            fragmented = self.fragment_s > 0 and muxer_name(probe) in FRAGMENTED_MUXERS
+            fragmented = (self.fragment_s > 0 and muxer_name(probe) in FRAGMENTED_MUXERS
+                          and codec_family(self.codec) in FRAGMENTED_CODECS)
             if fragmented:
                 with contextlib.suppress(InvalidInputError):     # raised again below if the settings are wrong
                     self._probe(probe, fragmented_options(self.fragment_s))

@@ -67,8 +67,8 @@ class EncodeSettings:
     crf: int | None = 23
     threads: int = 0                 # encoder threads (0: FFmpeg picks from the core count)
     options: dict = field(default_factory=dict)  # extra codec options, e.g. {profile: high}
-    fragment_s: float = 1.0          # MP4/MOV: on disk in fragments this long, so a killed run keeps all but
-                                     # the last; a finished file is an ordinary MP4. 0: index at the end only
+    fragment_s: float = 1.0          # H.264 MP4/MOV: on disk in fragments this long, so a killed run keeps
+                                     # all but the last; a finished file is an ordinary MP4. 0: one piece
     png_compression: int = 1         # --masks PNGs: zlib level 0-9 (lossless at every level)
 
 

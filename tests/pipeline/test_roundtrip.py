@@ -131,3 +131,13 @@ def test_an_ffmpeg_without_fragmented_mp4_still_writes_one_with_a_warning(tmp_pa
     run(clip, out, settings, backend=stub)
     assert probe(out)["frames"] == 12
     assert "cannot write .mp4 in fragments (needs 7.1+" in caplog.text
+
+
+def test_hevc_mp4_is_written_in_one_piece(tmp_path, clip, stub, settings):
+    """FFmpeg 8.1 cannot mux fragmented HEVC from a flat first frame (and crashes closing such a file):
+    only H.264 is written in fragments."""
+    out = tmp_path / "seg.mp4"
+    run(clip, out, settings.override(encode={"codec": "libx265", "options": {"x265-params": "log-level=none"}}),
+        backend=stub)
+    got = probe(out)
+    assert got["codec"] == "hevc" and got["frames"] == 12
