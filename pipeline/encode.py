@@ -177,11 +177,12 @@ class Encode(Stage):
         try:
             stream = self._add_stream(container)
             try:
-                container.start_encoding()
-                if muxer_options:   # FFmpeg 8.1 crashes closing a fragmented file that holds no packet
-                    blank = av.VideoFrame.from_ndarray(np.zeros((self.size[1], self.size[0], 3), np.uint8), "rgb24")
-                    for packet in [*stream.encode(blank), *stream.encode()]:
+                if muxer_options:   # header and a packet at once: FFmpeg 8.1 crashes closing a fragmented
+                    blank = np.zeros((self.size[1], self.size[0], 3), np.uint8)   # file with a header only
+                    for packet in [*stream.encode(av.VideoFrame.from_ndarray(blank, "rgb24")), *stream.encode()]:
                         container.mux(packet)
+                else:
+                    container.start_encoding()
             except (av.FFmpegError, OSError, ValueError) as e:
                 reason = str(e).split(": '")[0]
                 options = dict(self._stream_options) or "no options"
