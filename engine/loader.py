@@ -189,8 +189,7 @@ def _fastest_cpu(model, info: ModelInfo, max_batch: int, precision: str = "fp32"
     if hit.hit and not rebuild:
         verdict = json.loads(hit.path.read_text())
         ms, ran = verdict["ms_per_frame"], verdict.get("torch_cpu_precision", precision)
-        why = (f"faster on this CPU ({ms['torch-cpu']:.2f} vs {ms['onnxruntime']:.2f} ms/frame for torch-cpu {ran} "
-               f"vs onnxruntime at batch {batch}, measured {verdict['measured']}, cached)")
+        why = _race_reason(ms, ran, batch, f"measured {verdict['measured']}, cached")
         return _build_cpu(verdict["winner"], model, info, max_batch, precision), why
     candidates = {name: _build_cpu(name, model, info, max_batch, precision) for name in ("torch-cpu", "onnxruntime")}
     ms = _race(candidates, sample_frames(info.input_size, batch))
@@ -198,9 +197,12 @@ def _fastest_cpu(model, info: ModelInfo, max_batch: int, precision: str = "fp32"
     ran = candidates["torch-cpu"].precision  # bf16 asked may have failed its parity gate
     cache.store(key, json.dumps({"winner": winner, "ms_per_frame": ms, "torch_cpu_precision": ran,
                                  "measured": time.strftime("%Y-%m-%d %H:%M")}).encode(), ".json")
-    why = (f"faster on this CPU ({ms['torch-cpu']:.2f} vs {ms['onnxruntime']:.2f} ms/frame for torch-cpu {ran} "
-           f"vs onnxruntime at batch {batch}, {cpu_threads()} threads; measured now, cached)")
-    return candidates[winner], why
+    return candidates[winner], _race_reason(ms, ran, batch, f"{cpu_threads()} threads; measured now, cached")
+
+
+def _race_reason(ms: dict, torch_precision: str, batch: int, when: str) -> str:
+    return (f"faster on this CPU ({ms['torch-cpu']:.2f} vs {ms['onnxruntime']:.2f} ms/frame for torch-cpu "
+            f"{torch_precision} vs onnxruntime at batch {batch}, {when})")
 
 
 def _race(candidates: dict[str, Backend], frames: torch.Tensor, rounds: int = 5, budget_s: float = 2.0) -> dict[str, float]:

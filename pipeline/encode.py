@@ -158,9 +158,10 @@ class Encode(Stage):
             fragmented = (self.fragment_s > 0 and muxer_name(probe) in FRAGMENTED_MUXERS
                           and codec_family(self.codec) in FRAGMENTED_CODECS)
             if fragmented:
+                options = fragmented_options(self.fragment_s)
                 with contextlib.suppress(InvalidInputError):     # raised again below if the settings are wrong
-                    self._probe(probe, fragmented_options(self.fragment_s))
-                    self.muxer_options = fragmented_options(self.fragment_s)
+                    self._probe(probe, options)
+                    self.muxer_options = options
                     return
             self._probe(probe, {})
             if fragmented:                                        # the settings are fine: FFmpeg is before 7.1

@@ -88,16 +88,21 @@ def test_an_mp4_written_in_one_piece_is_removed_when_the_disk_fills(tmp_path, cl
 
 
 # --- signals ---------------------------------------------------------------------------------------------
+def run_until_written(src, out, min_bytes: int, stderr) -> subprocess.Popen:
+    """`segpipe run src --out out` (one frame per batch) in a subprocess, once ``out`` holds ``min_bytes``."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(src), "--out", str(out),
+                             "--no-progress", "--batch", "1"], cwd=ROOT, stderr=stderr, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out.exists() and out.stat().st_size > min_bytes):
+        time.sleep(0.05)
+    return proc
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_finalises_the_output_and_stops_every_thread_promptly(tmp_path, sig, code):
-    src = write_video(tmp_path / "long.mp4", 600, 160, 120)
     out = tmp_path / "seg.mp4"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(src), "--out", str(out),
-                             "--no-progress", "--batch", "1"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = run_until_written(write_video(tmp_path / "long.mp4", 600, 160, 120), out, 2000, subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (out.exists() and out.stat().st_size > 2000):
-            time.sleep(0.05)
         sent = time.monotonic()
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
@@ -121,14 +126,9 @@ def test_a_signal_finalises_the_output_and_stops_every_thread_promptly(tmp_path,
 def test_a_killed_run_leaves_an_mp4_that_plays_to_its_last_whole_fragment(tmp_path, ext):
     """SIGKILL (as the OOM killer or a power cut would end it): nothing can finalise the file, yet every
     fragment written before it plays. encode.fragment_s is 1 s, so at most the last second is lost."""
-    src = write_video(tmp_path / "long.mp4", 600, 160, 120)
     out = tmp_path / f"seg.{ext}"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(src), "--out", str(out),
-                             "--no-progress", "--batch", "1"], cwd=ROOT, stderr=subprocess.DEVNULL)
+    proc = run_until_written(write_video(tmp_path / "long.mp4", 600, 160, 120), out, 20_000, subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (out.exists() and out.stat().st_size > 20_000):
-            time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
