@@ -40,8 +40,11 @@ class Decode(Stage):
             self._waiting_since = None
         if got is None:
             return EOS
-        index, pts, time_base, image = got
         self.count += 1
+        return self.frame(*got)
+
+    def frame(self, index, pts, time_base, image) -> Frame:
+        """A frame's latency starts as it leaves the decoder."""
         return Frame(index, pts, time_base, image, time.perf_counter())
 
     def watchdog(self):

@@ -1,8 +1,7 @@
 """The live source: a camera, stream or file as `segpipe live` sees it, and the decode stage that reads it.
 
 ``LiveSource`` wraps ``open_source`` (the first open fails fast, so a typo is an error, not a retry loop)
-and yields ``(index, pts, time_base, rgb, decoded, t_capture)`` (``decoded``: the decoder's own frame
-when the source gives one, for the preprocess stage; else None):
+and yields ``(index, pts, time_base, rgb, t_capture)``:
 
 - cameras and streams (``camera``/``url``): frames as they arrive, stamped when read. A connection that
   ends or breaks is reopened with exponential backoff (``Reconnect``); the HUD says
@@ -30,7 +29,6 @@ import cv2
 from pipeline.decode import Decode
 from pipeline.frame import Frame
 from pipeline.hud import LiveState
-from pipeline.queues import EOS
 from pipeline.sources import open_source
 from train.errors import InvalidInputError, MediaError, SegpipeError
 
@@ -99,8 +97,7 @@ class LiveSource:
             inner = src.frames()
             pace = None                        # (clock at the first frame, its time in s), per connection
             try:
-                for _, pts, tb, image, *extra in inner:
-                    decoded = extra[0] if extra else None
+                for _, pts, tb, image in inner:
                     if self.stop.is_set():
                         return
                     if not self.paced:
@@ -124,12 +121,11 @@ class LiveSource:
                         t_capture = due
                     if image.shape[:2] != (h, w):       # a reconnected camera may come back at another size
                         image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-                        decoded = None
                     if self.latest:
                         origin = t_capture if origin is None else origin
                         pts, tb = max(last_pts + 1, round((t_capture - origin) * 1000)), LIVE_TIME_BASE
                         last_pts = pts
-                    yield index, pts, tb, image, decoded, t_capture
+                    yield index, pts, tb, image, t_capture
                     index += 1
             finally:
                 inner.close()
@@ -208,18 +204,8 @@ class LiveDecode(Decode):
     waits (pacing, pause) are not counted as the stage's work."""
     name = "decode"
 
-    def process(self, item=None):
-        if self.max_frames is not None and self.count >= self.max_frames:
-            return EOS
-        got = next(self._frames, None)
-        if got is None:
-            return EOS
-        index, pts, time_base, image, decoded, t_capture = got
-        self.count += 1
-        frame = Frame(index, pts, time_base, image, t_capture)
-        if decoded is not None:
-            frame.decoded = decoded
-        return frame
+    def frame(self, index, pts, time_base, image, t_capture) -> Frame:
+        return Frame(index, pts, time_base, image, t_capture)
 
     def call(self, fn, *args):
         waited = self.source.waited_s
@@ -227,6 +213,6 @@ class LiveDecode(Decode):
         idle = self.source.waited_s - waited
         if idle > 0:
             self.busy_s -= idle
-            if fn is not self.finish and self.call_s:
+            if fn != self.finish and self.call_s:
                 self.call_s[-1] -= idle
         return out

@@ -7,6 +7,7 @@ The built-in defaults below are identical to configs/pipeline.yaml, so a missing
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -100,7 +101,7 @@ class LiveSettings:
         if self.batch < 1:
             raise InvalidInputError(f"--batch {self.batch} must be >= 1 (1 keeps latency lowest)")
         if self.queue_capacity < 1:
-            raise InvalidInputError(f"queue capacity {self.queue_capacity} must be >= 1")
+            raise InvalidInputError(f"queue capacity (live.queue_capacity) {self.queue_capacity} must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -163,8 +164,19 @@ def _apply(settings: Settings, data: dict, origin: str) -> Settings:
             values = {**values, "size": parse_size(values["size"])}
         types = {f.name: f.type for f in fields(current)}
         values = {k: _typed(f"{name}.{k}", v, types[k], origin) for k, v in values.items()}
-        updates[name] = replace(current, **values)
-    return validate(replace(settings, **updates))
+        with _named(origin):
+            updates[name] = replace(current, **values)
+    with _named(origin):
+        return validate(replace(settings, **updates))
+
+
+@contextmanager
+def _named(origin: str):
+    """A bad value read from a config file names that file (flags name themselves)."""
+    try:
+        yield
+    except InvalidInputError as e:
+        raise (InvalidInputError(f"{origin}: {e}") if origin != "override" else e) from None
 
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}
@@ -195,23 +207,26 @@ def _typed(key: str, value, annotation: str, origin: str):
 def validate(s: Settings) -> Settings:
     """Say early, and how to fix it, when a setting cannot work."""
     if s.colourise.view not in VIEWS:
-        raise InvalidInputError(f"view {s.colourise.view!r} is unknown: use one of {', '.join(VIEWS)}")
+        raise InvalidInputError(f"view (colourise.view) {s.colourise.view!r} is unknown: use one of "
+                                f"{', '.join(VIEWS)}")
     if not 0.0 <= s.colourise.alpha <= 1.0:
-        raise InvalidInputError(f"alpha {s.colourise.alpha} is outside 0..1: use e.g. --alpha 0.5")
+        raise InvalidInputError(f"alpha (colourise.alpha) {s.colourise.alpha} is outside 0..1: use e.g. "
+                                f"--alpha 0.5")
     if s.infer.batch < 1:
-        raise InvalidInputError(f"batch {s.infer.batch} must be >= 1: use e.g. --batch 4")
+        raise InvalidInputError(f"batch (infer.batch) {s.infer.batch} must be >= 1: use e.g. --batch 4")
     if s.infer.max_wait_ms < 0:
         raise InvalidInputError("infer.max_wait_ms must be >= 0")
     if s.queues.capacity < 1:
-        raise InvalidInputError(f"queue capacity {s.queues.capacity} must be >= 1")
+        raise InvalidInputError(f"queues.capacity {s.queues.capacity} must be >= 1: use e.g. 8")
     for policy in (s.queues.policy, s.queues.downstream_policy):
         if policy not in ("auto", "block", "drop-oldest", "drop-newest", "fault"):
             raise InvalidInputError(f"queue policy {policy!r} is unknown: use auto, block, drop-oldest, "
                                     f"drop-newest or fault")
     if s.preprocess.interpolation not in ("area", "bilinear"):
-        raise InvalidInputError(f"interpolation {s.preprocess.interpolation!r} is unknown: use area or bilinear")
+        raise InvalidInputError(f"preprocess.interpolation {s.preprocess.interpolation!r} is unknown: use area "
+                                f"or bilinear")
     if s.decode.max_frames is not None and s.decode.max_frames < 1:
-        raise InvalidInputError(f"--frames {s.decode.max_frames} must be >= 1")
+        raise InvalidInputError(f"--frames (decode.max_frames) {s.decode.max_frames} must be >= 1")
     if s.decode.fps <= 0:
         raise InvalidInputError(f"decode.fps {s.decode.fps} must be > 0")
     if str(s.decode.thread_type).upper() not in THREAD_TYPES:
@@ -225,7 +240,7 @@ def validate(s: Settings) -> Settings:
                                 f"written in one piece, unplayable if the run is killed)")
     if not 0 <= s.encode.png_compression <= 9:
         raise InvalidInputError("encode.png_compression must be 0..9")
-    return s
+    return replace(s, decode=replace(s.decode, thread_type=str(s.decode.thread_type).upper()))
 
 
 def load_settings(path: str | Path | None = None, **overrides: dict) -> Settings:
@@ -241,7 +256,10 @@ def load_settings(path: str | Path | None = None, **overrides: dict) -> Settings
         try:
             data = yaml.safe_load(file.read_text()) or {}
         except yaml.YAMLError as e:
-            raise InvalidInputError(f"config {file} is not valid YAML: {str(e).splitlines()[0]}") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise InvalidInputError(f"config {file} is not valid YAML{where}: {getattr(e, 'problem', None) or e}"
+                                    ) from None
         settings = _apply(settings, data, origin=str(file))
     return settings.override(**overrides) if overrides else settings
 

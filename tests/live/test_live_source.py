@@ -23,7 +23,7 @@ def test_realtime_file_is_paced_and_stamped_with_its_capture_time(clip):
     wall = time.perf_counter() - t0
     src.close()
     assert len(got) == 20
-    captured = np.array([g[5] for g in got])
+    captured = np.array([g[4] for g in got])
     assert 0.85 <= wall <= 1.6                               # 20 frames at 20 fps: 0.95 s
     assert np.allclose(np.diff(captured), 0.05, atol=1e-6)   # due times, exactly a frame apart
     pts = [g[1] for g in got]
@@ -60,7 +60,7 @@ def test_pause_holds_a_file_and_shifts_its_clock(clip):
     second = next(frames)
     frames.close()
     src.close()
-    assert second[5] - first[5] >= 0.4                       # held, and due after the pause
+    assert second[4] - first[4] >= 0.4                       # held, and due after the pause
     assert src.waited_s >= 0.35 and src.late == 0
 
 

@@ -29,7 +29,9 @@ def test_file_then_overrides(tmp_path):
     ("colourise: {alpha: 3}", "outside 0..1"),
     ("queues: {policy: lossy}", "unknown: use auto, block"),
     ("infer: {size: 144}", "write it like 144x192"),
-    ("infer: [", "not valid YAML"),
+    ("infer: [", "not valid YAML at line 1, column 9"),
+    ("queues: {capacity: 0}", r"p.yaml: queues.capacity 0 must be >= 1"),
+    ("decode: {thread_type: fast}", "use one of"),
 ])
 def test_bad_settings_say_how_to_fix(tmp_path, text, match):
     cfg = tmp_path / "p.yaml"
@@ -45,3 +47,9 @@ def test_missing_config_file(tmp_path):
 
 def test_parse_size():
     assert parse_size("144x192") == (144, 192) and parse_size(None) is None
+
+
+def test_thread_type_in_any_case(tmp_path):
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("decode: {thread_type: frame}")
+    assert load_settings(cfg).decode.thread_type == "FRAME"     # what PyAV wants

@@ -49,7 +49,7 @@ def test_the_config_sets_live_defaults_and_flags_override_them(tmp_path, capture
 
 def test_a_bad_live_setting_is_one_line(tmp_path):
     (tmp_path / "p.yaml").write_text("live: {queue_capacity: 0}\n")
-    with pytest.raises(InvalidInputError, match="queue capacity 0 must be >= 1"):
+    with pytest.raises(InvalidInputError, match=r"p.yaml: queue capacity \(live.queue_capacity\) 0 must be >= 1"):
         load_settings(tmp_path / "p.yaml")
     (tmp_path / "p.yaml").write_text("live: {realtime: sometimes}\n")
     with pytest.raises(InvalidInputError, match="live.realtime is 'sometimes' .* must be bool"):

@@ -40,6 +40,7 @@ def test_a_run_keeps_its_statistics_within_the_window(tmp_path, settings, monkey
     stages = pipes[-1].stages
     assert all(len(s.call_s) <= 8 and len(s.latency_s) <= 8 for s in stages)
     assert pipes[-1].sink.latency_s.count == 30 and pipes[-1]["decode"].call_s.count >= 30
+    assert pipes[-1].sink.call_s.count == 30          # one per frame: the flush at the end is not a frame
     assert STATS_WINDOW >= 10_000                                          # the real window: minutes of frames
 
 
