@@ -111,10 +111,6 @@ def store(key: dict, data: bytes, suffix: str, root: Path | None = None, **meta)
     return artifact
 
 
-def read_meta(lookup_result: Lookup) -> dict:
-    return json.loads(lookup_result.meta_path.read_text())
-
-
 def entries(root: Path | None = None) -> list[dict]:
     """Every entry in the cache with its key, newest first; ``ok`` is False for a damaged one."""
     root = root or cache_dir()

@@ -70,7 +70,9 @@ def run_export(args) -> int:
     from engine.onnx_export import (INPUT_NAME, LABEL_AGREEMENT_MIN, LOGITS_MAX_ABS_DIFF, OPSET, OUTPUT_NAME,
                                     export_onnx)
     from train.checkpoint import load_model
+    from train.paths import writable_file
 
+    writable_file(args.onnx, "--onnx", "unet.onnx")
     model, ckpt = load_model(args.weights)
     info = model_info(args.weights, ckpt, model, args.size)
     report = export_onnx(fused_segmenter(model, info.normalize), info.input_size, args.onnx)

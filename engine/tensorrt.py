@@ -1,4 +1,4 @@
-"""TensorRT backends. Not importable work without ``tensorrt``; the loader only imports this module when it is.
+"""TensorRT backends. Importing this module needs ``tensorrt``; the loader only imports it when it is installed.
 
 Primary path: the TensorRT 10 Python API builds an engine from the checked ONNX export (``tensorrt``).
 Second path to the same kind of engine: torch-tensorrt's dynamo frontend (``torch-tensorrt``).
@@ -10,6 +10,7 @@ when (and only when) one of those changes or the file is damaged.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 
@@ -193,7 +194,7 @@ def _torch_tensorrt(model, info: ModelInfo, device: torch.device, precision: str
     compiled = torch_tensorrt.compile(net, ir="dynamo", inputs=[spec], enabled_precisions=precisions)
     log.warning("torch-tensorrt compiled in %.1f s", time.perf_counter() - t0)
     example = torch.zeros((max_batch, 3, h, w), dtype=torch.uint8, device=device)
-    tmp = cache.cache_dir() / f".torch-tensorrt-{key['precision']}.ep.tmp"
+    tmp = cache.cache_dir() / f".torch-tensorrt-{key['precision']}.{os.getpid()}.ep.tmp"   # one per process
     try:
         tmp.parent.mkdir(parents=True, exist_ok=True)
         torch_tensorrt.save(compiled, str(tmp), inputs=[example])

@@ -42,6 +42,7 @@ from train.errors import (
     SegpipeError,
     TerminatedError,
 )
+from train.paths import writable_file, writable_folder
 
 log = logging.getLogger("segpipe.batch")
 
@@ -396,9 +397,10 @@ def format_summary(summary: dict) -> str:
 
 
 def write_summary(summary: dict, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2, default=str))
+    try:
+        Path(path).write_text(json.dumps(summary, indent=2, default=str))
+    except OSError as e:
+        log.warning("could not write the summary to %s: %s", path, e.strerror or e)
 
 
 # ------------------------------------------------------------------------------ local processes
@@ -528,6 +530,11 @@ def run_many(specs, settings, *, out_dir=None, masks=None, stats=None, workers=N
     for a local cluster), print the summary, write ``stats``; exit status 0 if every file was done."""
     if workers is not None and workers < 1:
         raise InvalidInputError(f"--workers {workers} must be >= 1")
+    if stats is not None:
+        stats = writable_file(stats, "--stats", "batch.json")
+    for folder, flag in ((out_dir, "--out-dir"), (masks, "--masks")):
+        if folder is not None:
+            writable_folder(folder, flag)
     jobs = plan_jobs(expand_inputs(specs), out_dir, masks)
     if ray is not None:
         from pipeline.cluster import run_cluster

@@ -73,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"segpipe {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:                  # a file the OS refused late (disk full, permissions changed)
+        if e.filename is None or os.environ.get("SEGPIPE_DEBUG"):
+            raise
+        print(f"segpipe {args.command}: error: cannot use {e.filename}: {e.strerror}; check the path, its "
+              f"permissions and the free space", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

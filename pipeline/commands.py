@@ -178,8 +178,11 @@ def _names(text: str | None) -> list[str] | None:
 
 def bench_command(args) -> int:
     from train.errors import InvalidInputError
+    from train.paths import writable_file
 
     args = _Options(args)
+    if args.json:
+        writable_file(args.json, "--json", "bench.json")
     if args.video and args.model_only:
         raise InvalidInputError("--video and --model-only measure different things: pass one of them")
     if not args.video:

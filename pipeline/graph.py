@@ -33,16 +33,17 @@ def output_size(width: int, height: int, view: str) -> tuple[int, int]:
     return (2 * width if view == "side-by-side" else width), height
 
 
-def build_pipeline(source, backend, settings: Settings, *, out: str | Path | None = None,
-                   masks: str | Path | None = None, sinks: list[Stage] = (), decode: Stage | None = None,
+def build_pipeline(source, backend, settings: Settings, *, masks: str | Path | None = None,
+                   sinks: list[Stage] = (), encode: Encode | None = None, decode: Stage | None = None,
                    model_policy: str | None = None) -> Pipeline:
-    """Wire source -> ... -> outputs. ``out``: the video to write; ``masks``: a folder for label PNGs;
-    ``sinks``: more stages (a display, an HTTP stream) between those two; each passes the frame on
-    (returns it), except the last stage of all, whose returned frames count as delivered.
+    """Wire source -> ... -> outputs. ``masks``: a folder for label PNGs; ``sinks``: more stages (a
+    display, an HTTP stream); ``encode``: the video encoder (``Encode.from_settings``: made by the caller,
+    before the model loads, so a bad --out fails at once). Each output passes the frame on (returns it),
+    except the last stage of all, whose returned frames count as delivered.
     ``decode``: a decode stage of the caller's (live capture stamps); ``model_policy``: the policy of
     the queue in front of the model (live: ``drop-oldest``, so the model never works on a stale frame)."""
     s, info = settings, source.info
-    decode = decode if decode is not None else Decode(source, max_frames=s.decode.max_frames)
+    decode = decode if decode is not None else Decode(source, s.decode.max_frames, s.decode.stall_timeout_s)
     preprocess = Preprocess(backend.input_size, backend.device, s.preprocess.interpolation)
     infer = Infer(backend, s.infer.batch, s.infer.max_wait_ms)
     colourise = Colourise(backend.palette, backend.class_names, backend.device, view=s.colourise.view,
@@ -51,11 +52,10 @@ def build_pipeline(source, backend, settings: Settings, *, out: str | Path | Non
     if masks is not None:
         outputs.append(MaskWriter(masks, compression=s.encode.png_compression))
     outputs.extend(sinks)
-    if out is not None:
-        width, height = output_size(info.width, info.height, s.colourise.view)
-        outputs.append(Encode.from_settings(out, width, height, info, s.encode))
+    if encode is not None:
+        outputs.append(encode)
     if not outputs:
-        raise ValueError("build_pipeline needs an output: out, masks or a sink")
+        raise ValueError("build_pipeline needs an output: masks, a sink or an encoder")
 
     capacity, inner = s.queues.capacity, s.queues.downstream_policy
     pipe = Pipeline("segment")

@@ -34,6 +34,7 @@ import numpy as np
 
 from pipeline.settings import LiveSettings   # its defaults: the live section of configs/pipeline.yaml
 from train.errors import InvalidInputError
+from train.paths import writable_file
 
 log = logging.getLogger("segpipe.live")
 
@@ -169,9 +170,9 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
     from pipeline.hud import LiveState
     from pipeline.live_source import LiveDecode, LiveSource, Reconnect
     from pipeline.record import Record
-    from pipeline.run import apply_threads, load_backend, settings_path
+    from pipeline.run import apply_threads, load_backend, write_run_settings
     from pipeline.server import FrameHub, LiveServer, Serve, parse_address
-    from pipeline.settings import format_size, load_settings, save_settings
+    from pipeline.settings import load_settings
     from pipeline.sources import open_source
 
     settings = settings or load_settings()
@@ -182,10 +183,11 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
         raise InvalidInputError(problem)
     reconnect = Reconnect(live.reconnect_attempts, live.reconnect_backoff_s, live.reconnect_backoff_max_s)
     if record is not None:
-        record = Path(record)
+        record = writable_file(record, "--record", "live.mp4")
         if isinstance(src, (str, Path)) and Path(src).exists() and record.resolve() == Path(src).resolve():
             raise InvalidInputError(f"--record {record} is the input itself: write to another file")
-        record.parent.mkdir(parents=True, exist_ok=True)
+    if stats_path is not None:
+        stats_path = writable_file(stats_path, "--stats", "live.json")
     state = state if state is not None else LiveState(settings.colourise.view, settings.colourise.alpha)
     state.view, state.alpha = settings.colourise.view, settings.colourise.alpha
 
@@ -226,13 +228,7 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
     state.drops = lambda: pipe.drops + source.skipped
     state.info = {"source": info.name, "backend": backend.name, "device": str(backend.device)}
     if record is not None:
-        w, h = output_size(info.width, info.height, settings.colourise.view)
-        save_settings(settings, settings_path(record), source=info.name, output=str(record),
-                      input=f"{info.kind} {info.width}x{info.height} @ {float(info.fps):g} fps",
-                      output_size=f"{w}x{h}", backend=backend.name, device=str(backend.device),
-                      precision=backend.precision, input_size=format_size(backend.input_size),
-                      batch=pipe["infer"].batch, live=asdict(live),
-                      queues={q.name: f"{q.policy}, capacity {q.capacity}" for q in pipe.queues})
+        write_run_settings(record, settings, pipe, backend, info, live=asdict(live))
     mode = ("live stream" if source.stream else "paced at its frame rate" if source.paced
             else "every frame, as fast as the model goes (add --realtime to pace it like a camera)")
     log.info("live: %s (%dx%d @ %.4g fps), %s", info.name, info.width, info.height, float(info.fps), mode)
@@ -263,15 +259,15 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
     try:
         with _stop_on_signals(state):
             pipe.run(on_tick=tick, tick_s=0.05)
-    finally:
+    finally:                              # also after a stage failed: the statistics say how far it got
         if server is not None:
             server.stop()
-    wall = time.perf_counter() - t0
-
-    stats = live_stats(pipe, wall, backend, source, state, view)
-    if stats_path is not None:
-        Path(stats_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(stats_path).write_text(json.dumps(stats, indent=2))
+        stats = live_stats(pipe, time.perf_counter() - t0, backend, source, state, view)
+        if stats_path is not None:
+            try:
+                stats_path.write_text(json.dumps(stats, indent=2))
+            except OSError as e:
+                log.warning("could not write the statistics to %s: %s", stats_path, e.strerror or e)
     if source.error is not None:
         raise source.error
     return stats
@@ -340,6 +336,7 @@ def live_stats(pipe, wall_s: float, backend, source, state, view: str | None) ->
         "reconnects": source.reconnects,
         "paused_frames": display.paused_frames if display is not None else 0,
         "latency_p95_ms_by_third": thirds,
-        "exit": state.quit_reason or ("source lost" if source.error is not None else "end of source"),
+        "exit": state.quit_reason or (f"stage {pipe.error[0].name} failed" if pipe.error is not None
+                                      else "source lost" if source.error is not None else "end of source"),
     }
     return stats

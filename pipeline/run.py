@@ -22,7 +22,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ from pipeline.runner import Pipeline
 from pipeline.settings import Settings, format_size, load_settings, save_settings
 from pipeline.sources import open_source
 from train.errors import InvalidInputError, MediaError, PartialInputError, SegpipeError, TerminatedError
+from train.paths import writable_file, writable_folder
 
 log = logging.getLogger("segpipe.pipeline")
 
@@ -109,6 +109,21 @@ def settings_path(out: str | Path) -> Path:
     return Path(str(out) + ".settings.yaml")
 
 
+def write_run_settings(out: Path, settings: Settings, pipe, backend, info, **extra) -> None:
+    """``OUT.settings.yaml`` beside a video: the settings used and what the run chose."""
+    w, h = output_size(info.width, info.height, settings.colourise.view)
+    try:
+        save_settings(settings, settings_path(out), source=info.name, output=str(out), **extra,
+                      input=f"{info.kind} {info.width}x{info.height} @ {float(info.fps):g} fps, "
+                            f"time base {info.time_base}, frames {info.frames}",
+                      output_size=f"{w}x{h}", backend=backend.name, device=str(backend.device),
+                      precision=backend.precision, input_size=format_size(backend.input_size),
+                      batch=pipe["infer"].batch,
+                      queues={q.name: f"{q.policy}, capacity {q.capacity}" for q in pipe.queues})
+    except OSError as e:
+        raise MediaError(f"cannot write {settings_path(out)}: {e.strerror or e}") from None
+
+
 def run(src, out: str | Path | None, settings: Settings | None = None, *, masks: str | Path | None = None,
         stats_path: str | Path | None = None, progress: bool = False, backend=None, sinks=(),
         monitor=None) -> dict:
@@ -129,26 +144,14 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     source = src if hasattr(src, "frames") and hasattr(src, "info") else open_within(src, settings.decode)
     info = source.info
     try:                                  # until the pipeline runs (and its decoder owns it), close it here
-        if out is not None:               # the container and encoder open with these settings: before the
-            w, h = output_size(info.width, info.height, settings.colourise.view)   # model loads (or builds)
-            Encode.from_settings(out, w, h, info, settings.encode)
+        encoder = None
+        if out is not None:               # the container and encoder are tried now, before the model loads
+            w, h = output_size(info.width, info.height, settings.colourise.view)       # (or builds)
+            encoder = Encode.from_settings(out, w, h, info, settings.encode)
         backend = backend if backend is not None else load_backend(settings)
-        pipe = build_pipeline(source, backend, settings, out=out, masks=masks, sinks=list(sinks))
-        if hasattr(pipe["decode"], "stall_timeout_s"):
-            pipe["decode"].stall_timeout_s = settings.decode.stall_timeout_s or None
+        pipe = build_pipeline(source, backend, settings, masks=masks, sinks=list(sinks), encode=encoder)
         if out is not None:
-            w, h = output_size(info.width, info.height, settings.colourise.view)
-            try:
-                save_settings(settings, settings_path(out), source=info.name, output=str(out),
-                              masks=masks and str(masks),
-                              input=f"{info.kind} {info.width}x{info.height} @ {float(info.fps):g} fps, "
-                                    f"time base {info.time_base}, frames {info.frames}",
-                              output_size=f"{w}x{h}", backend=backend.name, device=str(backend.device),
-                              precision=backend.precision, input_size=format_size(backend.input_size),
-                              batch=pipe["infer"].batch,
-                              queues={q.name: f"{q.policy}, capacity {q.capacity}" for q in pipe.queues})
-            except OSError as e:
-                raise MediaError(f"cannot write {settings_path(out)}: {e.strerror or e}") from None
+            write_run_settings(out, settings, pipe, backend, info, masks=masks and str(masks))
     except BaseException:
         source.close()
         raise
@@ -259,9 +262,7 @@ def check_outputs(src, out: Path | None, masks, stats_path) -> None:
     if out is not None:
         if src_path is not None and out.resolve() == src_path.resolve():
             raise InvalidInputError(f"--out {out} is the input itself: write to another file")
-        if out.is_dir():
-            raise InvalidInputError(f"--out {out} is a folder: name a file in it, e.g. --out {out / 'seg.mp4'}")
-        _writable_folder(out.parent, "--out", out)
+        writable_file(out, "--out", "seg.mp4")
     if masks is not None:
         masks = Path(masks)
         if masks.exists() and not masks.is_dir():
@@ -269,33 +270,9 @@ def check_outputs(src, out: Path | None, masks, stats_path) -> None:
         if src_path is not None and src_path.is_dir() and masks.resolve() == src_path.resolve():
             raise InvalidInputError(f"--masks {masks} is the input folder: the PNGs would mix with its "
                                     f"frames; name another folder")
-        _writable_folder(masks, "--masks", masks)
+        writable_folder(masks, "--masks")
     if stats_path is not None:
-        stats_path = Path(stats_path)
-        if stats_path.is_dir():
-            raise InvalidInputError(f"--stats {stats_path} is a folder: name a file, e.g. {stats_path / 'stats.json'}")
-        _writable_folder(stats_path.parent, "--stats", stats_path)
-
-
-def _writable_folder(folder: Path, flag: str, target) -> None:
-    folder = Path(folder)
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InvalidInputError(f"{flag} {target}: {existing} is a file, not a folder: choose another place")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InvalidInputError(f"{flag} {target}: cannot create the folder {folder} ({e.strerror}): "
-                                f"choose another place") from None
-    try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".segpipe-write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise InvalidInputError(f"{flag} {target}: cannot write in {folder} ({e.strerror}): choose a folder "
-                                f"you can write to") from None
+        writable_file(stats_path, "--stats", "stats.json")
 
 
 def _closed(out, masks, frames: int | None = None) -> str:

@@ -14,12 +14,13 @@ def register(sub, formatter) -> None:
                               "  segpipe train --config configs/unet_carla.yaml --data DIR --out runs/x --resume\n"
                               "  segpipe train --config configs/unet_carla.yaml --data DIR --precision bf16\n"
                               "  segpipe train --config configs/unet_carla.yaml --data MYDATA --init train/weights/unet_carla.pt")
-    p.add_argument("--config", default="configs/unet_carla.yaml", help="training settings (YAML)")
+    p.add_argument("--config", default="configs/unet_carla.yaml", help="training settings (YAML); configs/NAME.yaml finds a shipped one from any folder")
     p.add_argument("--data", required=True, help="CARLA folder with CameraRGB/ and CameraMask/")
     p.add_argument("--out", default="runs/train", help="folder for checkpoints, logs and curves")
     p.add_argument("--epochs", type=int, help="override the config's epochs")
     p.add_argument("--batch-size", type=int, help="override the config's batch size")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: the CUDA GPU if PyTorch sees one, else the CPU")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
                    help="override the config's: auto is FP16 mixed precision on CUDA and FP32 on the CPU; bf16 "
                         "trains about twice as fast on CPUs with native BF16 (AVX512-BF16, AMX)")
@@ -39,7 +40,8 @@ def register(sub, formatter) -> None:
                    help="which frames: the validation runs (as in training), the training runs, or all")
     p.add_argument("--json", help="write the metrics as JSON here")
     p.add_argument("--grid", help="PNG of input / ground truth / prediction (default: beside --json, or none)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: the CUDA GPU if PyTorch sees one, else the CPU")
     p.set_defaults(func=run_eval)
 
 
@@ -56,7 +58,15 @@ def run_train(args) -> int:
 
 def run_eval(args) -> int:
     from train.evaluate import evaluate_checkpoint, format_table
+    from train.errors import InvalidInputError
+    from train.paths import writable_file
 
+    if args.json:
+        writable_file(args.json, "--json", "metrics.json")
+    if args.grid:
+        if Path(args.grid).suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            raise InvalidInputError(f"--grid {args.grid}: name a .png (or .jpg) file")
+        writable_file(args.grid, "--grid", "grid.png")
     result = evaluate_checkpoint(args.data, args.weights, split=args.split, device=args.device,
                                  grid=args.grid or (str(Path(args.json).with_suffix(".png")) if args.json else None))
     print(format_table(result))

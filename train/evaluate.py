@@ -9,6 +9,7 @@ import torch
 
 from train.checkpoint import load_model
 from train.data import FrameSet, find_pairs, split_by_runs
+from train.errors import InvalidInputError
 from train.trainer import DEFAULTS, evaluate, normalizer, pick_device
 
 
@@ -56,4 +57,5 @@ def save_grid(model, frames: FrameSet, normalize, device, palette, path: str | P
     pred = model(normalize(images.to(device))).argmax(1).cpu().numpy()
     rows = [np.concatenate([img.permute(1, 2, 0).numpy(), lut[gt.numpy()], lut[p]], axis=1)
             for img, gt, p in zip(images, masks, pred)]
-    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
+    if not cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR)):
+        raise InvalidInputError(f"could not write the grid {path}: name a .png file in a folder you can write to")

@@ -172,22 +172,25 @@ def _valid_out(depth: int, n: int) -> int | None:
     return n if n > 0 else None
 
 
-def check_input_size(cfg: UNetConfig, height: int, width: int) -> None:
-    """Raise a clear error, naming a size that works, when the depth cannot divide the input."""
+def check_input_size(cfg: UNetConfig, height: int, width: int, setting: str = "--size") -> None:
+    """Raise a clear error, naming a size that works, when the depth cannot divide the input
+    (``setting``: where the size came from, e.g. --size or a training config's input_size)."""
     h, w = int(height), int(width)
+
+    def use(near):
+        return f"use --size {near[0]}x{near[1]}" if setting == "--size" else f"use {setting}: [{near[0]}, {near[1]}]"
+
     if cfg.padding == "same":
         m = 2 ** cfg.depth
         if h % m or w % m or h < m or w < m:
             near = (max(m, round(h / m) * m), max(m, round(w / m) * m))
             raise InvalidInputError(
-                f"input {h}x{w} is not divisible by {m} (depth {cfg.depth}): "
-                f"use --size {near[0]}x{near[1]}")
+                f"input {h}x{w} is not divisible by {m} (depth {cfg.depth}): {use(near)}")
     else:
         if _valid_out(cfg.depth, h) is None or _valid_out(cfg.depth, w) is None:
             near = (_nearest_valid(cfg.depth, h), _nearest_valid(cfg.depth, w))
             raise InvalidInputError(
-                f"input {h}x{w} does not fit an unpadded U-Net of depth {cfg.depth}: "
-                f"use --size {near[0]}x{near[1]}")
+                f"input {h}x{w} does not fit an unpadded U-Net of depth {cfg.depth}: {use(near)}")
 
 
 def _nearest_valid(depth: int, n: int) -> int:

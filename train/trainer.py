@@ -22,9 +22,10 @@ from train.checkpoint import DEFAULT_NORMALIZE, load_checkpoint, load_model, mak
 from train.classes import CARLA_CLASSES
 from train.distributed import World, all_reduce_sum
 from train.data import FrameSet, class_frequencies, find_pairs, split_by_runs, write_split
-from train.errors import InvalidInputError
+from train.errors import InputNotFoundError, InvalidInputError
 from train.metrics import ConfusionMatrix, class_weights_from_frequencies, pixel_cross_entropy
 from train.model import check_input_size, create_model
+from train.paths import writable_folder
 from train.precision import autocast_dtype
 
 log = logging.getLogger("segpipe.train")
@@ -132,20 +133,96 @@ def evaluate(model, frames: FrameSet, device, normalize, num_classes: int, batch
     return cm, (total[0] / total[1].clamp(min=1)).item()
 
 
-def load_settings(config: str | Path | None, overrides: dict) -> dict:
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "precision": "--precision", "init_weights": "--init"}
+
+
+def _int(lo):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _num(lo, strict=False):
+    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and (v > lo if strict else v >= lo)
+
+
+def _size(v):
+    return isinstance(v, (list, tuple)) and len(v) == 2 and all(_int(1)(x) for x in v)
+
+
+CHECKS = {   # key: (test, what a valid value is)
+    "model": (lambda v: isinstance(v, str), "a model name, e.g. unet_carla"),
+    "model_options": (lambda v: isinstance(v, dict), "a mapping, e.g. {base_filters: 32}"),
+    "input_size": (_size, "[height, width], e.g. [144, 192]"),
+    "epochs": (_int(1), "an integer >= 1"),
+    "batch_size": (_int(1), "an integer >= 1"),
+    "lr": (_num(0, strict=True), "a number > 0, e.g. 0.003"),
+    "weight_decay": (_num(0), "a number >= 0"),
+    "class_weights": (lambda v: v in ("inverse_sqrt", "none"), "inverse_sqrt or none"),
+    "class_weight_max": (_num(0, strict=True), "a number > 0"),
+    "augment": (lambda v: isinstance(v, bool), "true or false"),
+    "cache_scale": (_num(1), "a number >= 1"),
+    "crop": (lambda v: v is None or _size(v), "null or [height, width]"),
+    "zoom": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_num(0, True)(x) for x in v)
+             and v[0] <= v[1], "[low, high] with 0 < low <= high, e.g. [1.0, 1.6]"),
+    "val_every": (_int(2), "an integer >= 2 (every Nth run of frames is validation)"),
+    "run_gap": (_int(1), "an integer >= 1"),
+    "precision": (lambda v: v in ("auto", "fp32", "bf16", "fp16"), "auto, fp32, bf16 or fp16"),
+    "seed": (_int(0), "an integer >= 0"),
+    "init_weights": (lambda v: v is None or isinstance(v, str), "null or a checkpoint path"),
+}
+
+
+def find_config(config: str | Path) -> Path:
+    """``config`` as given, or the packaged configs/ file of that name (so the default works from any folder)."""
+    path = Path(config)
+    if path.is_file():
+        return path
+    packaged = CONFIG_DIR / path.name
+    if not path.is_absolute() and packaged.is_file() and path.parent.name in ("", "configs"):
+        return packaged
+    names = ", ".join(p.stem for p in sorted(CONFIG_DIR.glob("unet_*.yaml")))
+    raise InputNotFoundError(f"config {path} does not exist: pass a YAML file, or one of the shipped "
+                             f"configs ({names}) as configs/NAME.yaml")
+
+
+def load_train_config(config: str | Path | None, overrides: dict) -> dict:
+    """The training settings: DEFAULTS, then the YAML file (a ``train:`` section or top-level keys),
+    then ``overrides`` from the flags (None: not given). Every value is checked, so a bad one is one line."""
     settings = dict(DEFAULTS)
     if config:
-        path = Path(config)
-        if not path.is_file():
-            raise InvalidInputError(f"config {path} does not exist: pass one of configs/*.yaml")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        loaded = loaded.get("train", loaded)
+        path = find_config(config)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise InvalidInputError(f"config {path} is not valid YAML{where}: {getattr(e, 'problem', None) or e}"
+                                    ) from None
+        loaded = loaded.get("train", loaded) if isinstance(loaded, dict) else loaded
+        if not isinstance(loaded, dict):
+            raise InvalidInputError(f"config {path} must be a mapping of settings, e.g. epochs: 40")
         unknown = set(loaded) - set(DEFAULTS)
         if unknown:
             raise InvalidInputError(f"config {path} has unknown keys {sorted(unknown)}: valid are {sorted(DEFAULTS)}")
-        settings.update(loaded)
-    settings.update({k: v for k, v in overrides.items() if v is not None})
+        settings.update(_check(loaded, lambda key: f"config {path}: {key}"))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    settings.update(_check(given, lambda key: FLAGS.get(key, key)))
     return settings
+
+
+def _check(values: dict, name) -> dict:
+    checked = {}
+    for key, value in values.items():
+        test, valid = CHECKS[key]
+        if isinstance(value, str) and not test(value):
+            try:                                  # YAML reads 3e-3 (no dot) as a string
+                value = float(value) if test(float(value)) else value
+            except ValueError:
+                pass
+        if not test(value):
+            raise InvalidInputError(f"{name(key)} is {value!r} but must be {valid}")
+        checked[key] = value
+    return checked
 
 
 def train(data: str | Path, out: str | Path, config: str | Path | None = None, epochs: int | None = None,
@@ -155,17 +232,24 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
 
     Under ``torchrun --nproc_per_node N`` each rank trains on its share of the frames (DDP);
     only rank 0 logs and writes. ``batch_size`` is per rank."""
-    cfg = load_settings(config, {"epochs": epochs, "batch_size": batch_size, "precision": precision,
+    cfg = load_train_config(config, {"epochs": epochs, "batch_size": batch_size, "precision": precision,
                                  "init_weights": str(init) if init else None})
     out = Path(out)
+    if max_frames is not None and max_frames < 1:
+        raise InvalidInputError(f"--max-frames {max_frames} must be >= 1")
+    if resume and not (out / "last.pt").is_file():
+        raise InputNotFoundError(f"--resume: {out / 'last.pt'} does not exist: pass the --out of an earlier run, "
+                                 f"or drop --resume to start afresh")
     world, dev = distributed.init(pick_device(device))
     amp_dtype = autocast_dtype(dev, cfg["precision"])  # refuses fp16 on the CPU before any work
+    if world.is_main:
+        writable_folder(out, "--out")
     torch.manual_seed(cfg["seed"])
     size = tuple(cfg["input_size"])
     model = create_model(cfg["model"], **cfg["model_options"])
-    check_input_size(model.config, *size)
+    check_input_size(model.config, *size, setting="input_size")
     if cfg["crop"]:
-        check_input_size(model.config, *cfg["crop"])
+        check_input_size(model.config, *cfg["crop"], setting="crop")
     num_classes = model.config.num_classes
 
     pairs = find_pairs(data)
@@ -185,8 +269,6 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
     if cfg["class_weights"] == "inverse_sqrt":
         weights = class_weights_from_frequencies(class_frequencies(train_set.masks, num_classes),
                                                  max_weight=cfg["class_weight_max"]).to(dev)
-    elif cfg["class_weights"] != "none":
-        raise InvalidInputError(f"class_weights must be 'inverse_sqrt' or 'none', not {cfg['class_weights']!r}")
 
     if cfg["init_weights"]:
         init, _ = load_model(cfg["init_weights"])
@@ -211,7 +293,7 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
     generator = torch.Generator()
 
     start_epoch, best = 0, {"miou": -1.0}
-    if resume and (out / "last.pt").exists():
+    if resume:
         state = load_checkpoint(out / "last.pt")
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])

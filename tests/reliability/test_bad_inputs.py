@@ -153,6 +153,27 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, c
     assert not settings_path(out).exists()
 
 
+@pytest.mark.parametrize("args", [
+    ["live", "{clip}", "--record", "{bad}/live.mp4"],
+    ["live", "{clip}", "--record", "{tmp}/live.mp4", "--stats", "{bad}/live.json"],
+    ["bench", "--video", "{clip}", "--json", "{bad}/bench.json"],
+    ["run", "{clip}", "{clip}", "--out-dir", "{tmp}/seg", "--stats", "{bad}/batch.json"],
+    ["run", "{clip}", "{clip}", "--out-dir", "{bad}/seg"],
+    ["export", "--onnx", "{bad}/unet.onnx"],
+    ["eval", "--data", "{carla}", "--json", "{bad}/metrics.json"],
+    ["train", "--data", "{carla}", "--out", "{bad}/run"],
+], ids=lambda a: " ".join(a[:1] + [x for x in a if x.startswith("--")]))
+def test_every_command_refuses_an_output_it_cannot_write_before_any_work(tmp_path, cli, carla_dir, args):
+    src = clip(tmp_path, frames=5)
+    blocker = tmp_path / "blocker.txt"                  # a file where a folder is needed
+    blocker.write_text("x")
+    args = [a.format(clip=src, bad=blocker, tmp=tmp_path, carla=carla_dir) for a in args]
+    code, last, err, _ = cli(*args)
+    assert code == 2 and f"segpipe {args[0]}: error:" in last and "is a file, not a folder" in last, err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker.txt", "clip.mp4"]   # nothing was written
+
+
 def test_a_missing_output_folder_is_made(tmp_path, cli):
     """Documented choice: like mkdir -p (folders that cannot be made are refused, above)."""
     out = tmp_path / "new" / "deeper" / "seg.mp4"

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from train.checkpoint import load_checkpoint, load_model, make_checkpoint, save_
 from train.errors import CheckpointError, InputNotFoundError, InvalidInputError
 from train.evaluate import evaluate_checkpoint
 from train.model import check_input_size, create_model
-from train.trainer import load_settings, train
+from train.trainer import load_train_config, train
 
 
 @pytest.fixture
@@ -141,6 +142,41 @@ def test_cli_user_errors_are_one_line(carla_dir, capsys):
     assert "config /nonexistent.yaml does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("text,match", [
+    ("epochs: x", r"c.yaml: epochs is 'x' but must be an integer >= 1"),
+    ("lr: fast", "lr is 'fast' but must be a number > 0"),
+    ("input_size: 5", r"input_size is 5 but must be \[height, width\]"),
+    ("input_size: [100, 100]", r"use input_size: \[96, 96\]"),
+    ("batch_size: [", "not valid YAML at line 2, column 1"),
+    ("- 1", "must be a mapping of settings"),
+])
+def test_bad_training_configs_are_one_line(carla_dir, tmp_path, capsys, text, match):
+    (tmp_path / "c.yaml").write_text(text + "\n")
+    assert main(["train", "--data", str(carla_dir), "--config", str(tmp_path / "c.yaml"),
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and re.search(match, err), err
+
+
+@pytest.mark.parametrize("flags,match", [
+    (["--epochs", "0"], "--epochs is 0 but must be an integer >= 1"),
+    (["--batch-size", "0"], "--batch-size is 0 but must be an integer >= 1"),
+    (["--max-frames", "0"], "--max-frames 0 must be >= 1"),
+    (["--resume"], "last.pt does not exist: pass the --out of an earlier run"),
+])
+def test_bad_training_flags_are_one_line(carla_dir, tmp_path, capsys, flags, match):
+    assert main(["train", "--data", str(carla_dir), "--out", str(tmp_path / "run"), *flags]) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "run" / "split.json").exists()          # refused before any work
+
+
+def test_yaml_numbers_without_a_dot_and_the_shipped_config_from_anywhere(tmp_path, monkeypatch):
+    (tmp_path / "c.yaml").write_text("train: {lr: 3e-3}\n")
+    assert load_train_config(tmp_path / "c.yaml", {})["lr"] == 0.003
+    monkeypatch.chdir(tmp_path)                                     # not the repository root
+    assert load_train_config("configs/unet_carla.yaml", {})["model"] == "unet_carla"
+
+
 def test_init_fine_tunes_from_a_checkpoint(carla_dir, tiny_config, tmp_path):
     start = tmp_path / "start.pt"
     model = create_model("unet_tiny")
@@ -168,7 +204,7 @@ def test_training_on_crops(carla_dir, tmp_path):
 
 @pytest.mark.parametrize("name", ["unet_carla", "unet_seed", "unet_gpu"])
 def test_every_training_config_builds_its_model(name):
-    settings = load_settings(Path(__file__).parents[2] / "configs" / f"{name}.yaml", {})
+    settings = load_train_config(Path(__file__).parents[2] / "configs" / f"{name}.yaml", {})
     model = create_model(settings["model"], **settings["model_options"])
     check_input_size(model.config, *settings["input_size"])
     if settings["crop"]:

@@ -1,0 +1,41 @@
+"""Output paths checked before any work, so a typo or a read-only place is one line, not a traceback
+after minutes of work. Missing folders are made (like mkdir -p)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from train.errors import InvalidInputError
+
+
+def writable_file(path: str | Path, flag: str, example: str = "out.json") -> Path:
+    """``path`` as a file that can be written: not a folder, in a folder that exists or can be made."""
+    path = Path(path)
+    if path.is_dir():
+        raise InvalidInputError(f"{flag} {path} is a folder: name a file in it, e.g. {flag} {path / example}")
+    writable_folder(path.parent, flag, path)
+    return path
+
+
+def writable_folder(folder: str | Path, flag: str, target=None) -> Path:
+    """``folder`` made if missing, and a file can be created in it."""
+    folder, target = Path(folder), folder if target is None else target
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InvalidInputError(f"{flag} {target}: {existing} is a file, not a folder: choose another place")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidInputError(f"{flag} {target}: cannot create the folder {folder} ({e.strerror}): "
+                                f"choose another place") from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".segpipe-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InvalidInputError(f"{flag} {target}: cannot write in {folder} ({e.strerror}): choose a folder "
+                                f"you can write to") from None
+    return folder
