@@ -42,6 +42,13 @@ def _stages(source, backend, s: Settings, out: Path, batch: int):
             Encode.from_settings(out, width, height, info, s.encode))
 
 
+def _batches(cache, tensors, n: int, batch: int):
+    """``n`` frames in batches, cycling through the cached ones (each with its model input)."""
+    k = len(cache)
+    for i in range(0, n, batch):
+        yield [dataclasses.replace(cache[j % k], tensor=tensors[j % k]) for j in range(i, min(i + batch, n))]
+
+
 def _sync(backend) -> None:
     if backend.device.type == "cuda":
         import torch
@@ -57,9 +64,9 @@ def bench_video(video, settings: Settings | None = None, frames: int | None = No
     if probe.info.live and frames is None:
         raise InvalidInputError(f"{video} is live: pass --frames N to bench it")
     n = frames or probe.info.frames
-    tmp = Path(tempfile.mkdtemp(prefix="segpipe-bench-"))
     fps: dict[str, float] = {}
-    try:
+    with tempfile.TemporaryDirectory(prefix="segpipe-bench-") as folder:
+        tmp = Path(folder)
         # --- decode alone (keeps the first CACHE frames for the others) --------------------------
         decode = Decode(open_source(video, settings.decode), max_frames=n)
         cache = []
@@ -91,15 +98,10 @@ def bench_video(video, settings: Settings | None = None, frames: int | None = No
         # --- infer alone (after a warm-up batch), at the pipeline's batch ----------------------------
         k = len(cache)
         tensors = [f.tensor for f in cache]
-
-        def batches():
-            for i in range(0, n, batch):
-                yield [dataclasses.replace(cache[j % k], tensor=tensors[j % k]) for j in range(i, min(i + batch, n))]
-
-        infer.process(next(batches()))
+        infer.process(next(_batches(cache, tensors, n, batch)))
         _sync(backend)
         t = time.perf_counter()
-        for chunk in batches():
+        for chunk in _batches(cache, tensors, n, batch):
             infer.process(chunk)
         _sync(backend)
         fps["infer"] = n / (time.perf_counter() - t)
@@ -134,10 +136,6 @@ def bench_video(video, settings: Settings | None = None, frames: int | None = No
 
         # --- the naive loop: one frame at a time through every stage -------------------------------
         naive_fps = _naive(video, backend, s, tmp / "naive.mp4", n)
-    finally:
-        for p in tmp.iterdir():
-            p.unlink()
-        tmp.rmdir()
 
     slowest = min(fps, key=fps.get)
     return {
