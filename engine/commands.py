@@ -13,7 +13,7 @@ def register(sub, formatter) -> None:
                        description="Export a checkpoint to ONNX with a dynamic batch axis. The graph takes uint8 RGB "
                                    "frames (batch, 3, H, W) and returns uint8 class ids (batch, H, W): normalisation "
                                    "and argmax are inside. The export is checked with onnx.checker and compared with "
-                                   "PyTorch through onnxruntime on real CARLA frames (labels agree on >= 99.9%% of "
+                                   "PyTorch through onnxruntime on real CARLA frames (labels agree on >= 99.9% of "
                                    "pixels, logits max |diff| <= 1e-3). The settings used are written to FILE.json.",
                        epilog="examples:\n"
                               "  segpipe export --onnx unet.onnx\n"

@@ -40,6 +40,15 @@ class Parser(argparse.ArgumentParser):
                   if " " in self.prog else f"segpipe: error: {message} (see --help)\n")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("segpipe")
+    except PackageNotFoundError:                 # run from a checkout that was not installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from engine import commands as engine_commands
     from pipeline import commands as pipeline_commands
@@ -49,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="segpipe", description="Real-time semantic segmentation of driving video.",
                     epilog=EPILOG, formatter_class=HelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"segpipe {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for module in (pipeline_commands, pipeline_live, engine_commands, train_commands):
         module.register(sub, HelpFormatter)

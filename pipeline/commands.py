@@ -19,8 +19,8 @@ RUN_EPILOG = """examples:
 Defaults come from configs/pipeline.yaml (one section per stage); flags override them, and the
 settings a run used are written to OUT.settings.yaml. Exit status: 0 done, 1 media/stage failure,
 2 bad input or option, 3 the input ended early (what decoded is written), 130 Ctrl-C, 143 SIGTERM.
-With several inputs: 0 if every file was done, 1 if any failed (each failure is retried once, then
-listed in the summary; the others go on).
+With several inputs: 0 if every file was done, 1 if any failed (a failure is retried once unless the
+input itself is at fault, then listed in the summary; the others go on).
 """
 
 BENCH_EPILOG = """examples:
@@ -74,7 +74,8 @@ def register(sub, formatter) -> None:
                                                     "(several inputs: DIR/NAME/000000.png ...)")
     p.add_argument("--stats", metavar="FILE", help="write the run's statistics as JSON")
     p.add_argument("--config", metavar="FILE", help="pipeline settings (default: configs/pipeline.yaml)")
-    p.add_argument("--codec", help=f"output codec, e.g. libx264, libx265, libvpx-vp9 (config: {d.encode.codec})")
+    p.add_argument("--codec", help=f"output codec, e.g. libx264, libx265, libvpx-vp9; auto: H.264, VP9 for .webm "
+                                          f"(config: {d.encode.codec})")
     p.add_argument("--frames", type=int, metavar="N", help="stop after N frames")
     p.add_argument("--policy", choices=["auto", "block", "drop-oldest", "drop-newest", "fault"],
                    help="queue policy after the source: auto = block for files, drop-oldest for live "

@@ -1,6 +1,6 @@
 """Encode: PyAV's own loop, ``stream.encode(frame)`` then ``mux``, and a final ``stream.encode()`` to flush.
 
-H.264 (libx264, yuv420p) by default. Each frame keeps its source pts and time base, so the output has
+H.264 (libx264, yuv420p) by default (``codec="auto"``: VP9 for .webm, which cannot hold H.264). Each frame keeps its source pts and time base, so the output has
 the input's timing and frame rate. Sizes a chroma-subsampled format cannot hold (odd width or height
 for yuv420p) are padded by one row/column (edge replicated).
 
@@ -36,6 +36,11 @@ from pipeline.stage import Stage
 from train.errors import InvalidInputError, MediaError
 
 log = logging.getLogger("segpipe.pipeline")
+AUTO_CODECS = {".webm": "libvpx-vp9"}           # codec "auto": H.264, except where the container cannot hold it
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+REALTIME_OPTIONS = {                              # encoders whose defaults are far too slow for live video
+    "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "row-mt": "1"},   # ~4 CPU-ms/frame at 640x480
+}
 
 FRAGMENTED_MUXERS = {"mp4", "mov"}      # FFmpeg's names for the formats that hold their index at the end
 FRAGMENTED_CODECS = {"h264"}            # checked; FFmpeg 8.1 cannot mux HEVC fragments from a flat first frame
@@ -112,15 +117,17 @@ class Encode(Stage):
     name = "encode"
 
     def __init__(self, path: str | Path, width: int, height: int, fps: Fraction, time_base: Fraction, *,
-                 codec: str = "libx264", pix_fmt: str = "yuv420p", preset: str | None = None,
+                 codec: str = "auto", pix_fmt: str = "yuv420p", preset: str | None = None,
                  tune: str | None = None, crf: int | None = None, threads: int = 0, options: dict | None = None,
                  fragment_s: float = 1.0):
         super().__init__()
         self.path = Path(path)
         self.width, self.height = int(width), int(height)
         self.fps, self.time_base = Fraction(fps), Fraction(time_base)
-        self.codec, self.pix_fmt, self.threads = codec, pix_fmt, int(threads)
+        self.codec = codec if codec != "auto" else AUTO_CODECS.get(self.path.suffix.lower(), "libx264")
+        self.pix_fmt, self.threads = pix_fmt, int(threads)
         self.options = {k: str(v) for k, v in (("preset", preset), ("tune", tune), ("crf", crf)) if v is not None}
+        self.options = {**REALTIME_OPTIONS.get(self.codec, {}), **self.options}
         self.options.update({str(k): str(v) for k, v in (options or {}).items()})
         try:
             self.size = even_size(self.width, self.height, pix_fmt)
@@ -153,6 +160,9 @@ class Encode(Stage):
         if not suffix:
             raise InvalidInputError(f"--out {self.path} has no extension, so the container is unknown: "
                                     f"name it like {self.path}.mp4 (or .mkv, .mov)")
+        if suffix.lower() in IMAGE_SUFFIXES:
+            raise InvalidInputError(f"--out {self.path} is an image, but --out writes a video: for each "
+                                    f"frame's labels as PNG pass --masks DIR; for a video use .mp4")
         with tempfile.TemporaryDirectory(prefix="segpipe-probe-") as tmp:
             probe = Path(tmp) / f"probe{suffix}"
             fragmented = (self.fragment_s > 0 and muxer_name(probe) in FRAGMENTED_MUXERS
@@ -189,8 +199,8 @@ class Encode(Stage):
                 options = dict(self._stream_options) or "no options"
                 raise InvalidInputError(f"cannot start the {self.codec} encoder at {self.size[0]}x"
                                         f"{self.size[1]} {self.pix_fmt} with {options} ({reason}): check "
-                                        f"--codec and encode.pix_fmt/preset/tune/crf/options, or use "
-                                        f"--codec libx264") from None
+                                        f"--codec and encode.pix_fmt/preset/tune/crf/options, or write .mp4 "
+                                        f"with --codec libx264") from None
         finally:
             try:
                 container.close()

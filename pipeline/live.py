@@ -228,7 +228,7 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
     state.drops = lambda: pipe.drops + source.skipped
     state.info = {"source": info.name, "backend": backend.name, "device": str(backend.device)}
     if record is not None:
-        write_run_settings(record, settings, pipe, backend, info, live=asdict(live))
+        write_run_settings(record, settings, pipe, backend, info, codec=pipe["record"].codec, live=asdict(live))
     mode = ("live stream" if source.stream else "paced at its frame rate" if source.paced
             else "every frame, as fast as the model goes (add --realtime to pace it like a camera)")
     log.info("live: %s (%dx%d @ %.4g fps), %s", info.name, info.width, info.height, float(info.fps), mode)

@@ -151,7 +151,7 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
         backend = backend if backend is not None else load_backend(settings)
         pipe = build_pipeline(source, backend, settings, masks=masks, sinks=list(sinks), encode=encoder)
         if out is not None:
-            write_run_settings(out, settings, pipe, backend, info, masks=masks and str(masks))
+            write_run_settings(out, settings, pipe, backend, info, codec=encoder.codec, masks=masks and str(masks))
     except BaseException:
         source.close()
         raise

@@ -60,7 +60,7 @@ class ColouriseSettings:
 
 @dataclass(frozen=True)
 class EncodeSettings:
-    codec: str = "libx264"
+    codec: str = "auto"              # libx264 (H.264), or libvpx-vp9 for .webm
     pix_fmt: str = "yuv420p"         # odd sizes are padded to even for chroma-subsampled formats
     preset: str | None = "ultrafast" # x264/x265 speed preset (ultrafast: ~2 CPU-ms/frame less than
                                      # superfast at 640x480, ~10% larger files)

@@ -4,6 +4,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from pipehelp import ROAD, SKY, StubBackend, decode_index, probe, write_clip
 from pipeline.run import run, settings_path
@@ -141,3 +142,13 @@ def test_hevc_mp4_is_written_in_one_piece(tmp_path, clip, stub, settings):
         backend=stub)
     got = probe(out)
     assert got["codec"] == "hevc" and got["frames"] == 12
+
+
+def test_webm_picks_vp9_in_real_time_mode(tmp_path, clip, stub, settings):
+    """.webm cannot hold H.264: the default codec (auto) is VP9 there, with libvpx's real-time options."""
+    out = tmp_path / "seg.webm"
+    run(clip, out, settings, backend=stub)
+    got = probe(out)
+    assert got["codec"] == "vp9" and got["frames"] == 12
+    used = yaml.safe_load(settings_path(out).read_text())
+    assert used["encode"]["codec"] == "auto" and used["resolved"]["codec"] == "libvpx-vp9"

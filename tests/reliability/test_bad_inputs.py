@@ -137,15 +137,16 @@ def test_an_output_in_a_read_only_folder_is_refused_before_any_work(tmp_path, cl
     ("no-extension", "has no extension, so the container is unknown"),
     ("unknown-extension", "FFmpeg cannot write .xyz files: use .mp4 or .mkv"),
     ("codec-the-container-cannot-hold", ".webm files cannot hold libx264"),
+    ("image", "is an image, but --out writes a video: for each frame's labels as PNG pass --masks DIR"),
 ])
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, cli, where, message):
     src = clip(tmp_path)
     (tmp_path / "folder").mkdir()
     out = {"input": src, "folder": tmp_path / "folder", "under-a-file": src / "seg.mp4",
            "no-extension": tmp_path / "seg", "unknown-extension": tmp_path / "seg.xyz",
-           "codec-the-container-cannot-hold": tmp_path / "seg.webm"}[where]
+           "codec-the-container-cannot-hold": tmp_path / "seg.webm", "image": tmp_path / "%06d.png"}[where]
     before = src.read_bytes()
-    code, last, err, _ = cli("run", src, "--out", out)
+    code, last, err, _ = cli("run", src, "--out", out, "--codec", "libx264")
     assert code == 2 and message in last and "Traceback" not in err, err
     assert src.read_bytes() == before                                   # the input is untouched
     if where not in ("input", "folder"):
@@ -254,7 +255,7 @@ def test_output_settings_are_checked_before_the_model_loads(tmp_path, cli, monke
     loads = []
     monkeypatch.setattr(pipeline.run, "load_backend", lambda settings: loads.append(1))
     src = clip(tmp_path, frames=3)
-    for args in (["--out", tmp_path / "seg.webm"], ["--out", tmp_path / "seg.mp4", "--codec", "nosuchcodec"],
+    for args in (["--out", tmp_path / "seg.webm", "--codec", "libx264"], ["--out", tmp_path / "seg.mp4", "--codec", "nosuchcodec"],
                  ["--out", tmp_path / "seg.xyz"], ["--out", src]):
         code, _, err, _ = cli("run", src, *args, stub=False)
         assert code == 2, err
