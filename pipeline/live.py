@@ -307,7 +307,7 @@ def live_stats(pipe, wall_s: float, backend, source, state, view: str | None) ->
     p95 latency of each third of the run (growth shows as a rising last third)."""
     from pipeline.run import collect_stats
 
-    stats = collect_stats(pipe, wall_s, backend, skipped=source.skipped)
+    stats = collect_stats(pipe, wall_s, backend, skipped=source.skipped, damaged=source.damaged)
     views = {}
     for name, tracker in state.trackers.items():
         p50, p95, p99 = _ms(tracker.latency_s, (50, 95, 99))

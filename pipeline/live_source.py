@@ -82,10 +82,15 @@ class LiveSource:
         self.waited_s = 0.0        # time spent waiting for a frame's moment or while paused (not work)
         self.error: MediaError | None = None
         self._skipped_before = 0   # undecodable frames of connections already closed
+        self._damaged_before = 0   # and frames they decoded with errors
 
     @property
     def skipped(self) -> int:
         return self._skipped_before + (self.current.skipped if self.current is not None else 0)
+
+    @property
+    def damaged(self) -> int:
+        return self._damaged_before + getattr(self.current, "damaged", 0)
 
     # --- frames -----------------------------------------------------------------------------------
     def frames(self):
@@ -130,6 +135,7 @@ class LiveSource:
             finally:
                 inner.close()
             self._skipped_before += src.skipped
+            self._damaged_before += getattr(src, "damaged", 0)
             src.close()
             self.current = None
             if self.stop.is_set():
@@ -195,6 +201,7 @@ class LiveSource:
     def close(self) -> None:
         if self.current is not None:
             self._skipped_before += self.current.skipped
+            self._damaged_before += getattr(self.current, "damaged", 0)
             self.current.close()
             self.current = None
 

@@ -4,12 +4,15 @@ Opens the source and the backend first (bad inputs fail before any thread starts
 with ``build_pipeline``, writes the settings used beside the output, runs with a progress bar, and
 returns the run's statistics (also written as JSON with ``stats_path``)::
 
-    {"frames", "dropped", "dropped_by": {"queues", "undecodable"}, "fps", "wall_s", "backend", "device",
+    {"frames", "dropped", "dropped_by": {"queues", "undecodable"}, "damaged", "fps", "wall_s",
+     "backend", "device", "precision",
      "stages": {name: {"busy_s", "p50_ms", "p95_ms"}},       # per process() call (infer: per batch)
-     "latency_ms": {"p50", "p95", "p99"}}                    # decoder out -> encoded packet written
+     "latency_ms": {"p50", "p95", "p99"},                    # decoder out -> encoded packet written
+     "exit"}    # done | input ended early | failed | interrupted | terminated
 
 ``dropped`` counts every frame of the source that is not in the output: queue drops (live sources)
-plus undecodable frames (skipped and reported; the run goes on and succeeds); ``dropped_by`` splits it. A source that ends early
+plus undecodable frames (skipped and reported; the run goes on and succeeds); ``dropped_by`` splits it.
+``damaged`` counts frames kept although the decoder concealed errors in them. A source that ends early
 (truncated file) or stalls (no frame for ``decode.stall_timeout_s``) raises PartialInputError (exit 3)
 after the output is closed and the statistics are written. Outputs are checked before any work; any
 failure once running, SIGTERM (exit 143) and Ctrl-C (exit 130) close the outputs first (an output file
@@ -188,8 +191,10 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
             bar.close()
     wall = time.perf_counter() - t0
 
-    stats = collect_stats(pipe, wall, backend, skipped=source.skipped)
+    damaged = getattr(source, "damaged", 0)
+    stats = collect_stats(pipe, wall, backend, skipped=source.skipped, damaged=damaged)
     frames_in = pipe["decode"].count
+    stats["exit"] = _exit_reason(failure, source, frames_in)
     if stats_path is not None:
         try:
             Path(stats_path).write_text(json.dumps(stats, indent=2))
@@ -209,7 +214,6 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
         failure.args = (f"{failure}; {done}",)        # the same error, saying what the output holds
         raise failure
 
-    damaged = getattr(source, "damaged", 0)
     if pipe.drops or source.skipped:                 # never silent: say where frames went
         where = ", ".join(f"{q.drops} at {q.name} ({q.policy})" for q in pipe.queues if q.drops)
         withheld = getattr(source, "withheld", 0)
@@ -227,6 +231,19 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     if source.error is not None:
         raise PartialInputError(f"{info.name} ended early: {frames_in} frames were read ({source.error}); {done}")
     return stats
+
+
+def _exit_reason(failure, source, frames_in: int) -> str:
+    """How the run ended, for the statistics (the exit status says the same in a number)."""
+    if isinstance(failure, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(failure, TerminatedError):
+        return "terminated"
+    if isinstance(failure, PartialInputError) or (failure is None and source.error is not None and frames_in):
+        return "input ended early"
+    if failure is not None or source.error is not None:
+        return "failed"
+    return "done"
 
 
 def open_within(src, decode):
@@ -295,7 +312,7 @@ def _percentiles(values_s: list[float], qs) -> list[float]:
     return [round(float(v) * 1000.0, 3) for v in np.percentile(np.asarray(values_s), qs)]
 
 
-def collect_stats(pipe: Pipeline, wall_s: float, backend, skipped: int = 0) -> dict:
+def collect_stats(pipe: Pipeline, wall_s: float, backend, skipped: int = 0, damaged: int = 0) -> dict:
     frames = pipe.sink.delivered
     stages = {}
     for stage in pipe.stages:
@@ -306,10 +323,12 @@ def collect_stats(pipe: Pipeline, wall_s: float, backend, skipped: int = 0) -> d
         "frames": int(frames),
         "dropped": int(pipe.drops + skipped),
         "dropped_by": {"queues": int(pipe.drops), "undecodable": int(skipped)},
+        "damaged": int(damaged),            # kept, but decoded with errors (concealed by the decoder)
         "fps": round(frames / wall_s, 3) if wall_s > 0 else 0.0,
         "wall_s": round(wall_s, 4),
         "backend": str(backend.name),
         "device": str(backend.device),
+        "precision": str(backend.precision),
         "stages": stages,
         "latency_ms": {"p50": p50, "p95": p95, "p99": p99},
     }
@@ -319,6 +338,6 @@ def summary(stats: dict, out=None) -> str:
     slowest = max(stats["stages"].items(), key=lambda kv: kv[1]["busy_s"])[0] if stats["stages"] else "-"
     where = f" -> {out}" if out else ""
     return (f"{stats['frames']} frames in {stats['wall_s']:.1f} s ({stats['fps']:.1f} fps) on "
-            f"{stats['backend']} ({stats['device']}), dropped {stats['dropped']}, latency p50 "
+            f"{stats['backend']} ({stats['device']}, {stats.get('precision', '?')}), dropped {stats['dropped']}, latency p50 "
             f"{stats['latency_ms']['p50']:.0f} ms / p95 {stats['latency_ms']['p95']:.0f} ms, "
             f"busiest stage {slowest}{where}")

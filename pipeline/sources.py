@@ -326,7 +326,7 @@ class ImageSource:
 
     def __init__(self, files: list[str], name: str, settings):
         self.files = files
-        self.skipped = 0
+        self.skipped = 0            # images that could not be read (counted, reported)
         self.error = None
         first = None
         for f in files:
@@ -341,10 +341,14 @@ class ImageSource:
 
     @staticmethod
     def _read(path: str) -> np.ndarray | None:
-        if _IMREAD_RGB is not None:
-            return cv2.imread(path, _IMREAD_RGB)
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
-        return None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        """The image as RGB, or None. From bytes, not cv2.imread: that returns a JPEG cut short (a failed
+        copy) half grey, as if it were whole; imdecode refuses it, so it is skipped and counted."""
+        try:
+            data = np.fromfile(path, np.uint8)
+        except OSError:
+            return None
+        img = cv2.imdecode(data, _IMREAD_RGB if _IMREAD_RGB is not None else cv2.IMREAD_COLOR)
+        return img if img is None or _IMREAD_RGB is not None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
     def frames(self):
         w, h, tb = self.info.width, self.info.height, self.info.time_base
@@ -352,7 +356,7 @@ class ImageSource:
             img = self._read(path)
             if img is None:
                 self.skipped += 1
-                log.warning("skipped unreadable image %s", os.path.basename(path))
+                log.warning("skipped %s: not a readable image (damaged or cut short?)", os.path.basename(path))
                 continue
             if img.shape[:2] != (h, w):
                 img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -88,7 +89,26 @@ def test_a_truncated_video_is_segmented_as_far_as_it_goes_and_exits_3(tmp_path, 
     assert 3 <= read < 40
     assert probe(out)["frames"] == read                 # playable, with every frame that decoded
     assert f"{out} is complete with the {read} frames done" in last
-    assert (tmp_path / "s.json").exists()
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["exit"] == "input ended early" and stats["frames"] == read
+
+
+def test_a_truncated_jpeg_in_a_folder_is_skipped_counted_and_reported(tmp_path, cli):
+    """cv2.imread would return a JPEG cut short half grey, as if whole: it is a skipped frame instead."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        cv2.imwrite(str(frames / f"{i:03d}.jpg"), rng.integers(0, 255, (48, 64, 3), np.uint8))
+    data = (frames / "002.jpg").read_bytes()
+    (frames / "002.jpg").write_bytes(data[: len(data) // 2])          # cut short, as by a failed copy
+    assert cv2.imread(str(frames / "002.jpg")) is not None
+    code, _, err, _ = cli("run", frames, "--out", tmp_path / "seg.mp4", "--stats", tmp_path / "s.json")
+    assert code == 0, err
+    assert "skipped 002.jpg: not a readable image" in err and "dropped 1 frames" in err
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert (stats["frames"], stats["dropped_by"]["undecodable"], stats["exit"]) == (3, 1, "done")
+    assert probe(tmp_path / "seg.mp4")["frames"] == 3
 
 
 def test_corrupted_packets_are_skipped_counted_and_reported(tmp_path, cli):
