@@ -5,6 +5,7 @@ A checkpoint is a plain dict (tensors, numbers, strings, lists) so it loads with
 """
 from __future__ import annotations
 
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -21,14 +22,26 @@ DEFAULT_NORMALIZE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]
 REQUIRED_KEYS = ("format", "model", "model_config", "state_dict", "input_size", "normalize", "class_names", "palette")
 
 
+def weights_digest(state_dict: dict) -> str:
+    """SHA-256 of the weights' names and bytes: torch.load does not check the zip's CRCs, so a flipped
+    byte in a checkpoint would otherwise load as a silently different model."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        h.update(name.encode())
+        h.update(state_dict[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def make_checkpoint(model: UNet, model_name: str, input_size: tuple[int, int], *,
                     normalize: dict | None = None, class_names=CARLA_CLASSES, palette=CARLA_PALETTE,
                     **extra) -> dict:
+    state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return {
         "format": FORMAT,
         "model": model_name,
         "model_config": config_to_dict(model.config),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": state_dict,
+        "weights_sha256": weights_digest(state_dict),
         "input_size": [int(input_size[0]), int(input_size[1])],
         "normalize": dict(normalize or DEFAULT_NORMALIZE),
         "class_names": list(class_names),
@@ -74,6 +87,9 @@ def load_checkpoint(weights: str | Path | None = None) -> dict:
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: re-save it with `segpipe train`")
+    if "weights_sha256" in ckpt and weights_digest(ckpt["state_dict"]) != ckpt["weights_sha256"]:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its weights do not match their checksum; "
+                              f"re-download or retrain it")
     return ckpt
 
 

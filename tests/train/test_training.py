@@ -1,5 +1,6 @@
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,23 @@ def test_checkpoint_errors(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a segpipe checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_a_flipped_byte_in_the_weights_is_caught(tmp_path):
+    """torch.load ignores the zip's CRCs: the checkpoint's own weights checksum catches the damage."""
+    path = tmp_path / "m.pt"
+    save_checkpoint(make_checkpoint(create_model("unet_tiny"), "unet_tiny", (96, 128)), path)
+    with zipfile.ZipFile(path) as z:                       # the largest tensor's bytes
+        entry = max(z.infolist(), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    h = entry.header_offset                                # local header: 30 bytes, name, extra, data
+    at = h + 30 + int.from_bytes(data[h + 26:h + 28], "little") + int.from_bytes(data[h + 28:h + 30], "little")
+    at += entry.file_size // 2
+    data[at] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="do not match their checksum"):
+        load_checkpoint(path)
+    assert load_checkpoint()["weights_sha256"]            # the shipped weights carry theirs
 
 
 def test_checkpoint_that_would_run_code_is_refused(tmp_path):
