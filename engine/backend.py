@@ -30,6 +30,7 @@ class ModelInfo:
 
 class Backend:
     name = "backend"
+    channels_last = False       # runs NHWC: the pipeline then stacks its frames straight into that layout
 
     def __init__(self, info: ModelInfo, device: torch.device, precision: str, max_batch: int, min_batch: int = 1):
         if not 1 <= min_batch <= max_batch:

@@ -18,7 +18,10 @@ class Infer(Stage):
         self.max_wait_s = max_wait_ms / 1000.0
 
     def process(self, frames):
-        x = torch.stack([f.tensor for f in frames])            # (N, 3, h, w) uint8, contiguous
+        if self.backend.channels_last:      # one copy, straight into NHWC (stacking CHW views, then
+            x = torch.stack([f.tensor.permute(1, 2, 0) for f in frames]).permute(0, 3, 1, 2)  # converting: two)
+        else:
+            x = torch.stack([f.tensor for f in frames])        # (N, 3, h, w) uint8, contiguous
         n = len(frames)
         if n < self.backend.min_batch:                         # fixed-batch engines: pad with the last frame
             x = torch.cat([x, x[-1:].expand(self.backend.min_batch - n, -1, -1, -1)])

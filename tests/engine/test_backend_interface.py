@@ -80,3 +80,23 @@ def test_input_size_override(tiny_ckpt):
     b = engine.load(tiny_ckpt, backend="torch-cpu", input_size="64x96", max_batch=2)
     assert b.input_size == (64, 96)
     assert b(sample_frames((64, 96), 2)).shape == (2, 64, 96)
+
+
+def test_the_infer_stage_hands_each_backend_its_own_layout(backend, reference):
+    """NHWC backends get their batch stacked straight into channels_last (one copy), the others NCHW;
+    the labels are the backend's own either way."""
+    from pipeline.frame import Frame
+    from pipeline.infer import Infer
+
+    _, frames, _ = reference
+    seen = []
+    run = backend._run
+    backend._run = lambda x: seen.append(x) or run(x)
+    try:
+        chw = [torch.from_numpy(f.permute(1, 2, 0).numpy().copy()).permute(2, 0, 1) for f in frames]  # as preprocess
+        out = Infer(backend, batch=4).process([Frame(i, i, 1, None, 0.0, tensor=t) for i, t in enumerate(chw)])
+    finally:
+        backend._run = run
+    layout = torch.channels_last if backend.channels_last else torch.contiguous_format
+    assert seen[0].is_contiguous(memory_format=layout)
+    assert torch.equal(torch.stack([f.labels for f in out]), backend(frames))
