@@ -26,14 +26,13 @@ import glob
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pipeline.signals import SigTerm, sigterm_raises
 from pipeline.stage import Stage
 from train.errors import (
     InputNotFoundError,
@@ -459,7 +458,7 @@ def run_batch(jobs: list[Job], settings, workers: int | None = None, *, progress
     executor = pool()
     inflight: dict = {}
     try:
-        with _sigterm_raises():
+        with sigterm_raises():
             while tally.busy or inflight:
                 while tally.busy and len(inflight) < workers:
                     job, attempt = tally.next()
@@ -485,7 +484,7 @@ def run_batch(jobs: list[Job], settings, workers: int | None = None, *, progress
     except BaseException as e:
         _stop(executor)
         tally.close()
-        if isinstance(e, _SigTerm):
+        if isinstance(e, SigTerm):
             raise TerminatedError(f"terminated (SIGTERM) with {len(tally.records)} of {len(jobs)} files "
                                   f"finished; the outputs of the files running were closed") from None
         raise
@@ -499,27 +498,6 @@ def _stop(executor) -> None:
         if process.is_alive():
             process.terminate()
     executor.shutdown(wait=True, cancel_futures=True)
-
-
-class _SigTerm(BaseException):
-    pass
-
-
-class _sigterm_raises:
-    """In the main thread, SIGTERM raises so the workers are stopped and their outputs closed."""
-
-    def __enter__(self):
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():
-            def handler(signum, frame):
-                raise _SigTerm
-            self.previous = signal.signal(signal.SIGTERM, handler)
-        return self
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-        return False
 
 
 # ------------------------------------------------------------------------------ the command

@@ -24,15 +24,14 @@ import argparse
 import json
 import logging
 import signal
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.settings import LiveSettings   # its defaults: the live section of configs/pipeline.yaml
+from pipeline.signals import signals_handled
 from train.errors import InvalidInputError
 from train.paths import writable_file
 
@@ -273,25 +272,15 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
     return stats
 
 
-@contextmanager
 def _stop_on_signals(state):
     """SIGINT and SIGTERM ask the demo to stop (cleanly: outputs closed, stats written); a second
     Ctrl-C interrupts at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
     def handler(signum, frame):
         if signum == signal.SIGINT and state.quit.is_set():
             raise KeyboardInterrupt
         state.request_quit(signal.Signals(signum).name)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    return signals_handled(handler)
 
 
 # --- statistics -------------------------------------------------------------------------------------

@@ -23,11 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -38,41 +36,12 @@ from pipeline.encode import Encode
 from pipeline.graph import build_pipeline, output_size
 from pipeline.runner import Pipeline
 from pipeline.settings import Settings, format_size, load_settings, save_settings
+from pipeline.signals import SigTerm, signals_raise
 from pipeline.sources import open_source
 from train.errors import InvalidInputError, MediaError, PartialInputError, SegpipeError, TerminatedError
 from train.paths import writable_file, writable_folder
 
 log = logging.getLogger("segpipe.pipeline")
-
-
-class _SigTerm(BaseException):
-    pass
-
-
-@contextmanager
-def signals_raise():
-    """In the main thread, turn the first SIGTERM (or SIGINT) into an exception so the pipeline stops and
-    closes its output; signals that come while it winds down (a second Ctrl-C) are ignored, so the
-    output is always finalised (the wind-down is bounded: stages stop within a poll interval, a stuck
-    one is abandoned after runner.JOIN_TIMEOUT_S)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    fired = []
-
-    def handler(signum, frame):
-        if fired:
-            log.warning("%s: already stopping; finishing the output", signal.Signals(signum).name)
-            return
-        fired.append(signum)
-        raise _SigTerm if signum == signal.SIGTERM else KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, h in previous.items():
-            signal.signal(sig, h)
 
 
 MALLOC_ARENAS = 2   # glibc malloc arenas for the whole process (see limit_malloc_arenas)
@@ -181,7 +150,7 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     try:
         with signals_raise():
             pipe.run(on_tick=tick)
-    except _SigTerm:
+    except SigTerm:
         failure = TerminatedError(f"terminated (SIGTERM) after {pipe.sink.delivered} frames")
     except (KeyboardInterrupt, SegpipeError) as e:
         failure = e
