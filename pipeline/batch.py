@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline.signals import SigTerm, sigterm_raises
+from pipeline.sources import IMAGE_EXTS
 from pipeline.stage import Stage
 from train.errors import (
     InputNotFoundError,
@@ -45,7 +46,6 @@ from train.paths import writable_file, writable_folder
 
 log = logging.getLogger("segpipe.batch")
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 LIST_EXTS = {".txt", ".lst"}
 MAX_ATTEMPTS = 2                         # a failed file is retried once
 NOT_RETRIED = (InputNotFoundError, InvalidInputError, PartialInputError)   # the input is at fault
@@ -184,14 +184,19 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def uses_gpu(settings) -> bool:
-    import torch
-
+def uses_gpu_backend(settings) -> bool:
+    """The backend can run on a GPU (this machine may have none: Ray actors' nodes may)."""
     from engine.loader import CPU_BACKENDS
 
     s = settings.infer
-    return (s.backend not in CPU_BACKENDS and str(s.device or "cuda").startswith("cuda")
-            and torch.cuda.is_available())
+    return s.backend not in CPU_BACKENDS and str(s.device or "cuda").startswith("cuda")
+
+
+def uses_gpu(settings) -> bool:
+    """The backend will run on this machine's GPU."""
+    import torch
+
+    return uses_gpu_backend(settings) and torch.cuda.is_available()
 
 
 def default_workers(settings) -> int:

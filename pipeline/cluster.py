@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 
-from pipeline.batch import Job, Tally, Worker, failed_record, worker_settings
+from pipeline.batch import Job, Tally, Worker, failed_record, uses_gpu_backend, worker_settings
 from train.errors import InvalidInputError, MissingExtraError
 
 log = logging.getLogger("segpipe.cluster")
@@ -56,13 +56,6 @@ def plan_actors(resources: dict, nodes: list[dict], settings, workers: int | Non
     per = max(1, min(cpus // n, max(node_cpus)))
     return n, {"num_cpus": per}, per
 
-
-def uses_gpu_backend(settings) -> bool:
-    """The backend can run on a GPU (the driver may have none; the actors' nodes do)."""
-    from engine.loader import CPU_BACKENDS
-
-    s = settings.infer
-    return s.backend not in CPU_BACKENDS and str(s.device or "cuda").startswith("cuda")
 
 
 def run_cluster(jobs: list[Job], settings, address: str | None = None, workers: int | None = None, *,

@@ -14,8 +14,8 @@ for yuv420p) are padded by one row/column (edge replicated).
   are made, and a clean close turns the file into an ordinary MP4 in place. A killed run keeps all but its
   last fragment. (Other codecs are written in one piece: FFmpeg 8.1 fails on some HEVC fragments.)
 - A write that fails (disk full, I/O error) is a MediaError that says so. An output that holds no frame,
-  or no frame that plays, is removed: an output file that exists is always playable. ``removed`` says
-  whether that happened, ``kept`` how many frames a failed file still holds.
+  or no frame that plays, is removed: an output file that exists is always playable. ``kept`` says how
+  many frames a failed file still holds.
 """
 from __future__ import annotations
 
@@ -141,7 +141,6 @@ class Encode(Stage):
         self._flushed = False
         self.packets = 0                         # packets muxed into the file
         self.failed = False                      # a write failed: the file may lack its trailer
-        self.removed = False                     # the output was removed (nothing in it, or unplayable)
         self.kept: int | None = None             # after a failed write: the frames the file really holds
         self.preflight()
 
@@ -312,7 +311,6 @@ class Encode(Stage):
         why = "no frame was encoded" if not self.packets else "it could not be finalised after a write error"
         try:
             self.path.unlink(missing_ok=True)
-            self.removed = True
             log.warning("removed %s: %s", self.path, why)
         except OSError as e:
             log.warning("%s is unusable (%s) and could not be removed: %s", self.path, why, e)

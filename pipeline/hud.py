@@ -14,9 +14,9 @@ from collections import deque
 import cv2
 import numpy as np
 
+from pipeline.settings import VIEWS
 from pipeline.stage import Samples
 
-VIEWS = ("overlay", "mask", "side-by-side")
 ALPHA_STEP = 0.1
 STALL_S = 1.0            # no frame for this long: the HUD says it is waiting
 

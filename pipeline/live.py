@@ -104,8 +104,6 @@ def live_command(args) -> int:
                                 "and/or --record OUT.mp4")
     if get("duration") is not None and get("duration") <= 0:
         raise InvalidInputError(f"--duration {get('duration')} must be > 0 seconds")
-    if get("alpha") is not None and not 0 <= get("alpha") <= 1:
-        raise InvalidInputError(f"--alpha {get('alpha')} is outside 0..1: use e.g. --alpha 0.5")
     settings = load_settings(get("config"),
                              infer={"weights": get("weights"), "backend": get("backend"),
                                     "precision": get("precision"), "device": get("device"), "size": get("size")},
@@ -284,31 +282,25 @@ def _stop_on_signals(state):
 
 
 # --- statistics -------------------------------------------------------------------------------------
-def _ms(values_s, qs) -> list[float]:
-    if not len(values_s):
-        return [0.0 for _ in qs]
-    return [round(float(v) * 1000.0, 3) for v in np.percentile(np.asarray(values_s), qs)]
-
-
 def live_stats(pipe, wall_s: float, backend, source, state, view: str | None) -> dict:
     """``segpipe run --stats``'s schema, measured at the live view (the window, else the browser stream,
     else the recording), plus a ``live`` section: per-view latency, drops by cause, reconnects, and the
     p95 latency of each third of the run (growth shows as a rising last third)."""
-    from pipeline.run import collect_stats
+    from pipeline.run import collect_stats, percentiles_ms
 
     stats = collect_stats(pipe, wall_s, backend, skipped=source.skipped, damaged=source.damaged)
     views = {}
     for name, tracker in state.trackers.items():
-        p50, p95, p99 = _ms(tracker.latency_s, (50, 95, 99))
+        p50, p95, p99 = percentiles_ms(tracker.latency_s, (50, 95, 99))
         views[name] = {"frames": tracker.frames, "p50": p50, "p95": p95, "p99": p99}
     if "record" in (s.name for s in pipe.stages):
         rec = pipe["record"]
-        p50, p95, p99 = _ms(rec.latency_s, (50, 95, 99))
+        p50, p95, p99 = percentiles_ms(rec.latency_s, (50, 95, 99))
         views["record"] = {"frames": rec.delivered, "p50": p50, "p95": p95, "p99": p99}
     primary = view or "record"
     latency = state.trackers[primary].latency_s if primary in state.trackers else pipe["record"].latency_s
     frames = views[primary]["frames"]
-    thirds = [_ms(part, (95,))[0] for part in np.array_split(np.asarray(latency), 3)] if len(latency) >= 3 \
+    thirds = [percentiles_ms(part, (95,))[0] for part in np.array_split(np.asarray(latency), 3)] if len(latency) >= 3 \
         else [views[primary]["p95"]] * 3
     stats.update(frames=int(frames), fps=round(frames / wall_s, 3) if wall_s > 0 else 0.0,
                  latency_ms={k: views[primary][k] for k in ("p50", "p95", "p99")})

@@ -55,7 +55,6 @@ class BoundedQueue:
         self.name, self.capacity, self.policy = name, int(capacity), check_policy(policy)
         self.stop = stop
         self.drops = 0
-        self.high_water = 0
         self._items: deque = deque()
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
@@ -87,7 +86,6 @@ class BoundedQueue:
                     raise QueueOverflowError(f"queue {self.name} overflowed its capacity of {self.capacity} "
                                              f"(policy 'fault'): raise queues.capacity or use 'block'")
             self._items.append(item)
-            self.high_water = max(self.high_water, len(self._items))
             self._not_empty.notify()
 
     def get(self):

@@ -275,8 +275,9 @@ def _closed(out, masks, frames: int | None = None) -> str:
     return "; ".join(parts) if parts else "nothing was written"
 
 
-def _percentiles(values_s: list[float], qs) -> list[float]:
-    if not values_s:
+def percentiles_ms(values_s, qs) -> list[float]:
+    """Percentiles ``qs`` of durations in seconds, in milliseconds (zeros when there are none)."""
+    if not len(values_s):
         return [0.0 for _ in qs]
     return [round(float(v) * 1000.0, 3) for v in np.percentile(np.asarray(values_s), qs)]
 
@@ -285,9 +286,9 @@ def collect_stats(pipe: Pipeline, wall_s: float, backend, skipped: int = 0, dama
     frames = pipe.sink.delivered
     stages = {}
     for stage in pipe.stages:
-        p50, p95 = _percentiles(stage.call_s, (50, 95))
+        p50, p95 = percentiles_ms(stage.call_s, (50, 95))
         stages[stage.name] = {"busy_s": round(stage.busy_s, 4), "p50_ms": p50, "p95_ms": p95}
-    p50, p95, p99 = _percentiles(pipe.sink.latency_s, (50, 95, 99))
+    p50, p95, p99 = percentiles_ms(pipe.sink.latency_s, (50, 95, 99))
     return {
         "frames": int(frames),
         "dropped": int(pipe.drops + skipped),

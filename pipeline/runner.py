@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 
-from pipeline.queues import BoundedQueue, Stopped, check_policy
+from pipeline.queues import BoundedQueue, Stopped
 from pipeline.stage import Stage
 from train.errors import SegpipeError, StageError
 
@@ -42,7 +42,7 @@ class Pipeline:
         """Connect ``upstream`` to ``downstream`` through a queue of ``capacity`` items with ``policy``."""
         if upstream.outbox is not None or downstream.inbox is not None:
             raise ValueError(f"{upstream.name} -> {downstream.name}: a stage has one input and one output")
-        q = BoundedQueue(f"{upstream.name}->{downstream.name}", capacity, check_policy(policy), self.stop_event)
+        q = BoundedQueue(f"{upstream.name}->{downstream.name}", capacity, policy, self.stop_event)
         upstream.outbox = downstream.inbox = q
         for stage in (upstream, downstream):
             if stage not in self.stages:

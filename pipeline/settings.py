@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.queues import POLICIES
 from train.errors import InputNotFoundError, InvalidInputError
 
 CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "pipeline.yaml"
@@ -219,9 +220,8 @@ def validate(s: Settings) -> Settings:
     if s.queues.capacity < 1:
         raise InvalidInputError(f"queues.capacity {s.queues.capacity} must be >= 1: use e.g. 8")
     for policy in (s.queues.policy, s.queues.downstream_policy):
-        if policy not in ("auto", "block", "drop-oldest", "drop-newest", "fault"):
-            raise InvalidInputError(f"queue policy {policy!r} is unknown: use auto, block, drop-oldest, "
-                                    f"drop-newest or fault")
+        if policy not in ("auto", *POLICIES):
+            raise InvalidInputError(f"queue policy {policy!r} is unknown: use auto, {', '.join(POLICIES)}")
     if s.preprocess.interpolation not in ("area", "bilinear"):
         raise InvalidInputError(f"preprocess.interpolation {s.preprocess.interpolation!r} is unknown: use area "
                                 f"or bilinear")
