@@ -322,7 +322,7 @@ class Tally:
         if progress:
             from tqdm import tqdm
             self.bar = tqdm(total=len(jobs), unit="file", desc=f"segment ({workers} {mode} workers)",
-                            dynamic_ncols=True, file=sys.stderr)
+                            dynamic_ncols=True, file=sys.stderr, disable=None)   # None: off without a terminal
 
     def next(self) -> tuple[Job, int] | None:
         return self.pending.popleft() if self.pending else None

@@ -44,6 +44,7 @@ from train.paths import writable_file, writable_folder
 log = logging.getLogger("segpipe.pipeline")
 
 
+PROGRESS_LOG_S = 30.0   # without a terminal (a log file, CI), progress is a log line this often
 MALLOC_ARENAS = 2   # glibc malloc arenas for the whole process (see limit_malloc_arenas)
 
 
@@ -132,16 +133,22 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     if settings.decode.max_frames is not None:
         total = min(total, settings.decode.max_frames) if total else settings.decode.max_frames
     bar = None
-    if progress:
+    if progress and sys.stderr.isatty():
         from tqdm import tqdm
         bar = tqdm(total=total, unit="frame", desc="segment", dynamic_ncols=True, file=sys.stderr,
                    smoothing=0.1)
+    next_log = [time.perf_counter() + PROGRESS_LOG_S]
 
     def tick():
         if bar is not None:
             bar.update(pipe.sink.delivered - bar.n)
             if pipe.drops or source.skipped:
                 bar.set_postfix(dropped=pipe.drops + source.skipped, refresh=False)
+        elif progress and time.perf_counter() >= next_log[0]:     # a log file: a line now and then, not \r
+            next_log[0] += PROGRESS_LOG_S
+            done = pipe.sink.delivered
+            log.info("segment: %d%s frames, %.1f fps, dropped %d", done, f"/{total}" if total else "",
+                     done / (time.perf_counter() - t0), pipe.drops + source.skipped)
         if monitor is not None:
             monitor(pipe)
 

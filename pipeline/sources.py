@@ -124,7 +124,7 @@ class VideoSource:
                 raise UnreadableInputError(unreadable_file(Path(url), e)) from None
             hint = {"camera": "is the camera connected and free (not used by another program)?",
                     "url": "is the address right and the server reachable?"}.get(kind, "is it a video file?")
-            raise MediaError(f"cannot open {url}: {e}; {hint}") from None
+            raise MediaError(f"cannot open {url}: {getattr(e, 'strerror', None) or e}; {hint}") from None
         if not self.container.streams.video:
             what = "audio-only" if self.container.streams.audio else "without a video stream"
             self.container.close()

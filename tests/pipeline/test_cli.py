@@ -1,6 +1,7 @@
 """`segpipe run` / `segpipe bench` through pipeline.cli.main (return codes); real-process signals: tests/reliability."""
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -102,3 +103,17 @@ def test_bench_cli_dispatches(tmp_path, clip, monkeypatch, capsys):
     assert calls == [{"weights": None, "backends": ["onnxruntime", "torch-cpu"], "precisions": None,
                       "batches": (1, 2), "size": "96x128"}]
     assert "ROWS" in capsys.readouterr().out
+
+
+def test_without_a_terminal_progress_is_log_lines_not_a_bar(tmp_path, clip, monkeypatch, capsys, caplog):
+    """stderr to a file (CI, nohup): no carriage-return bar; a progress line every PROGRESS_LOG_S."""
+    import logging
+
+    import pipeline.run
+
+    monkeypatch.setattr(pipeline.run, "PROGRESS_LOG_S", 0.0)
+    monkeypatch.setattr(pipeline.run, "load_backend", lambda settings: StubBackend())
+    caplog.set_level(logging.INFO, logger="segpipe")
+    assert main(["run", str(clip), "--out", str(tmp_path / "seg.mp4")]) == 0
+    assert "\r" not in capsys.readouterr().err
+    assert re.search(r"segment: \d+/12 frames, [\d.]+ fps, dropped 0", caplog.text)

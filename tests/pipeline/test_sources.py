@@ -71,6 +71,14 @@ def test_http_url(tmp_path, http_root, settings, name, options):
     assert labels_in_order(masks) == list(range(10))
 
 
+def test_a_missing_url_says_what_the_server_said(http_root, settings):
+    _, base = http_root
+    with pytest.raises(MediaError) as e:
+        open_source(f"{base}/nope.mp4", settings.decode)
+    assert str(e.value) == (f"cannot open {base}/nope.mp4: Server returned 404 Not Found; is the address right "
+                            f"and the server reachable?")          # FFmpeg's words, not its error number
+
+
 def test_kinds_are_recognised(tmp_path, clip, frames_dir, settings):
     s = settings.decode
     assert open_source(clip, s).info.kind == "file"
