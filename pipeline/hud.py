@@ -79,7 +79,7 @@ class LiveState:
         self.quit = threading.Event()         # a key, a signal, the window's close button or --duration
         self.quit_reason: str | None = None
         self.colourise = None                 # the stage whose view/alpha the keys change
-        self.drops = lambda: 0                # set by the live runner: queue drops + late capture drops
+        self.drops = lambda: 0                # set by the live runner: queue drops + undecodable frames
         self.info: dict = {}                  # static facts for /stats: source, backend, device
         self.trackers: dict[str, Tracker] = {}
         self._lock = threading.Lock()

@@ -10,7 +10,9 @@ Routes, and nothing else (every other path is 404; no path from a request ever r
 The ``Serve`` sink encodes each frame to JPEG once and publishes the bytes in a ``FrameHub``; every
 viewer's thread waits on the hub's condition for a newer frame and sends the newest one, skipping any
 it was too slow for. So viewers never slow the pipeline, and a slow viewer only lags itself.
-Latency for this view is measured when a frame's JPEG is published to the viewers.
+Latency for this view is measured when a frame's JPEG is published to the viewers. With nobody on
+/stream, only one frame a second is encoded (for /frame.jpg and the next viewer's first picture), so
+an unwatched server costs next to nothing.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import logging
 import socket
 import sys
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -34,6 +37,7 @@ log = logging.getLogger("segpipe.live")
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
 BOUNDARY = "segpipe-frame"
+UNWATCHED_EVERY_S = 1.0     # with no viewer on /stream, publish a frame this often
 GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError, socket.timeout)  # viewer left
 
 
@@ -96,8 +100,14 @@ class Serve(Stage):
             raise InvalidInputError(f"JPEG quality {quality} must be 1..100, e.g. 80")
         self.hub, self.tracker = hub, tracker
         self.params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+        self.published_at = float("-inf")
 
     def process(self, frame):
+        now = time.monotonic()
+        if not self.hub.viewers and now - self.published_at < UNWATCHED_EVERY_S:
+            self.tracker.record(frame.t_decoded)
+            return frame
+        self.published_at = now
         ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame.output, cv2.COLOR_RGB2BGR), self.params)
         if not ok:
             raise MediaError(f"could not encode frame {frame.index} as JPEG")

@@ -215,3 +215,19 @@ def test_viewers_that_reset_mid_response_leave_no_traceback(server, capfd, caplo
     assert "Traceback" not in capfd.readouterr().err
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == \
         ["http 127.0.0.1: request failed: RuntimeError: boom"]
+
+
+def test_an_unwatched_stream_encodes_a_frame_a_second():
+    from pipeline.frame import Frame
+    from pipeline.server import Serve
+
+    hub, state = FrameHub(), LiveState("overlay", 0.5)
+    serve = Serve(hub, state.tracker("serve"))
+    image = np.zeros((48, 64, 3), np.uint8)
+    for i in range(5):                                      # nobody on /stream: the first one only
+        serve.process(Frame(i, i, 1, image, time.perf_counter(), output=image))
+    assert hub.seq == 1 and state.trackers["serve"].latency_s.count == 5
+    hub.viewers = 1                                         # someone watches: every frame
+    for i in range(5, 8):
+        serve.process(Frame(i, i, 1, image, time.perf_counter(), output=image))
+    assert hub.seq == 4
