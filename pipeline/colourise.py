@@ -5,8 +5,9 @@ Views: ``overlay`` (alpha blend over the input), ``mask`` (the colours alone), `
 labels at the input's resolution in ``frame.labels_full`` (for --masks).
 
 CPU: palette lookup at the model's (small) resolution, nearest-neighbour resize to full size, then
-cv2.addWeighted: all vectorised. GPU (when the backend is): labels upsampled nearest on the device,
-palette gather and blend there; only the finished frame (and labels, if kept) leave the GPU, in one wait.
+cv2.addWeighted: all vectorised. GPU (when the backend is): the same order on the device (palette
+gather at the model's resolution, nearest upsampling by row and column gathers, the blend); only the
+finished frame (and labels, if kept) leave the GPU, in one wait.
 """
 from __future__ import annotations
 
@@ -64,11 +65,20 @@ class Colourise(Stage):
     def _gpu(self, frame):
         image = frame.image_dev if frame.image_dev is not None else \
             torch.from_numpy(frame.image).to(self.device, non_blocking=True)
+        host = to_host(self.compose(image, frame.labels))
+        frame.output = host.pop(0)
+        if self.keep_labels:
+            frame.labels_full = host.pop(0)
+        frame.image_dev = None
+        return np.flatnonzero(host.pop(0)) if self.legend else None
+
+    def compose(self, image: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+        """On the labels' device: the finished frame, then the full-size labels (``keep_labels``) and
+        the class counts (``legend``)."""
         H, W = image.shape[:2]
-        labels = frame.labels
         h, w = labels.shape
-        full = labels.index_select(0, self._nearest(H, h)).index_select(1, self._nearest(W, w))
-        colour = self._lut_dev[full.long()]                                  # (H, W, 3) uint8
+        rows, cols = self._nearest(H, h), self._nearest(W, w)
+        colour = self._lut_dev[labels.long()].index_select(0, rows).index_select(1, cols)   # (H, W, 3) uint8
         if self.view == "overlay":
             out = torch.lerp(image.half(), colour.half(), self.alpha).round_().to(torch.uint8)
         elif self.view == "mask":
@@ -77,22 +87,19 @@ class Colourise(Stage):
             out = torch.cat([image, colour], dim=1)
         wanted = [out]
         if self.keep_labels:
-            wanted.append(full)
+            wanted.append(labels.index_select(0, rows).index_select(1, cols))
         if self.legend:
             wanted.append(torch.bincount(labels.flatten(), minlength=len(self.class_names)))
-        host = to_host(wanted)
-        frame.output = host.pop(0)
-        if self.keep_labels:
-            frame.labels_full = host.pop(0)
-        frame.image_dev = None
-        return np.flatnonzero(host.pop(0)) if self.legend else None
+        return wanted
 
     def _nearest(self, out_len: int, in_len: int) -> torch.Tensor:
-        """Source index of each output pixel (pixel centres aligned, as cv2.INTER_NEAREST_EXACT)."""
+        """Source index of each output pixel: OpenCV's own (INTER_NEAREST_EXACT, as the CPU path), asked
+        once per size (its fixed-point ties differ from a float formula's at odd sizes)."""
         key = (out_len, in_len)
         if key not in self._index:
-            idx = ((torch.arange(out_len, dtype=torch.float64) + 0.5) * in_len / out_len).floor().long()
-            self._index[key] = idx.clamp_(0, in_len - 1).to(self.device)
+            idx = cv2.resize(np.arange(in_len, dtype=np.int32)[None, :], (out_len, 1),
+                             interpolation=cv2.INTER_NEAREST_EXACT)[0]
+            self._index[key] = torch.from_numpy(idx).long().to(self.device)
         return self._index[key]
 
 
