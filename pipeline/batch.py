@@ -257,9 +257,7 @@ class Worker:
         """Segment one input; never raises: the result says done or failed, and why."""
         from pipeline.run import apply_threads, load_backend, run
 
-        record = {"src": job.src, "out": job.out, "masks": job.masks, "status": "failed",
-                  "attempts": attempt, "worker": self.name, "frames": 0, "fps": 0.0, "wall_s": 0.0,
-                  "error": None, "stats": None}
+        record = failed_record(job, attempt, None, self.name)
         if self.backend is None:
             try:
                 apply_threads(self.settings)
@@ -281,7 +279,7 @@ class Worker:
             return record
         stats["stages"].pop(FrameCounter.name, None)
         record.update(status="done", frames=stats["frames"], fps=stats["fps"], wall_s=stats["wall_s"],
-                      stats=stats)
+                      stats=stats, retry=False)
         return record
 
 
@@ -301,7 +299,8 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-def failed_record(job: Job, attempt: int, error: str, worker: str = "?") -> dict:
+def failed_record(job: Job, attempt: int, error: str | None, worker: str = "?") -> dict:
+    """A file's result, failed (``retry``: whether another attempt could do better)."""
     return {"src": job.src, "out": job.out, "masks": job.masks, "status": "failed", "attempts": attempt,
             "worker": worker, "frames": 0, "fps": 0.0, "wall_s": 0.0, "error": error, "stats": None,
             "retry": True}
