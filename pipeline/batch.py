@@ -348,6 +348,9 @@ class Tally:
         if self.bar is not None:
             self.bar.update(1)
             self.live(self.frames_live)
+            if self.bar.disable and record["status"] == "done":     # no terminal: a log line per file
+                log.info("%d/%d done: %s (%d frames, %.1f fps)", len(self.records), len(self.jobs), job.name,
+                         record["frames"], record["fps"])
 
     def live(self, frames: int) -> None:
         """Frames delivered so far across all workers (those of files still running included)."""

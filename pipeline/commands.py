@@ -36,7 +36,8 @@ Without --video, bench measures the model alone (--model-only).
 
 
 def register(sub, formatter) -> None:
-    from pipeline.settings import Settings
+    from pipeline.queues import POLICIES
+    from pipeline.settings import VIEWS, Settings
 
     d = Settings()   # the built-in defaults, identical to configs/pipeline.yaml
     # Unset options stay absent (SUPPRESS), so the config file's values apply and --help shows them.
@@ -67,7 +68,7 @@ def register(sub, formatter) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N (config: the backend's choice)")
     p.add_argument("--batch", type=int, help=f"frames per inference call, at most (config: {d.infer.batch})")
     p.add_argument("--size", metavar="HxW", help="model input size, e.g. 288x384 (config: the checkpoint's)")
-    p.add_argument("--view", choices=["overlay", "mask", "side-by-side"], help=f"what to draw (config: {d.colourise.view})")
+    p.add_argument("--view", choices=VIEWS, help=f"what to draw (config: {d.colourise.view})")
     p.add_argument("--alpha", type=float, help=f"overlay opacity 0..1 (config: {d.colourise.alpha})")
     p.add_argument("--legend", action="store_true", help="draw the classes present")
     p.add_argument("--masks", metavar="DIR", help="also write each frame's labels as PNG: DIR/000000.png ... "
@@ -77,7 +78,7 @@ def register(sub, formatter) -> None:
     p.add_argument("--codec", help=f"output codec, e.g. libx264, libx265, libvpx-vp9; auto: H.264, VP9 for .webm "
                                           f"(config: {d.encode.codec})")
     p.add_argument("--frames", type=int, metavar="N", help="stop after N frames")
-    p.add_argument("--policy", choices=["auto", "block", "drop-oldest", "drop-newest", "fault"],
+    p.add_argument("--policy", choices=["auto", *POLICIES],
                    help="queue policy after the source: auto = block for files, drop-oldest for live "
                         "(config: auto)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

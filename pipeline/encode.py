@@ -33,13 +33,15 @@ import cv2
 import numpy as np
 
 from pipeline.stage import Stage
+from train.data import IMAGE_EXTENSIONS
 from train.errors import InvalidInputError, MediaError
 
 log = logging.getLogger("segpipe.pipeline")
 AUTO_CODECS = {".webm": "libvpx-vp9"}           # codec "auto": H.264, except where the container cannot hold it
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+IMAGE_SUFFIXES = {*IMAGE_EXTENSIONS, ".gif"}      # not videos: --out x.png is a mistake for --masks
 REALTIME_OPTIONS = {                              # encoders whose defaults are far too slow for live video
-    "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "row-mt": "1"},   # ~4 CPU-ms/frame at 640x480
+    "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "row-mt": "1",   # ~4 CPU-ms/frame at 640x480
+                   "lag-in-frames": "0"},                                   # a packet per frame, like zerolatency
 }
 
 FRAGMENTED_MUXERS = {"mp4", "mov"}      # FFmpeg's names for the formats that hold their index at the end
@@ -115,6 +117,7 @@ def intact_frames(path: Path) -> tuple[int, int]:
 
 class Encode(Stage):
     name = "encode"
+    flag = "--out"                   # the option that named the file, for error messages
 
     def __init__(self, path: str | Path, width: int, height: int, fps: Fraction, time_base: Fraction, *,
                  codec: str = "auto", pix_fmt: str = "yuv420p", preset: str | None = None,
@@ -157,11 +160,12 @@ class Encode(Stage):
         codec, pixel format or encoder option fails now, with what to do, instead of in a thread."""
         suffix = self.path.suffix
         if not suffix:
-            raise InvalidInputError(f"--out {self.path} has no extension, so the container is unknown: "
+            raise InvalidInputError(f"{self.flag} {self.path} has no extension, so the container is unknown: "
                                     f"name it like {self.path}.mp4 (or .mkv, .mov)")
         if suffix.lower() in IMAGE_SUFFIXES:
-            raise InvalidInputError(f"--out {self.path} is an image, but --out writes a video: for each "
-                                    f"frame's labels as PNG pass --masks DIR; for a video use .mp4")
+            masks = "for each frame's labels as PNG pass --masks DIR; " if self.flag == "--out" else ""
+            raise InvalidInputError(f"{self.flag} {self.path} is an image, but {self.flag} writes a video: "
+                                    f"{masks}name a video file, e.g. .mp4")
         with tempfile.TemporaryDirectory(prefix="segpipe-probe-") as tmp:
             probe = Path(tmp) / f"probe{suffix}"
             fragmented = (self.fragment_s > 0 and muxer_name(probe) in FRAGMENTED_MUXERS
@@ -182,7 +186,7 @@ class Encode(Stage):
         try:
             container = av.open(str(path), "w", options=muxer_options)
         except (av.FFmpegError, OSError, ValueError):
-            raise InvalidInputError(f"--out {self.path}: FFmpeg cannot write {self.path.suffix} files: use .mp4 "
+            raise InvalidInputError(f"{self.flag} {self.path}: FFmpeg cannot write {self.path.suffix} files: use .mp4 "
                                     f"or .mkv (or .mov, .avi, .webm)") from None
         try:
             stream = self._add_stream(container)

@@ -18,7 +18,7 @@ class Infer(Stage):
         self.max_wait_s = max_wait_ms / 1000.0
 
     def process(self, frames):
-        if self.backend.channels_last:      # one copy, straight into NHWC (stacking CHW views, then
+        if getattr(self.backend, "channels_last", False):      # one copy, straight into NHWC (stacking CHW views, then
             x = torch.stack([f.tensor.permute(1, 2, 0) for f in frames]).permute(0, 3, 1, 2)  # converting: two)
         else:
             x = torch.stack([f.tensor for f in frames])        # (N, 3, h, w) uint8, contiguous

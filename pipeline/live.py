@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.settings import LiveSettings   # its defaults: the live section of configs/pipeline.yaml
+from pipeline.settings import VIEWS, LiveSettings   # its defaults: the live section of configs/pipeline.yaml
 from pipeline.signals import signals_handled
 from train.errors import InvalidInputError
 from train.paths import writable_file
@@ -74,7 +74,7 @@ def register(sub, formatter) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N")
     p.add_argument("--batch", type=int, help="frames per inference call, at most (default: 1, lowest latency)")
     p.add_argument("--size", metavar="HxW", help="model input size, e.g. 288x384 (default: the checkpoint's)")
-    p.add_argument("--view", choices=["overlay", "mask", "side-by-side"], help="what to draw first (key v cycles)")
+    p.add_argument("--view", choices=VIEWS, help="what to draw first (key v cycles)")
     p.add_argument("--alpha", type=float, help="overlay opacity 0..1 (keys +/-)")
     p.add_argument("--no-legend", dest="legend", action="store_false", default=argparse.SUPPRESS,
                    help="do not draw the classes present")
@@ -198,17 +198,20 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
         source = LiveSource(src, settings.decode, realtime=live.realtime, loop=live.loop, reconnect=reconnect,
                             state=state, opener=opener or open_source)
         settings = live_pipeline_settings(settings, live, source.latest)
+        info = source.info
+        recorder = None
+        if record is not None:            # tried before the model loads: a bad --record fails at once
+            w, h = output_size(info.width, info.height, settings.colourise.view)
+            recorder = Record.from_settings(record, w, h, info, settings.encode)
         apply_threads(settings)
         backend = backend if backend is not None else load_backend(settings)
-        info = source.info
         sinks = []
         if show:
             sinks.append(Display(state, window=window, title=f"segpipe live: {info.name}", hud=live.hud))
         if serve is not None:
             sinks.append(Serve(hub, state.tracker("serve"), quality=live.jpeg_quality))
-        if record is not None:
-            w, h = output_size(info.width, info.height, settings.colourise.view)
-            sinks.append(Record.from_settings(record, w, h, info, settings.encode))
+        if recorder is not None:
+            sinks.append(recorder)
         # capture stamps come from the live source; the model only ever sees the newest frame
         pipe = build_pipeline(source, backend, settings, sinks=sinks,
                               decode=LiveDecode(source, settings.decode.max_frames),
@@ -320,4 +323,6 @@ def live_stats(pipe, wall_s: float, backend, source, state, view: str | None) ->
         "exit": state.quit_reason or (f"stage {pipe.error[0].name} failed" if pipe.error is not None
                                       else "source lost" if source.error is not None else "end of source"),
     }
+    failed = pipe.error is not None or source.error is not None       # `run --stats`'s words for the end
+    stats["exit"] = "failed" if failed else "interrupted" if state.quit_reason == "SIGINT" else "done"
     return stats

@@ -25,6 +25,7 @@ def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 class Record(Encode):
     name = "record"
+    flag = "--record"
 
     def process(self, frame):
         h, w = frame.output.shape[:2]

@@ -167,6 +167,8 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
             bar.close()
     wall = time.perf_counter() - t0
 
+    if isinstance(failure, PartialInputError) and pipe.sink.delivered == 0:
+        failure = MediaError(str(failure))           # nothing came through: a failure, not a partial result
     damaged = getattr(source, "damaged", 0)
     stats = collect_stats(pipe, wall, backend, skipped=source.skipped, damaged=damaged)
     frames_in = pipe["decode"].count
@@ -184,8 +186,6 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     if isinstance(failure, KeyboardInterrupt):
         log.warning("interrupted after %d frames; %s", stats["frames"], done)
         raise failure
-    if isinstance(failure, PartialInputError) and stats["frames"] == 0:
-        failure = MediaError(str(failure))           # nothing came through: a failure, not a partial result
     if failure is not None:
         failure.args = (f"{failure}; {done}",)        # the same error, saying what the output holds
         raise failure

@@ -7,12 +7,12 @@ Routes, and nothing else (every other path is 404; no path from a request ever r
     /frame.jpg   the newest frame, one JPEG
     /stats       the HUD numbers as JSON (fps, latency, drops, status ...), polled by the page
 
-The ``Serve`` sink encodes each frame to JPEG once and publishes the bytes in a ``FrameHub``; every
-viewer's thread waits on the hub's condition for a newer frame and sends the newest one, skipping any
-it was too slow for. So viewers never slow the pipeline, and a slow viewer only lags itself.
-Latency for this view is measured when a frame's JPEG is published to the viewers. With nobody on
-/stream, only one frame a second is encoded (for /frame.jpg and the next viewer's first picture), so
-an unwatched server costs next to nothing.
+While someone watches /stream, the ``Serve`` sink encodes each frame to JPEG once and publishes the
+bytes in a ``FrameHub``; every viewer's thread waits on the hub's condition for a newer frame and sends
+the newest one, skipping any it was too slow for. So viewers never slow the pipeline, and a slow viewer
+only lags itself. Latency for this view is measured when a frame's JPEG is published. With nobody on
+/stream only one frame a second is encoded (for /frame.jpg and the next viewer's first picture), so an
+unwatched server costs next to nothing; its latency then stops where the JPEG would be made.
 """
 from __future__ import annotations
 
@@ -91,7 +91,8 @@ class FrameHub:
 
 
 class Serve(Stage):
-    """Encode each frame to JPEG once and hand the bytes to every viewer; passes the frame on."""
+    """Encode each frame to JPEG once and hand the bytes to every viewer (with none, a frame a second);
+    passes the frame on."""
     name = "serve"
 
     def __init__(self, hub: FrameHub, tracker: Tracker, quality: int = 80):

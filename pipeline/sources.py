@@ -30,11 +30,12 @@ import av
 import cv2
 import numpy as np
 
+from train.data import IMAGE_EXTENSIONS, decode_image
 from train.errors import InputNotFoundError, InvalidInputError, MediaError, UnreadableInputError
 
 log = logging.getLogger("segpipe.pipeline")
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_EXTS = IMAGE_EXTENSIONS        # what an image folder or glob may hold
 LIVE_SCHEMES = {"rtsp", "rtsps", "rtmp", "rtmps", "udp", "rtp", "srt", "tcp"}
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 MAX_SKIP_WARNINGS = 3      # undecodable packets listed one by one; the rest are counted
@@ -341,13 +342,7 @@ class ImageSource:
 
     @staticmethod
     def _read(path: str) -> np.ndarray | None:
-        """The image as RGB, or None. From bytes, not cv2.imread: that returns a JPEG cut short (a failed
-        copy) half grey, as if it were whole; imdecode refuses it, so it is skipped and counted."""
-        try:
-            data = np.fromfile(path, np.uint8)
-        except OSError:
-            return None
-        img = cv2.imdecode(data, _IMREAD_RGB if _IMREAD_RGB is not None else cv2.IMREAD_COLOR)
+        img = decode_image(path, _IMREAD_RGB if _IMREAD_RGB is not None else cv2.IMREAD_COLOR)
         return img if img is None or _IMREAD_RGB is not None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
     def frames(self):

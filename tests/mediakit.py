@@ -97,7 +97,6 @@ class StubBackend:
     """The engine.load contract, in a few lines: road where red > 127, sky elsewhere."""
     name = "stub"
     precision = "fp32"
-    channels_last = False
 
     def __init__(self, input_size=(32, 48), max_batch=8, min_batch=1, delay_s=0.0, fail_at=None, error=None):
         self.device = torch.device("cpu")

@@ -61,19 +61,29 @@ def _images_by_stem(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
 
 
+def decode_image(path: str | Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
+    """The image in ``path`` as OpenCV decodes it with ``flags``, or None if it cannot be read. From the
+    bytes, not cv2.imread: that returns a JPEG cut short (a failed copy) half grey, as if it were whole."""
+    try:
+        data = np.fromfile(path, np.uint8)
+        return cv2.imdecode(data, flags) if data.size else None
+    except (OSError, cv2.error):
+        return None
+
+
 def read_image(path: Path) -> np.ndarray:
     """RGB uint8 (H, W, 3)."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    img = decode_image(path, cv2.IMREAD_COLOR)
     if img is None:
-        raise DatasetError(f"cannot read image {path}: is it a valid image file?")
+        raise DatasetError(f"cannot read image {path}: is it a valid image file (not empty or cut short)?")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def read_mask(path: Path, num_classes: int = 23) -> np.ndarray:
     """Class ids uint8 (H, W) from the red channel, or from a single-channel mask."""
-    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    m = decode_image(path, cv2.IMREAD_UNCHANGED)
     if m is None:
-        raise DatasetError(f"cannot read mask {path}: is it a valid image file?")
+        raise DatasetError(f"cannot read mask {path}: is it a valid image file (not empty or cut short)?")
     return mask_ids(m, path, num_classes)
 
 

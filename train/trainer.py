@@ -178,7 +178,7 @@ def find_config(config: str | Path) -> Path:
     if path.is_file():
         return path
     packaged = CONFIG_DIR / path.name
-    if not path.is_absolute() and packaged.is_file() and path.parent.name in ("", "configs"):
+    if path.parent in (Path("."), Path("configs")) and packaged.is_file():     # NAME.yaml, configs/NAME.yaml
         return packaged
     names = ", ".join(p.stem for p in sorted(CONFIG_DIR.glob("unet_*.yaml")))
     raise InputNotFoundError(f"config {path} does not exist: pass a YAML file, or one of the shipped "

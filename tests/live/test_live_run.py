@@ -13,9 +13,10 @@ from livehelp import (StreamServer, StubBackend, free_port, http_get, probe, run
                       wait_for_http, write_clip)
 from pipeline.hud import LiveState
 from pipeline.live import LiveSettings, run_live
-from train.errors import MediaError
+from train.errors import MediaError, StageError
 
-SCHEMA = ("frames", "dropped", "fps", "wall_s", "backend", "device", "stages", "latency_ms")
+SCHEMA = ("frames", "dropped", "damaged", "fps", "wall_s", "backend", "device", "precision", "stages", "latency_ms",
+          "exit")
 
 
 def wait_until(cond, timeout_s=15.0, what="condition"):
@@ -103,7 +104,16 @@ def test_a_stream_that_never_comes_back_ends_with_a_clear_error(tmp_path, stub, 
     finally:
         server.kill()
     saved = json.loads(stats_path.read_text())                    # written before the error
-    assert saved["live"]["exit"] == "source lost" and saved["frames"] >= 5
+    assert saved["live"]["exit"] == "source lost" and saved["exit"] == "failed" and saved["frames"] >= 5
+
+
+def test_a_stage_failure_still_writes_the_stats_and_the_recording(tmp_path, clip, settings):
+    rec, stats_path = tmp_path / "rec.mp4", tmp_path / "live.json"
+    with pytest.raises(StageError, match="stage infer failed: RuntimeError: stub backend exploded"):
+        run_live(clip, settings, record=rec, stats_path=stats_path, backend=StubBackend(fail_at=6))
+    saved = json.loads(stats_path.read_text())
+    assert saved["exit"] == "failed" and saved["live"]["exit"] == "stage infer failed"
+    assert saved["frames"] == probe(rec)["frames"] >= 1                  # what was done is playable
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
@@ -126,6 +136,7 @@ def test_signals_end_the_demo_cleanly(tmp_path, clip, sig, code):
     reader.join(5)
     stats = json.loads(stats_path.read_text())
     assert all(k in stats for k in SCHEMA) and stats["live"]["exit"] == sig.name
+    assert stats["exit"] == {signal.SIGTERM: "done", signal.SIGINT: "interrupted"}[sig]   # SIGTERM: a clean stop
     assert stats["frames"] > 5 and stats["latency_ms"]["p95"] > 0
     assert probe(rec)["frames"] > 5
     assert "frames in" in out and "latency" in out

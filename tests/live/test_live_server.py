@@ -217,17 +217,26 @@ def test_viewers_that_reset_mid_response_leave_no_traceback(server, capfd, caplo
         ["http 127.0.0.1: request failed: RuntimeError: boom"]
 
 
-def test_an_unwatched_stream_encodes_a_frame_a_second():
+def test_an_unwatched_stream_encodes_a_frame_a_second(monkeypatch):
+    import pipeline.server
     from pipeline.frame import Frame
     from pipeline.server import Serve
 
+    now = [100.0]
+    monkeypatch.setattr(pipeline.server.time, "monotonic", lambda: now[0])
     hub, state = FrameHub(), LiveState("overlay", 0.5)
     serve = Serve(hub, state.tracker("serve"))
     image = np.zeros((48, 64, 3), np.uint8)
-    for i in range(5):                                      # nobody on /stream: the first one only
-        serve.process(Frame(i, i, 1, image, time.perf_counter(), output=image))
-    assert hub.seq == 1 and state.trackers["serve"].latency_s.count == 5
+
+    def frames(n, step_s):
+        for i in range(n):
+            serve.process(Frame(i, i, 1, image, time.perf_counter(), output=image))
+            now[0] += step_s
+
+    frames(10, 0.05)                                        # nobody on /stream, 0.5 s: the first only
+    assert hub.seq == 1 and state.trackers["serve"].latency_s.count == 10
+    frames(20, 0.05)                                        # 1 s more: one more
+    assert hub.seq == 2
     hub.viewers = 1                                         # someone watches: every frame
-    for i in range(5, 8):
-        serve.process(Frame(i, i, 1, image, time.perf_counter(), output=image))
-    assert hub.seq == 4
+    frames(3, 0.05)
+    assert hub.seq == 5

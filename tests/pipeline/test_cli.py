@@ -76,8 +76,10 @@ def test_sigterm_closes_the_output_and_exits_143(tmp_path):
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=term_when_writing, daemon=True).start()
-    assert main(["run", str(clip), "--out", str(out), "--no-progress", "--batch", "1"]) == 143
+    assert main(["run", str(clip), "--out", str(out), "--no-progress", "--batch", "1",
+                 "--stats", str(tmp_path / "s.json")]) == 143
     assert 0 < probe(out)["frames"] < 400
+    assert json.loads((tmp_path / "s.json").read_text())["exit"] == "terminated"
 
 
 def test_bench_video_reports_stages_pipeline_and_naive(tmp_path, clip, settings):

@@ -1,5 +1,6 @@
 """Failures stop everything promptly, leave a playable output, and reach the caller; drops are counted."""
 import _thread
+import json
 import threading
 import time
 from fractions import Fraction
@@ -31,35 +32,29 @@ class FailingSink(Stage):
         return frame
 
 
-def test_a_stage_that_raises_stops_everything_and_leaves_a_playable_output(tmp_path, settings):
+def test_a_stage_that_raises_stops_everything_and_leaves_a_playable_output(tmp_path, settings, monkeypatch):
+    import pipeline.run
+
     clip = write_clip(tmp_path / "clip.mp4", frames=40)
-    out = tmp_path / "seg.mp4"
+    out, stats_path = tmp_path / "seg.mp4", tmp_path / "s.json"
     encoder = {}
 
-    def encoded():
-        return encoder["stage"].delivered if "stage" in encoder else 0
-
-    sink = FailingSink(8, ZeroDivisionError("boom"), encoded)
-    from pipeline import graph
-    original = graph.Encode
-
-    class SpyEncode(original):
+    class SpyEncode(pipeline.run.Encode):
         def setup(self):
             encoder["stage"] = self
             super().setup()
 
-    graph.Encode = SpyEncode
-    try:
-        t = time.perf_counter()
-        with pytest.raises(StageError, match="stage failing failed: ZeroDivisionError: boom") as info:
-            run(clip, out, settings, backend=StubBackend(), sinks=[sink])
-        assert time.perf_counter() - t < 10
-    finally:
-        graph.Encode = original
+    monkeypatch.setattr(pipeline.run, "Encode", SpyEncode)
+    sink = FailingSink(8, ZeroDivisionError("boom"), lambda: encoder["stage"].delivered if encoder else 0)
+    t = time.perf_counter()
+    with pytest.raises(StageError, match="stage failing failed: ZeroDivisionError: boom") as info:
+        run(clip, out, settings, backend=StubBackend(), sinks=[sink], stats_path=stats_path)
+    assert time.perf_counter() - t < 4                 # the sink's wait for 3 encoded frames ended early
     assert isinstance(info.value.__cause__, ZeroDivisionError)
     assert info.value.exit_code == 1
     got = probe(out)                                   # flushed and closed: it reopens and decodes
     assert 3 <= got["frames"] <= 8
+    assert json.loads(stats_path.read_text())["exit"] == "failed"
 
 
 def test_backend_failure_mid_stream_is_reraised(tmp_path, settings):
@@ -83,11 +78,13 @@ def test_ctrl_c_stops_the_pipeline_and_closes_the_output(tmp_path, settings):
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            run(clip, out, settings.override(infer={"batch": 1}), backend=StubBackend(delay_s=0.02))
+            run(clip, out, settings.override(infer={"batch": 1}), backend=StubBackend(delay_s=0.02),
+                stats_path=tmp_path / "s.json")
     finally:
         timer.cancel()
     got = probe(out)
     assert 0 < got["frames"] < 200
+    assert json.loads((tmp_path / "s.json").read_text())["exit"] == "interrupted"
 
 
 class LiveSource:

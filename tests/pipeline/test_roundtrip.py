@@ -152,3 +152,14 @@ def test_webm_picks_vp9_in_real_time_mode(tmp_path, clip, stub, settings):
     assert got["codec"] == "vp9" and got["frames"] == 12
     used = yaml.safe_load(settings_path(out).read_text())
     assert used["encode"]["codec"] == "auto" and used["resolved"]["codec"] == "libvpx-vp9"
+    from fractions import Fraction
+
+    from pipeline.encode import Encode
+    from pipeline.frame import Frame
+
+    enc = Encode(tmp_path / "lag.webm", 64, 48, Fraction(20), Fraction(1, 20))
+    enc.setup()
+    image = np.zeros((48, 64, 3), np.uint8)
+    enc.process(Frame(0, 0, Fraction(1, 20), image, 0.0, output=image))
+    assert enc.packets == 1                      # out at once: no look-ahead queue (libvpx holds 25 by default)
+    enc.teardown()

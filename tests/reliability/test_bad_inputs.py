@@ -93,8 +93,9 @@ def test_a_truncated_video_is_segmented_as_far_as_it_goes_and_exits_3(tmp_path, 
     assert stats["exit"] == "input ended early" and stats["frames"] == read
 
 
-def test_a_truncated_jpeg_in_a_folder_is_skipped_counted_and_reported(tmp_path, cli):
-    """cv2.imread would return a JPEG cut short half grey, as if whole: it is a skipped frame instead."""
+def test_a_truncated_or_empty_image_in_a_folder_is_skipped_counted_and_reported(tmp_path, cli):
+    """cv2.imread would return a JPEG cut short half grey, as if whole: it is a skipped frame instead
+    (and cv2.imdecode raises on an empty file: also a skipped frame)."""
     frames = tmp_path / "frames"
     frames.mkdir()
     rng = np.random.default_rng(0)
@@ -102,13 +103,17 @@ def test_a_truncated_jpeg_in_a_folder_is_skipped_counted_and_reported(tmp_path, 
         cv2.imwrite(str(frames / f"{i:03d}.jpg"), rng.integers(0, 255, (48, 64, 3), np.uint8))
     data = (frames / "002.jpg").read_bytes()
     (frames / "002.jpg").write_bytes(data[: len(data) // 2])          # cut short, as by a failed copy
+    (frames / "003.jpg").write_bytes(b"")                             # and one empty
     assert cv2.imread(str(frames / "002.jpg")) is not None
     code, _, err, _ = cli("run", frames, "--out", tmp_path / "seg.mp4", "--stats", tmp_path / "s.json")
     assert code == 0, err
-    assert "skipped 002.jpg: not a readable image" in err and "dropped 1 frames" in err
+    assert "skipped 002.jpg: not a readable image" in err and "skipped 003.jpg" in err and "dropped 2 frames" in err
     stats = json.loads((tmp_path / "s.json").read_text())
-    assert (stats["frames"], stats["dropped_by"]["undecodable"], stats["exit"]) == (3, 1, "done")
-    assert probe(tmp_path / "seg.mp4")["frames"] == 3
+    assert (stats["frames"], stats["dropped_by"]["undecodable"], stats["exit"]) == (2, 2, "done")
+    assert probe(tmp_path / "seg.mp4")["frames"] == 2
+    (frames / "000.jpg").write_bytes(b"")                             # the first one empty: still no traceback
+    code, last, err, _ = cli("run", frames, "--out", tmp_path / "seg2.mp4")
+    assert code == 0 and "Traceback" not in err, err
 
 
 def test_corrupted_packets_are_skipped_counted_and_reported(tmp_path, cli):

@@ -193,6 +193,8 @@ def test_yaml_numbers_without_a_dot_and_the_shipped_config_from_anywhere(tmp_pat
     assert load_train_config(tmp_path / "c.yaml", {})["lr"] == 0.003
     monkeypatch.chdir(tmp_path)                                     # not the repository root
     assert load_train_config("configs/unet_carla.yaml", {})["model"] == "unet_carla"
+    with pytest.raises(InputNotFoundError, match="mine/configs/unet_carla.yaml does not exist"):
+        load_train_config("mine/configs/unet_carla.yaml", {})       # a path of the user's: never swapped
 
 
 def test_init_fine_tunes_from_a_checkpoint(carla_dir, tiny_config, tmp_path):
