@@ -195,9 +195,25 @@ def _fastest_cpu(model, info: ModelInfo, max_batch: int, precision: str = "fp32"
     ms = _race(candidates, sample_frames(info.input_size, batch))
     winner = min(ms, key=ms.get)
     ran = candidates["torch-cpu"].precision  # bf16 asked may have failed its parity gate
+    if (busy := machine_busy()) is not None:   # contention skews the race (torch's threads suffer most)
+        log.warning("the CPU is busy (%s): the backend choice is not cached and is measured again next "
+                    "time (`segpipe build --force` on a quiet machine settles it)", busy)
+        return candidates[winner], _race_reason(ms, ran, batch, f"{cpu_threads()} threads; measured now, busy")
     cache.store(key, json.dumps({"winner": winner, "ms_per_frame": ms, "torch_cpu_precision": ran,
                                  "measured": time.strftime("%Y-%m-%d %H:%M")}).encode(), ".json")
     return candidates[winner], _race_reason(ms, ran, batch, f"{cpu_threads()} threads; measured now, cached")
+
+
+def machine_busy() -> str | None:
+    """Why the machine is too busy for a fair timing (every core in use, by the 1-minute load), or None."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return None
+    return f"load average {load:.1f} on {cores} cores" if load >= cores else None
 
 
 def _race_reason(ms: dict, torch_precision: str, batch: int, when: str) -> str:

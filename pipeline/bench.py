@@ -190,6 +190,9 @@ def format_report(r: dict) -> str:
     lines.append(f"  {'pipeline':<20}{r['pipeline_fps']:>10.1f}   efficiency {r['efficiency']:.2f} "
                  f"(vs {r['slowest_stage']} alone)")
     lines.append(f"  {'naive loop':<20}{r['naive_fps']:>10.1f}   speedup {r['speedup']:.2f}x")
+    if r["efficiency"] > 1.1:             # a pipeline cannot beat its slowest stage: that one was disturbed
+        lines.append("  warning: efficiency above 1 means the stage-alone runs were slowed by other work on "
+                     "this machine; measure again when it is quiet")
     lat = r["pipeline"]["latency_ms"]
     lines.append(f"  pipeline latency p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms")
     return "\n".join(lines)

@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"segpipe {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:               # the reader went away (segpipe engines | head): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as e:                  # a file the OS refused late (disk full, permissions changed)
         if e.filename is None or os.environ.get("SEGPIPE_DEBUG"):
             raise

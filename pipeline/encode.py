@@ -39,9 +39,10 @@ from train.errors import InvalidInputError, MediaError
 log = logging.getLogger("segpipe.pipeline")
 AUTO_CODECS = {".webm": "libvpx-vp9"}           # codec "auto": H.264, except where the container cannot hold it
 IMAGE_SUFFIXES = {*IMAGE_EXTENSIONS, ".gif"}      # not videos: --out x.png is a mistake for --masks
-REALTIME_OPTIONS = {                              # encoders whose defaults are far too slow for live video
+CODEC_DEFAULTS = {                # encoders whose defaults suit neither live video nor a quiet log
     "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "row-mt": "1",   # ~4 CPU-ms/frame at 640x480
                    "lag-in-frames": "0"},                                   # a packet per frame, like zerolatency
+    "libx265": {"x265-params": "log-level=error"},                          # not 40 info lines per file
 }
 
 FRAGMENTED_MUXERS = {"mp4", "mov"}      # FFmpeg's names for the formats that hold their index at the end
@@ -130,7 +131,7 @@ class Encode(Stage):
         self.codec = codec if codec != "auto" else AUTO_CODECS.get(self.path.suffix.lower(), "libx264")
         self.pix_fmt, self.threads = pix_fmt, int(threads)
         self.options = {k: str(v) for k, v in (("preset", preset), ("tune", tune), ("crf", crf)) if v is not None}
-        self.options = {**REALTIME_OPTIONS.get(self.codec, {}), **self.options}
+        self.options = {**CODEC_DEFAULTS.get(self.codec, {}), **self.options}
         self.options.update({str(k): str(v) for k, v in (options or {}).items()})
         try:
             self.size = even_size(self.width, self.height, pix_fmt)
@@ -202,8 +203,9 @@ class Encode(Stage):
                 options = dict(self._stream_options) or "no options"
                 raise InvalidInputError(f"cannot start the {self.codec} encoder at {self.size[0]}x"
                                         f"{self.size[1]} {self.pix_fmt} with {options} ({reason}): check "
-                                        f"--codec and encode.pix_fmt/preset/tune/crf/options, or write .mp4 "
-                                        f"with --codec libx264") from None
+                                        f"--codec and encode.pix_fmt/preset/tune/crf/options"
+                                        f"{'' if self.codec == 'libx264' else ', or write .mp4 with --codec libx264'}"
+                                        ) from None
         finally:
             try:
                 container.close()

@@ -130,13 +130,14 @@ class LiveServer:
         handler = type("LiveHandler", (_Handler,), {"live": self})
         try:
             self.httpd = _Server((host, port), handler)
+        except (socket.gaierror, UnicodeError) as e:      # (gaierror is an OSError: first)
+            why = getattr(e, "strerror", None) or e
+            raise InvalidInputError(f"cannot serve on {host}:{port}: {why}: use an address of this machine, "
+                                    f"e.g. --serve 127.0.0.1:8080 (or 0.0.0.0:8080 for every interface)") from None
         except OSError as e:
             why = "the port is in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
             raise InvalidInputError(f"cannot serve on {host}:{port}: {why}: pick another, e.g. "
                                     f"--serve {host}:{port + 1 if port else 8081}") from None
-        except (socket.gaierror, UnicodeError) as e:
-            raise InvalidInputError(f"cannot serve on {host}:{port}: {e}: use an address of this machine, "
-                                    f"e.g. --serve 127.0.0.1:8080 (or 0.0.0.0:8080 for every interface)") from None
         self._thread: threading.Thread | None = None
 
     @property

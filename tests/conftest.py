@@ -33,6 +33,14 @@ def settings():
 
 
 @pytest.fixture(autouse=True)
+def quiet_machine(monkeypatch):
+    """The CPU race caches its verdict only on a quiet machine; a test suite keeps the machine busy, and
+    tests of the cache need it cached (the busy case has its own test)."""
+    from engine import loader
+    monkeypatch.setattr(loader, "machine_busy", lambda: None)
+
+
+@pytest.fixture(autouse=True)
 def no_leaked_threads():
     """Every test leaves no pipeline or server thread (named segpipe-*) behind."""
     yield

@@ -24,7 +24,7 @@ from train.distributed import World, all_reduce_sum
 from train.data import FrameSet, class_frequencies, find_pairs, split_by_runs, write_split
 from train.errors import InputNotFoundError, InvalidInputError
 from train.metrics import ConfusionMatrix, class_weights_from_frequencies, pixel_cross_entropy
-from train.model import check_input_size, create_model
+from train.model import check_input_size, config_to_dict, create_model
 from train.paths import writable_folder
 from train.precision import autocast_dtype
 
@@ -240,6 +240,9 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
     if resume and not (out / "last.pt").is_file():
         raise InputNotFoundError(f"--resume: {out / 'last.pt'} does not exist: pass the --out of an earlier run, "
                                  f"or drop --resume to start afresh")
+    if not resume and (out / "last.pt").is_file():
+        raise InvalidInputError(f"--out {out} already holds a training run (last.pt): pass --resume to continue "
+                                f"it, or another --out to start afresh")
     world, dev = distributed.init(pick_device(device))
     amp_dtype = autocast_dtype(dev, cfg["precision"])  # refuses fp16 on the CPU before any work
     if world.is_main:
@@ -250,6 +253,18 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
     check_input_size(model.config, *size, setting="input_size")
     if cfg["crop"]:
         check_input_size(model.config, *cfg["crop"], setting="crop")
+        if cfg["crop"][0] > size[0] or cfg["crop"][1] > size[1]:
+            raise InvalidInputError(f"crop {cfg['crop']} is larger than input_size {list(size)}: crops are cut "
+                                    f"from frames of the input size; use a smaller crop or none")
+    state = load_checkpoint(out / "last.pt") if resume else None
+    if state is not None:                 # before any data is read: a run that cannot go on says so now
+        if state["model_config"] != config_to_dict(model.config):
+            raise InvalidInputError(f"--resume: {out / 'last.pt'} is a {state['model']} with other settings than "
+                                    f"this config builds: resume with the run's own config "
+                                    f"({out / 'settings.yaml'} records it)")
+        if state["epoch"] + 1 >= cfg["epochs"]:
+            raise InvalidInputError(f"--resume: {out} already trained {state['epoch'] + 1} of {cfg['epochs']} "
+                                    f"epochs: pass --epochs N (more than {state['epoch'] + 1}) to train longer")
     num_classes = model.config.num_classes
 
     pairs = find_pairs(data)
@@ -293,8 +308,7 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
     generator = torch.Generator()
 
     start_epoch, best = 0, {"miou": -1.0}
-    if resume:
-        state = load_checkpoint(out / "last.pt")
+    if state is not None:
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -6,6 +6,7 @@ import torch
 
 import engine
 from engine import cache, loader
+from engine.loader import machine_busy as real_machine_busy   # the real one (tests/conftest.py stubs it)
 from train.errors import BackendUnavailableError, CheckpointError, InputNotFoundError, InvalidInputError
 
 
@@ -24,6 +25,29 @@ def test_auto_without_cuda_picks_a_cpu_backend_and_says_why(tiny_ckpt, caplog, m
     assert again.name == b.name and "cached" in again.reason
     verdicts = [r for r in cache.entries() if r["kind"] == "cpu-choice"]
     assert any(v["key"]["input_size"] == [96, 128] and v["ok"] for v in verdicts)
+
+
+def test_a_race_on_a_busy_machine_is_not_cached(tiny_ckpt, caplog, monkeypatch, tmp_path):
+    """Contention skews the race (one busy run measured torch-cpu 5x slower): such a verdict is used once,
+    not kept."""
+    monkeypatch.setenv("SEGPIPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(loader, "machine_busy", lambda: "load average 5.0 on 2 cores")
+    caplog.set_level(logging.INFO, logger="segpipe.engine")
+    b = engine.load(tiny_ckpt, max_batch=4, backend="cpu")
+    assert "measured now, busy" in b.reason
+    assert "the CPU is busy (load average 5.0 on 2 cores): the backend choice is not cached" in caplog.text
+    assert not [r for r in cache.entries() if r["kind"] == "cpu-choice"]
+
+
+def test_busy_means_every_core_in_use(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.4, 1.0, 1.0))
+    assert real_machine_busy() == "load average 2.4 on 2 cores"
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))     # this process alone, say
+    assert real_machine_busy() is None
 
 
 def test_auto_prefers_tensorrt_then_torch_cuda(tiny_ckpt, monkeypatch):

@@ -50,6 +50,17 @@ def test_short_training_run_lowers_loss(carla_dir, tiny_config, tmp_path):
     assert [row["epoch"] for row in log] == [0, 1, 2, 3]
     assert best2["miou"] >= best["miou"]
 
+    # a run is never overwritten or resumed into something else by mistake, and says so before any work
+    with pytest.raises(InvalidInputError, match="already holds a training run .* pass --resume"):
+        train(carla_dir, out, config=tiny_config)
+    with pytest.raises(InvalidInputError, match="already trained 4 of 4 epochs: pass --epochs N"):
+        train(carla_dir, out, config=tiny_config, epochs=4, resume=True)
+    other = tiny_config.with_name("other.yaml")
+    other.write_text(yaml.safe_dump({"train": {"model": "unet_tiny", "model_options": {"base_filters": 4},
+                                               "input_size": [48, 64]}}))
+    with pytest.raises(InvalidInputError, match="with other settings than this config builds"):
+        train(carla_dir, out, config=other, epochs=6, resume=True)
+
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_cpu_training_in_each_precision_lowers_loss(carla_dir, tiny_config, tmp_path, precision):
@@ -167,6 +178,7 @@ def test_cli_user_errors_are_one_line(carla_dir, capsys):
     ("input_size: [100, 100]", r"use input_size: \[96, 96\]"),
     ("batch_size: [", "not valid YAML at line 2, column 1"),
     ("- 1", "must be a mapping of settings"),
+    ("{model: unet_tiny, input_size: [48, 64], crop: [96, 96]}", r"crop \[96, 96\] is larger than input_size"),
 ])
 def test_bad_training_configs_are_one_line(carla_dir, tmp_path, capsys, text, match):
     (tmp_path / "c.yaml").write_text(text + "\n")
