@@ -264,6 +264,9 @@ def check_outputs(src, out: Path | None, masks, stats_path) -> None:
             raise InvalidInputError(f"--masks {masks} is the input folder: the PNGs would mix with its "
                                     f"frames; name another folder")
         writable_folder(masks, "--masks")
+        if old := sum(1 for _ in masks.glob("*.png")):
+            log.warning("--masks %s already holds %d PNGs: those this run numbers alike are replaced, the "
+                        "others stay (empty the folder for only this run's)", masks, old)
     if stats_path is not None:
         writable_file(stats_path, "--stats", "stats.json")
 

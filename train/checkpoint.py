@@ -77,10 +77,11 @@ def load_checkpoint(weights: str | Path | None = None) -> dict:
                                         # posix.system ... is blocked"): unpickling it would run code
             raise CheckpointError(f"checkpoint {path} was refused: it holds Python objects that would run code "
                                   f"when loaded; re-save it as a plain segpipe checkpoint") from None
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: re-download or retrain it") from None
-    except Exception as e:  # torch raises many types for a damaged file; all mean the same to the user
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}): "
-                              f"re-download or retrain it") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated (or not a checkpoint): re-download "
+                              f"or retrain it") from None
+    except Exception:  # torch raises many types for a damaged file; all mean the same to the user
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated (or not a checkpoint): re-download "
+                              f"or retrain it") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a segpipe checkpoint (expected format {FORMAT}): "
                               f"pass a checkpoint written by `segpipe train`")

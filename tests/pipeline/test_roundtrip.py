@@ -163,3 +163,11 @@ def test_webm_picks_vp9_in_real_time_mode(tmp_path, clip, stub, settings):
     enc.process(Frame(0, 0, Fraction(1, 20), image, 0.0, output=image))
     assert enc.packets == 1                      # out at once: no look-ahead queue (libvpx holds 25 by default)
     enc.teardown()
+
+
+def test_masks_from_an_earlier_run_are_pointed_out(tmp_path, clip, stub, settings, caplog):
+    masks = tmp_path / "m"
+    run(clip, None, settings, masks=masks, backend=stub)
+    assert "already holds" not in caplog.text
+    run(clip, None, settings.override(decode={"max_frames": 3}), masks=masks, backend=stub)
+    assert f"--masks {masks} already holds 12 PNGs" in caplog.text and len(list(masks.glob("*.png"))) == 12

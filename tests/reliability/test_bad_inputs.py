@@ -224,7 +224,7 @@ def checkpoints(tmp_path):
 
 
 @pytest.mark.parametrize("name, message", [
-    ("corrupt.pt", "is corrupt or truncated: re-download or retrain it"),
+    ("corrupt.pt", "is corrupt or truncated (or not a checkpoint): re-download or retrain it"),
     ("truncated.pt", "is corrupt or truncated"),
     ("wrong.pt", "does not match its U-Net config"),
     ("bare.pt", "is not a segpipe checkpoint"),
