@@ -72,8 +72,11 @@ def open_source(spec, settings) -> "VideoSource | ImageSource":
     if path.is_dir():
         files = natural_sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
         if not files:
-            raise InvalidInputError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_EXTS))}): "
-                                    f"pass a video file or a folder of frames")
+            folders = sorted((d for d in path.iterdir() if d.is_dir()), key=lambda d: ("mask" in d.name.lower(), d.name))
+            inner = next((d for d in folders if any(p.suffix.lower() in IMAGE_EXTS for p in d.iterdir())),
+                         None)            # e.g. a CARLA folder: CameraRGB/, not CameraMask/
+            hint = f"did you mean {inner}?" if inner else "pass a video file or a folder of frames"
+            raise InvalidInputError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_EXTS))}): {hint}")
         return ImageSource(files, text, settings)
     if not path.exists():
         raise InputNotFoundError(f"input {path} does not exist: pass a video file, image folder, glob, URL "

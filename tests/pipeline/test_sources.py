@@ -96,7 +96,7 @@ def test_a_missing_camera_says_how_to_find_one(settings):
         open_source(99, settings.decode)
 
 
-def test_bad_inputs_say_what_to_do(tmp_path, settings):
+def test_bad_inputs_say_what_to_do(tmp_path, settings, carla_dir):
     s = settings.decode
     with pytest.raises(InputNotFoundError, match="does not exist"):
         open_source(tmp_path / "nope.mp4", s)
@@ -105,6 +105,8 @@ def test_bad_inputs_say_what_to_do(tmp_path, settings):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InvalidInputError, match="holds no images"):
         open_source(tmp_path / "empty", s)
+    with pytest.raises(InvalidInputError, match=r"carla holds no images .*: did you mean .*carla/CameraRGB\?$"):
+        open_source(carla_dir, s)                       # a dataset folder: its frames are one level down
     (tmp_path / "junk.mp4").write_bytes(b"\0" * 1000)
     with pytest.raises(MediaError, match="cannot open"):
         open_source(tmp_path / "junk.mp4", s)
