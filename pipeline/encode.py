@@ -130,9 +130,9 @@ class Encode(Stage):
         self.fps, self.time_base = Fraction(fps), Fraction(time_base)
         self.codec = codec if codec != "auto" else AUTO_CODECS.get(self.path.suffix.lower(), "libx264")
         self.pix_fmt, self.threads = pix_fmt, int(threads)
-        self.options = {k: str(v) for k, v in (("preset", preset), ("tune", tune), ("crf", crf)) if v is not None}
-        self.options = {**CODEC_DEFAULTS.get(self.codec, {}), **self.options}
-        self.options.update({str(k): str(v) for k, v in (options or {}).items()})
+        self.options = {**CODEC_DEFAULTS.get(self.codec, {}),
+                        **{k: str(v) for k, v in (("preset", preset), ("tune", tune), ("crf", crf)) if v is not None},
+                        **{str(k): str(v) for k, v in (options or {}).items()}}
         try:
             self.size = even_size(self.width, self.height, pix_fmt)
         except (ValueError, av.FFmpegError):

@@ -16,10 +16,11 @@ class Infer(Stage):
         self.backend = backend
         self.batch = max(1, min(int(batch), int(backend.max_batch)))
         self.max_wait_s = max_wait_ms / 1000.0
+        self.nhwc = getattr(backend, "channels_last", False)   # the backend runs NHWC (PyTorch)
 
     def process(self, frames):
-        if getattr(self.backend, "channels_last", False):      # one copy, straight into NHWC (stacking CHW views, then
-            x = torch.stack([f.tensor.permute(1, 2, 0) for f in frames]).permute(0, 3, 1, 2)  # converting: two)
+        if self.nhwc:                       # one copy, straight into NHWC (stacking CHW views, then converting: two)
+            x = torch.stack([f.tensor.permute(1, 2, 0) for f in frames]).permute(0, 3, 1, 2)
         else:
             x = torch.stack([f.tensor for f in frames])        # (N, 3, h, w) uint8, contiguous
         n = len(frames)

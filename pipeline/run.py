@@ -318,6 +318,6 @@ def summary(stats: dict, out=None) -> str:
     slowest = max(stats["stages"].items(), key=lambda kv: kv[1]["busy_s"])[0] if stats["stages"] else "-"
     where = f" -> {out}" if out else ""
     return (f"{stats['frames']} frames in {stats['wall_s']:.1f} s ({stats['fps']:.1f} fps) on "
-            f"{stats['backend']} ({stats['device']}, {stats.get('precision', '?')}), dropped {stats['dropped']}, latency p50 "
+            f"{stats['backend']} ({stats['device']}, {stats['precision']}), dropped {stats['dropped']}, latency p50 "
             f"{stats['latency_ms']['p50']:.0f} ms / p95 {stats['latency_ms']['p95']:.0f} ms, "
             f"busiest stage {slowest}{where}")

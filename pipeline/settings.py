@@ -15,6 +15,7 @@ import yaml
 
 from pipeline.queues import POLICIES
 from train.errors import InputNotFoundError, InvalidInputError
+from train.paths import read_yaml
 
 CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "pipeline.yaml"
 VIEWS = ("overlay", "mask", "side-by-side")
@@ -253,14 +254,7 @@ def load_settings(path: str | Path | None = None, **overrides: dict) -> Settings
     if file.is_dir():
         raise InvalidInputError(f"config {file} is a folder: pass a YAML file, e.g. {file}/pipeline.yaml")
     if file.exists():
-        try:
-            data = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise InvalidInputError(f"config {file} is not valid YAML{where}: {getattr(e, 'problem', None) or e}"
-                                    ) from None
-        settings = _apply(settings, data, origin=str(file))
+        settings = _apply(settings, read_yaml(file), origin=str(file))
     return settings.override(**overrides) if overrides else settings
 
 

@@ -1,12 +1,26 @@
-"""Output paths checked before any work, so a typo or a read-only place is one line, not a traceback
-after minutes of work. Missing folders are made (like mkdir -p)."""
+"""Files the user names: output paths checked before any work, so a typo or a read-only place is one
+line, not a traceback after minutes of work (missing folders are made, like mkdir -p); YAML configs
+read with errors that say where."""
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
 
+import yaml
+
 from train.errors import InvalidInputError
+
+
+def read_yaml(path: Path):
+    """The YAML document in ``path`` ({} when empty); a syntax error is one line with its place."""
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InvalidInputError(f"config {path} is not valid YAML{where}: {getattr(e, 'problem', None) or e}"
+                                ) from None
 
 
 def writable_file(path: str | Path, flag: str, example: str = "out.json") -> Path:

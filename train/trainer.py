@@ -25,7 +25,7 @@ from train.data import FrameSet, class_frequencies, find_pairs, split_by_runs, w
 from train.errors import InputNotFoundError, InvalidInputError
 from train.metrics import ConfusionMatrix, class_weights_from_frequencies, pixel_cross_entropy
 from train.model import check_input_size, config_to_dict, create_model
-from train.paths import writable_folder
+from train.paths import read_yaml, writable_folder
 from train.precision import autocast_dtype
 
 log = logging.getLogger("segpipe.train")
@@ -191,13 +191,7 @@ def load_train_config(config: str | Path | None, overrides: dict) -> dict:
     settings = dict(DEFAULTS)
     if config:
         path = find_config(config)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise InvalidInputError(f"config {path} is not valid YAML{where}: {getattr(e, 'problem', None) or e}"
-                                    ) from None
+        loaded = read_yaml(path)
         loaded = loaded.get("train", loaded) if isinstance(loaded, dict) else loaded
         if not isinstance(loaded, dict):
             raise InvalidInputError(f"config {path} must be a mapping of settings, e.g. epochs: 40")
