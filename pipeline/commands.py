@@ -78,6 +78,9 @@ def register(sub, formatter) -> None:
     p.add_argument("--codec", help=f"output codec, e.g. libx264, libx265, libvpx-vp9; auto: H.264, VP9 for .webm "
                                           f"(config: {d.encode.codec})")
     p.add_argument("--frames", type=int, metavar="N", help="stop after N frames")
+    p.add_argument("--no-audio", dest="audio", action="store_false",
+                   help=f"leave the input's sound out (config: encode.audio: {str(d.encode.audio).lower()}: "
+                        f"copied as it is)")
     p.add_argument("--policy", choices=["auto", *POLICIES],
                    help="queue policy after the source: auto = block for files, drop-oldest for live "
                         "(config: auto)")
@@ -141,7 +144,7 @@ def run_command(args) -> int:
     settings = _settings(args,
                          decode={"max_frames": args.frames},
                          colourise={"view": args.view, "alpha": args.alpha, "legend": args.legend},
-                         encode={"codec": args.codec},
+                         encode={"codec": args.codec, "audio": args.audio},
                          queues={"policy": args.policy})
     if batch:
         from pipeline.batch import run_many

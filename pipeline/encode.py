@@ -13,6 +13,9 @@ for yuv420p) are padded by one row/column (edge replicated).
   hybrid fragmented mode instead: self-contained fragments of ``fragment_s`` seconds reach the disk as they
   are made, and a clean close turns the file into an ordinary MP4 in place. A killed run keeps all but its
   last fragment. (Other codecs are written in one piece: FFmpeg 8.1 fails on some HEVC fragments.)
+- The input file's sound is copied as it is (``audio``: its path; see pipeline/audio.py) where the
+  container can hold it (tried on the probe file too); where it cannot, the output is silent and a
+  warning says why. ``sound`` says which, for the statistics.
 - A write that fails (disk full, I/O error) is a MediaError that says so. An output that holds no frame,
   or no frame that plays, is removed: an output file that exists is always playable. ``kept`` says how
   many frames a failed file still holds.
@@ -32,6 +35,7 @@ import av
 import cv2
 import numpy as np
 
+from pipeline.audio import AudioCopy
 from pipeline.stage import Stage
 from train.data import IMAGE_EXTENSIONS
 from train.errors import InvalidInputError, MediaError
@@ -123,7 +127,7 @@ class Encode(Stage):
     def __init__(self, path: str | Path, width: int, height: int, fps: Fraction, time_base: Fraction, *,
                  codec: str = "auto", pix_fmt: str = "yuv420p", preset: str | None = None,
                  tune: str | None = None, crf: int | None = None, threads: int = 0, options: dict | None = None,
-                 fragment_s: float = 1.0):
+                 fragment_s: float = 1.0, audio: str | None = None):
         super().__init__()
         self.path = Path(path)
         self.width, self.height = int(width), int(height)
@@ -140,6 +144,9 @@ class Encode(Stage):
         self.fragment_s = float(fragment_s)
         self.muxer_options: dict = {}            # set by preflight: crash-safe fragments for MP4/MOV
         self.container = self.stream = None
+        self.audio_source: str | None = None     # set by preflight: a file whose sound goes in the output
+        self.audio: AudioCopy | None = None
+        self.sound = "off" if audio is None else "none in the input"
         self._pending: dict[int, float] = {}     # pts -> t_decoded of frames inside the encoder
         self._last_pts = None
         self._flushed = False
@@ -147,14 +154,19 @@ class Encode(Stage):
         self.failed = False                      # a write failed: the file may lack its trailer
         self.kept: int | None = None             # after a failed write: the frames the file really holds
         self.preflight()
+        if audio is not None:
+            self.preflight_audio(str(audio))
 
     @classmethod
-    def from_settings(cls, path, width: int, height: int, info, settings, threads: int | None = None) -> Encode:
-        """An encoder for a source's timing (``info``: fps, time_base) with the ``encode:`` settings."""
+    def from_settings(cls, path, width: int, height: int, info, settings, threads: int | None = None,
+                      audio: bool = False) -> Encode:
+        """An encoder for a source's timing (``info``: fps, time_base) with the ``encode:`` settings;
+        ``audio``: copy the source's sound too (files only, and only if ``encode.audio``)."""
+        sound = info.name if audio and settings.audio and info.kind == "file" else None
         return cls(path, width, height, info.fps, info.time_base, codec=settings.codec, pix_fmt=settings.pix_fmt,
                    preset=settings.preset, tune=settings.tune, crf=settings.crf,
                    threads=settings.threads if threads is None else threads, options=settings.options,
-                   fragment_s=settings.fragment_s)
+                   fragment_s=settings.fragment_s, audio=sound)
 
     def preflight(self) -> None:
         """Open the same container and encoder on a probe file in a temporary folder: a wrong extension,
@@ -181,9 +193,38 @@ class Encode(Stage):
             if fragmented:                                        # the settings are fine: FFmpeg is before 7.1
                 warn_unfragmented(suffix)
 
-    def _probe(self, path: Path, muxer_options: dict) -> None:
-        """Open the container with ``muxer_options`` and this encoder on ``path`` and start encoding (which
-        writes the header)."""
+    def preflight_audio(self, source: str) -> None:
+        """Copy ``source``'s sound if it has any and this container can hold it (tried on a probe file);
+        if it cannot, say so: the output is silent."""
+        if not Path(source).is_file():    # a pipe or a device: a second reader would take the first one's data
+            self.sound = "not copied: the input is a pipe or device, which cannot be read twice"
+            log.info("%s is a pipe or device: its sound, if it has any, is not copied", source)
+            return
+        try:
+            audio = AudioCopy(source)
+        except (av.FFmpegError, OSError, ValueError) as e:
+            self.sound = f"not copied: {e}"
+            log.warning("%s: cannot read the sound (%s); the output is silent", source, e)
+            return
+        try:
+            if audio.track is None:
+                return
+            with tempfile.TemporaryDirectory(prefix="segpipe-probe-") as tmp:
+                self._probe(Path(tmp) / f"probe{self.path.suffix}", self.muxer_options, audio)
+        except (InvalidInputError, av.FFmpegError, ValueError):    # ValueError: a format that cannot hold it
+            self.sound = f"not copied: {self.path.suffix} files cannot hold {audio.codec}"
+            log.warning("the input's sound (%s) cannot go into %s files, so %s is silent: write .mkv to keep "
+                        "it, or pass --no-audio", audio.codec, self.path.suffix, self.path)
+            return
+        finally:
+            audio.close()
+        self.audio_source, self.sound = source, f"copied ({audio.codec})"
+        if audio.note:
+            log.info("%s: %s", source, audio.note)
+
+    def _probe(self, path: Path, muxer_options: dict, audio: AudioCopy | None = None) -> None:
+        """Open the container with ``muxer_options`` and this encoder (and ``audio``'s track) on ``path``
+        and start encoding (which writes the header)."""
         try:
             container = av.open(str(path), "w", options=muxer_options)
         except (av.FFmpegError, OSError, ValueError):
@@ -191,6 +232,8 @@ class Encode(Stage):
                                     f"or .mkv (or .mov, .avi, .webm)") from None
         try:
             stream = self._add_stream(container)
+            if audio is not None:
+                audio.add_to(container)
             try:
                 if muxer_options:   # header and a packet at once: FFmpeg 8.1 crashes closing a fragmented
                     blank = np.zeros((self.size[1], self.size[0], 3), np.uint8)   # file with a header only
@@ -240,6 +283,9 @@ class Encode(Stage):
             raise MediaError(f"cannot write {self.path}: {getattr(e, 'strerror', None) or e} (does the folder "
                              f"exist and can it be written?)") from None
         self.stream = self._add_stream(self.container)
+        if self.audio_source is not None:
+            self.audio = AudioCopy(self.audio_source)
+            self.audio.add_to(self.container)
 
     def process(self, frame):
         image = frame.output
@@ -259,6 +305,12 @@ class Encode(Stage):
         vf.pts, vf.time_base = pts, frame.time_base
         self._pending[pts] = frame.t_decoded
         self._encode(vf)
+        if self.audio is not None:          # the sound up to the end of this frame
+            try:
+                self.audio.mux_until(self.container, float(frame.pts * frame.time_base + 1 / self.fps))
+            except (av.FFmpegError, OSError) as e:
+                self.failed = True
+                raise write_error(self.path, e) from None
         return None
 
     def _encode(self, vf) -> None:
@@ -294,6 +346,8 @@ class Encode(Stage):
                 except (av.FFmpegError, OSError) as e:  # keep what was written; the first error matters more
                     log.debug("encoder flush after a stop failed: %s", e)
         finally:
+            if self.audio is not None:
+                self.audio.close()
             try:
                 self.container.close()       # writes the trailer (an MP4's index)
             except (av.FFmpegError, OSError) as e:

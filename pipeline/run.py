@@ -8,6 +8,7 @@ returns the run's statistics (also written as JSON with ``stats_path``)::
      "backend", "device", "precision",
      "stages": {name: {"busy_s", "p50_ms", "p95_ms"}},       # per process() call (infer: per batch)
      "latency_ms": {"p50", "p95", "p99"},                    # decoder out -> encoded packet written
+     "audio",   # with --out: copied (CODEC) | none in the input | not copied: WHY | off
      "exit"}    # done | input ended early | failed | interrupted | terminated
 
 ``dropped`` counts every frame of the source that is not in the output: queue drops (live sources)
@@ -120,7 +121,7 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
         encoder = None
         if out is not None:               # the container and encoder are tried now, before the model loads
             w, h = output_size(info.width, info.height, settings.colourise.view)       # (or builds)
-            encoder = Encode.from_settings(out, w, h, info, settings.encode)
+            encoder = Encode.from_settings(out, w, h, info, settings.encode, audio=True)
         backend = backend if backend is not None else load_backend(settings)
         pipe = build_pipeline(source, backend, settings, masks=masks, sinks=list(sinks), encode=encoder)
         if out is not None:
@@ -173,6 +174,9 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     stats = collect_stats(pipe, wall, backend, skipped=source.skipped, damaged=damaged)
     frames_in = pipe["decode"].count
     stats["exit"] = _exit_reason(failure, source, frames_in)
+    encoder = next((s for s in pipe.stages if isinstance(s, Encode)), None)
+    if encoder is not None:
+        stats["audio"] = encoder.sound
     if stats_path is not None:
         try:
             Path(stats_path).write_text(json.dumps(stats, indent=2))
@@ -180,7 +184,6 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
             log.warning("could not write the statistics to %s: %s", stats_path, e.strerror or e)
     if out is not None and not out.exists():          # no video (nothing encoded): no settings for it
         settings_path(out).unlink(missing_ok=True)
-    encoder = next((s for s in pipe.stages if isinstance(s, Encode)), None)
     kept = encoder.kept if encoder is not None and encoder.kept is not None else stats["frames"]
     done = _closed(out, masks, kept)
     if isinstance(failure, KeyboardInterrupt):

@@ -72,6 +72,7 @@ class EncodeSettings:
     options: dict = field(default_factory=dict)  # extra codec options, e.g. {profile: high}
     fragment_s: float = 1.0          # H.264 MP4/MOV: on disk in fragments this long, so a killed run keeps
                                      # all but the last; a finished file is an ordinary MP4. 0: one piece
+    audio: bool = True               # copy a file's sound into the output as it is (no re-encoding)
     png_compression: int = 1         # --masks PNGs: zlib level 0-9 (lossless at every level)
 
 

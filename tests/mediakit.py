@@ -48,9 +48,11 @@ def decode_index(labels: np.ndarray) -> int:
 def write_video(path: Path, frames: int = 12, width: int = 96, height: int = 64, *, rate=20,
                 codec: str = "libx264", pix_fmt: str = "yuv420p", options: dict | None = None,
                 pts: list[int] | None = None, time_base: Fraction | None = None, rotation: int | None = None,
-                container_options: dict | None = None, gray: bool = False, noise: bool = False) -> Path:
+                container_options: dict | None = None, gray: bool = False, noise: bool = False,
+                audio: str | None = None) -> Path:
     """Encode ``frames`` test frames; ``pts`` (in ``time_base``) gives each its own timestamp (VFR);
-    ``noise``: random pixels (frames that compress badly, to fill a disk)."""
+    ``noise``: random pixels (frames that compress badly, to fill a disk); ``audio``: an audio encoder
+    (aac, libopus, pcm_s16le ...) for a tone as long as the video."""
     rng = np.random.default_rng(0)
     with av.open(str(path), "w", options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=rate)
@@ -60,6 +62,7 @@ def write_video(path: Path, frames: int = 12, width: int = 96, height: int = 64,
         stream.options = ({"preset": "ultrafast", "crf": "10"} if codec == "libx264" else {}) | (options or {})
         if rotation is not None:
             stream.set_display_rotation(rotation)
+        sound = container.add_stream(audio, rate=48000, layout="mono") if audio else None
         for i in range(frames):
             img = frame_image(i, width, height)
             if noise:
@@ -74,13 +77,33 @@ def write_video(path: Path, frames: int = 12, width: int = 96, height: int = 64,
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+        if sound is not None:
+            write_tone(container, sound, frames / rate)
     return path
 
 
+def write_tone(container, stream, seconds: float, hz: float = 440.0) -> None:
+    """A sine tone of ``seconds`` into an audio ``stream`` (48 kHz mono), in the encoder's frame size."""
+    rate, fmt = 48000, stream.codec_context.format.name
+    size = stream.codec_context.frame_size or 1024
+    t = np.arange(round(seconds * rate)) / rate
+    wave = 0.3 * np.sin(2 * np.pi * hz * t)
+    samples = (wave * 32767).astype(np.int16) if fmt.startswith("s16") else wave.astype(np.float32)
+    for start in range(0, len(samples), size):
+        chunk = samples[start:start + size]
+        frame = av.AudioFrame.from_ndarray(chunk[None, :], format=fmt, layout="mono")
+        frame.sample_rate, frame.pts = rate, start
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+
+
 def write_clip(path: Path, frames: int = 12, width: int = 96, height: int = 64, rate: int = 25,
-               codec: str = "libx264", options: dict | None = None) -> Path:
+               codec: str = "libx264", options: dict | None = None, audio: str | None = None) -> Path:
     """A test clip, as PyAV's own tests write them (sizes rounded up to even for yuv420p)."""
-    return write_video(path, frames, width + width % 2, height + height % 2, rate=rate, codec=codec, options=options)
+    return write_video(path, frames, width + width % 2, height + height % 2, rate=rate, codec=codec, options=options,
+                       audio=audio)
 
 
 def probe(path: Path) -> dict:

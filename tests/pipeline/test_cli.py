@@ -14,7 +14,7 @@ from pipehelp import CARLA_VIDEO, SHARED, StubBackend, probe, write_clip
 from pipeline.cli import main
 
 STATS_KEYS = {"frames", "dropped", "dropped_by", "damaged", "fps", "wall_s", "backend", "device", "precision",
-              "stages", "latency_ms", "exit"}
+              "stages", "latency_ms", "audio", "exit"}
 
 
 def test_run_writes_video_stats_and_settings(tmp_path, clip, capsys):

@@ -87,7 +87,7 @@ def test_settings_used_are_written_beside_the_output(tmp_path, clip, stub, setti
     assert saved["resolved"]["queues"]["decode->preprocess"].startswith("block")
     stats = json.loads((tmp_path / "s.json").read_text())
     assert set(stats) == {"frames", "dropped", "dropped_by", "damaged", "fps", "wall_s", "backend", "device",
-                          "precision", "stages", "latency_ms", "exit"}
+                          "precision", "stages", "latency_ms", "audio", "exit"}
     assert stats["dropped_by"] == {"queues": 0, "undecodable": 0} and stats["exit"] == "done"
     assert set(stats["stages"]) == {"decode", "preprocess", "infer", "colourise", "encode"}
     assert all(set(v) == {"busy_s", "p50_ms", "p95_ms"} for v in stats["stages"].values())

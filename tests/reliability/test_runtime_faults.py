@@ -15,6 +15,7 @@ import threading
 import time
 from fractions import Fraction
 
+import av
 import pytest
 
 import pipeline.encode
@@ -125,9 +126,11 @@ def test_a_signal_finalises_the_output_and_stops_every_thread_promptly(tmp_path,
 @pytest.mark.parametrize("ext", ["mp4", "mov"])
 def test_a_killed_run_leaves_an_mp4_that_plays_to_its_last_whole_fragment(tmp_path, ext):
     """SIGKILL (as the OOM killer or a power cut would end it): nothing can finalise the file, yet every
-    fragment written before it plays. encode.fragment_s is 1 s, so at most the last second is lost."""
+    fragment written before it plays, sound included. encode.fragment_s is 1 s, so at most the last second
+    is lost."""
     out = tmp_path / f"seg.{ext}"
-    proc = run_until_written(write_video(tmp_path / "long.mp4", 600, 160, 120), out, 20_000, subprocess.DEVNULL)
+    src = write_video(tmp_path / "long.mp4", 600, 160, 120, audio="aac")
+    proc = run_until_written(src, out, 20_000, subprocess.DEVNULL)
     try:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -137,6 +140,9 @@ def test_a_killed_run_leaves_an_mp4_that_plays_to_its_last_whole_fragment(tmp_pa
     kept = probe(out)
     assert 20 <= kept["frames"] < 600                      # whole 1 s fragments at 20 fps
     assert kept["pts"] == sorted(kept["pts"]) and len(set(kept["pts"])) == kept["frames"]
+    with av.open(str(out)) as c:
+        sound = [f.time for f in c.decode(audio=0)]               # decodes without an error
+    assert len(sound) > 20 and abs(sound[-1] - kept["seconds"][-1]) < 0.1     # up to the same moment
 
 
 class EndlessCamera:

@@ -1,0 +1,87 @@
+"""The input's sound in the output: copied packet for packet, in step with the frames, cut where they stop."""
+import json
+import logging
+import os
+import threading
+
+import av
+import pytest
+
+from pipehelp import probe, write_clip
+from pipeline.cli import main
+from pipeline.run import run
+
+
+def audio_packets(path) -> list[tuple[float, bytes]]:
+    """(start in seconds, bytes) of each audio packet; [] if there is no audio track."""
+    with av.open(str(path)) as c:
+        if not c.streams.audio:
+            return []
+        return [(round(float(p.pts * p.time_base), 4), bytes(p)) for p in c.demux(audio=0) if p.dts is not None]
+
+
+@pytest.mark.parametrize("sound,src_ext,out_ext", [("aac", "mp4", "mp4"), ("libopus", "mkv", "mkv"),
+                                                    ("pcm_s16le", "mkv", "mov")])
+def test_the_sound_is_copied_as_it_is_and_in_step(tmp_path, stub, settings, sound, src_ext, out_ext):
+    clip = write_clip(tmp_path / f"clip.{src_ext}", frames=25, audio=sound)
+    out = tmp_path / f"seg.{out_ext}"
+    stats = run(clip, out, settings, backend=stub)
+    want = [p for p in audio_packets(clip) if p[0] < 25 / 25]          # up to the end of the last frame
+    got = audio_packets(out)
+    assert len(want) > 10 and [b for _, b in got] == [b for _, b in want]     # the same bytes, none re-encoded
+    # A track that starts before 0 (AAC's priming packet) moves both tracks later by as much, as FFmpeg
+    # does when it copies into MP4 fragments or Matroska: the sound stays in step with the frames.
+    shift = got[0][0] - want[0][0]
+    assert all(abs(g - w - shift) < 1.5e-3 for (g, _), (w, _) in zip(got, want))
+    src, seg = probe(clip)["seconds"], probe(out)["seconds"]
+    assert len(seg) == 25 and all(abs(g - w - shift) < 1.5e-3 for g, w in zip(seg[1:], src[1:]))
+    assert stats["audio"] == f"copied ({'opus' if sound == 'libopus' else sound})"
+
+
+def test_a_run_that_stops_early_has_sound_up_to_its_last_frame(tmp_path, stub, settings):
+    clip = write_clip(tmp_path / "clip.mp4", frames=25, audio="aac")
+    out = tmp_path / "seg.mp4"
+    run(clip, out, settings.override(decode={"max_frames": 10}), backend=stub)
+    times = [t for t, _ in audio_packets(out)]
+    end = probe(out)["seconds"][-1] + 1 / 25                  # the end of the 10th frame
+    packet_s = 1024 / 48000
+    assert probe(out)["frames"] == 10
+    assert times and end - packet_s <= max(times) < end + 1e-3
+
+
+def test_a_container_that_cannot_hold_the_sound_is_silent_with_a_warning(tmp_path, stub, settings, caplog):
+    clip = write_clip(tmp_path / "clip.mp4", audio="aac")
+    out = tmp_path / "seg.webm"
+    with caplog.at_level(logging.WARNING, "segpipe.pipeline"):
+        stats = run(clip, out, settings, backend=stub)
+    assert probe(out)["frames"] == 12 and audio_packets(out) == []
+    assert stats["audio"] == "not copied: .webm files cannot hold aac"
+    assert "cannot go into .webm files" in caplog.text and "--no-audio" in caplog.text
+
+
+def test_inputs_without_sound_and_runs_without_an_output(tmp_path, stub, settings):
+    silent = write_clip(tmp_path / "silent.mp4")
+    assert run(silent, tmp_path / "a.mp4", settings, backend=stub)["audio"] == "none in the input"
+    assert "audio" not in run(silent, None, settings, masks=tmp_path / "m", backend=stub)
+
+
+def test_no_audio_leaves_it_out(tmp_path, capsys):
+    clip = write_clip(tmp_path / "clip.mp4", audio="aac")
+    for flags, want in (([], "copied (aac)"), (["--no-audio"], "off")):
+        out, stats = tmp_path / f"seg{len(flags)}.mp4", tmp_path / f"s{len(flags)}.json"
+        assert main(["run", str(clip), "--out", str(out), "--stats", str(stats), "--no-progress", *flags]) == 0
+        assert json.loads(stats.read_text())["audio"] == want
+        assert bool(audio_packets(out)) == (not flags)
+
+
+def test_a_pipe_is_read_once_so_its_sound_is_not_copied(tmp_path, stub, settings):
+    """A second reader of a FIFO would take the first one's bytes: the frames all come through instead."""
+    data = write_clip(tmp_path / "clip.mkv", frames=20, audio="aac").read_bytes()
+    fifo = tmp_path / "feed.mkv"
+    os.mkfifo(fifo)
+    feeder = threading.Thread(target=fifo.write_bytes, args=(data,), daemon=True)
+    feeder.start()
+    stats = run(fifo, tmp_path / "seg.mp4", settings, backend=stub)
+    feeder.join(5)
+    assert stats["frames"] == 20 and stats["exit"] == "done" and audio_packets(tmp_path / "seg.mp4") == []
+    assert stats["audio"].startswith("not copied: the input is a pipe")
