@@ -33,11 +33,15 @@ def register(sub, formatter) -> None:
                        description="Evaluate a checkpoint on the validation runs of a CARLA folder.",
                        epilog="examples:\n"
                               "  segpipe eval --data ../shared/carla\n"
-                              "  segpipe eval --data DIR --weights runs/train/best.pt --json metrics.json")
+                              "  segpipe eval --data DIR --weights runs/train/best.pt --json metrics.json\n"
+                              "  segpipe eval --data ../shared/carla --native     the masks as written, 640x480")
     p.add_argument("--data", required=True, help="CARLA folder with CameraRGB/ and CameraMask/")
     p.add_argument("--weights", help="checkpoint (default: the shipped model)")
     p.add_argument("--split", default="val", choices=["val", "train", "all"],
                    help="which frames: the validation runs (as in training), the training runs, or all")
+    p.add_argument("--native", action="store_true",
+                   help="score at each frame's own size (the labels as `segpipe run --masks` writes them: "
+                        "predicted at the model's size, scaled up) instead of at the model's size")
     p.add_argument("--json", help="write the metrics as JSON here")
     p.add_argument("--grid", help="PNG of input / ground truth / prediction (default: beside --json, or none)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -68,7 +72,8 @@ def run_eval(args) -> int:
             raise InvalidInputError(f"--grid {args.grid}: name a .png (or .jpg) file")
         writable_file(args.grid, "--grid", "grid.png")
     result = evaluate_checkpoint(args.data, args.weights, split=args.split, device=args.device,
-                                 grid=args.grid or (str(Path(args.json).with_suffix(".png")) if args.json else None))
+                                 grid=args.grid or (str(Path(args.json).with_suffix(".png")) if args.json else None),
+                                 native=args.native)
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -8,25 +8,57 @@ import numpy as np
 import torch
 
 from train.checkpoint import load_model
-from train.data import FrameSet, find_pairs, split_by_runs
-from train.errors import InvalidInputError
+from train.data import FrameSet, find_pairs, read_image, read_mask, split_by_runs
+from train.errors import DatasetError, InvalidInputError
+from train.metrics import ConfusionMatrix
 from train.trainer import DEFAULTS, evaluate, normalizer, pick_device
 
 
 def evaluate_checkpoint(data, weights=None, split: str = "val", device: str = "auto", grid: str | None = None,
-                        grid_frames: int = 4) -> dict:
+                        grid_frames: int = 4, native: bool = False) -> dict:
+    """Scores at the model's input size (masks scaled down, as in training), or with ``native`` at each
+    frame's own size, the labels as `segpipe run --masks` writes them."""
     model, ckpt = load_model(weights)
     dev = pick_device(device)
     model.to(dev)
     pairs = checkpoint_split(data, ckpt, split)
     size = tuple(ckpt["input_size"])
-    frames = FrameSet(pairs, size, num_classes=model.config.num_classes)
     normalize = normalizer(ckpt["normalize"], dev)
-    cm, _ = evaluate(model, frames, dev, normalize, model.config.num_classes)
-    result = {**cm.summary(ckpt["class_names"]), "frames": len(frames)}
+    num_classes = model.config.num_classes
+    if native:
+        cm = evaluate_native(model, pairs, size, normalize, dev, num_classes)
+    frames = FrameSet(pairs, size, num_classes=num_classes) if grid or not native else None
+    if not native:
+        cm, _ = evaluate(model, frames, dev, normalize, num_classes)
+    result = {**cm.summary(ckpt["class_names"]), "frames": len(pairs),
+              "scored_at": "native" if native else "x".join(map(str, size))}
     if grid:
         save_grid(model, frames, normalize, dev, ckpt["palette"], grid, grid_frames)
     return result
+
+
+@torch.inference_mode()
+def evaluate_native(model, pairs, size: tuple[int, int], normalize, device, num_classes: int,
+                    batch_size: int = 16) -> ConfusionMatrix:
+    """The labels segpipe writes, scored against the full-size masks: each frame scaled to the model's
+    ``size`` (INTER_AREA, as the preprocess stage does), its labels scaled back to the frame's own size
+    (INTER_NEAREST_EXACT, as the colourise stage does)."""
+    model.eval()
+    cm = ConfusionMatrix(num_classes)
+    h, w = size
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        images = [read_image(p.image) for p in chunk]
+        small = np.stack([cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) for img in images])
+        pred = model(normalize(torch.from_numpy(small).permute(0, 3, 1, 2).to(device))).argmax(1)
+        for p, img, labels in zip(chunk, images, pred.to(torch.uint8).cpu().numpy()):
+            mask = read_mask(p.mask, num_classes)
+            if img.shape[:2] != mask.shape:
+                raise DatasetError(f"image {p.image.name} is {img.shape[1]}x{img.shape[0]} but its mask is "
+                                   f"{mask.shape[1]}x{mask.shape[0]}: they must match")
+            full = cv2.resize(labels, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_NEAREST_EXACT)
+            cm.update(torch.from_numpy(full), torch.from_numpy(mask))
+    return cm
 
 
 def checkpoint_split(data, ckpt: dict, split: str = "val") -> list:
@@ -44,7 +76,8 @@ def format_table(result: dict) -> str:
     lines += [f"{name:<14} {iou:6.3f}" for name, iou in
               sorted(result["per_class_iou"].items(), key=lambda kv: -kv[1])]
     lines.append(f"{'mIoU':<14} {result['miou']:6.3f}")
-    lines.append(f"{'pixel acc':<14} {result['pixel_accuracy']:6.3f}   ({result['frames']} frames)")
+    lines.append(f"{'pixel acc':<14} {result['pixel_accuracy']:6.3f}   ({result['frames']} frames, scored at "
+                 f"{result['scored_at']})")
     return "\n".join(lines)
 
 

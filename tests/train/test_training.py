@@ -151,7 +151,8 @@ def test_eval_json_fields(carla_dir, tmp_path):
     out = tmp_path / "metrics.json"
     assert main(["eval", "--data", str(carla_dir), "--weights", str(path), "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert set(result) == {"miou", "pixel_accuracy", "per_class_iou", "frames"}
+    assert set(result) == {"miou", "pixel_accuracy", "per_class_iou", "frames", "scored_at"}
+    assert result["scored_at"] == "48x64"
     assert isinstance(result["miou"], float) and isinstance(result["frames"], int)
     assert all(isinstance(v, float) for v in result["per_class_iou"].values())
     assert (tmp_path / "metrics.png").is_file()
@@ -161,6 +162,25 @@ def test_eval_of_shipped_model_on_real_frames(carla_dir):
     result = evaluate_checkpoint(carla_dir, split="all")
     assert result["frames"] == 12
     assert result["pixel_accuracy"] > 0.8  # a random model scores about 1/23
+
+
+def test_eval_native_scores_the_masks_that_run_writes(carla_dir, tmp_path, settings):
+    """--native: the labels at each frame's own size, as `segpipe run --masks` writes them."""
+    from pipeline.run import run
+    from train.data import read_mask
+    from train.metrics import ConfusionMatrix
+
+    native = evaluate_checkpoint(carla_dir, split="all", native=True)
+    assert native["scored_at"] == "native" and native["frames"] == 12
+    masks = tmp_path / "masks"
+    run(carla_dir / "CameraRGB", None, settings.override(infer={"backend": "torch-cpu", "precision": "fp32"}),
+        masks=masks)
+    cm = ConfusionMatrix(23)
+    for written, truth in zip(sorted(masks.iterdir()), sorted((carla_dir / "CameraMask").iterdir())):
+        cm.update(torch.from_numpy(read_mask(written)), torch.from_numpy(read_mask(truth)))
+    assert cm.matrix.sum() == 12 * 240 * 320                           # scored at 320x240, the frames' size
+    assert abs(cm.pixel_accuracy() - native["pixel_accuracy"]) < 0.002 and abs(cm.miou() - native["miou"]) < 0.01
+    assert native["pixel_accuracy"] != evaluate_checkpoint(carla_dir, split="all")["pixel_accuracy"]
 
 
 def test_cli_user_errors_are_one_line(carla_dir, capsys):
