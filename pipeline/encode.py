@@ -269,6 +269,8 @@ class Encode(Stage):
         stream.time_base = self.time_base
         stream.codec_context.time_base = self.time_base
         stream.codec_context.thread_count = self.threads
+        if container.format.name in ("mp4", "mov") and codec_family(self.codec) == "hevc":
+            stream.codec_context.codec_tag = "hvc1"     # FFmpeg's hev1 does not play in QuickTime or Safari
         if stream.codec_context.name in ("libx264", "libx265"):
             self._stream_options = dict(self.options)
         else:   # preset/tune/crf mean nothing to other encoders; only pass the extra options

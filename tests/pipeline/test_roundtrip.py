@@ -134,14 +134,17 @@ def test_an_ffmpeg_without_fragmented_mp4_still_writes_one_with_a_warning(tmp_pa
     assert "cannot write .mp4 in fragments (needs 7.1+" in caplog.text
 
 
-def test_hevc_mp4_is_written_in_one_piece(tmp_path, clip, stub, settings):
+def test_hevc_mp4_is_written_in_one_piece_and_tagged_for_apple_players(tmp_path, clip, stub, settings):
     """FFmpeg 8.1 cannot mux fragmented HEVC from a flat first frame (and crashes closing such a file):
-    only H.264 is written in fragments."""
+    only H.264 is written in fragments. QuickTime and Safari play HEVC in MP4 only when it is tagged hvc1."""
+    import av
     out = tmp_path / "seg.mp4"
     run(clip, out, settings.override(encode={"codec": "libx265", "options": {"x265-params": "log-level=none"}}),
         backend=stub)
     got = probe(out)
     assert got["codec"] == "hevc" and got["frames"] == 12
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].codec_context.codec_tag == "hvc1"
 
 
 def test_webm_picks_vp9_in_real_time_mode(tmp_path, clip, stub, settings):
