@@ -9,8 +9,10 @@ Each worker is a process with its own engine, built on its first file and reused
 takes, and its own thread budget (cores // workers for torch/onnxruntime, FFmpeg decode and encode),
 so N pipelines share the cores instead of oversubscribing them; on GPUs, one worker per GPU. Files go
 to workers as they free up. A failed file is retried once (unless the input itself is at fault:
-missing, not a video, truncated), then reported; it never stops the others. A worker whose engine
-cannot be built stops the batch (every file would fail the same way).
+missing, not a video, truncated), then reported; it never stops the others. A worker process that dies
+(out of memory, killed) takes the whole process pool with it, and the files then running with it: those
+are run again one at a time, so only the file that kills its worker while alone is charged for it.
+A worker whose engine cannot be built stops the batch (every file would fail the same way).
 
 The summary (``summarise``; ``--stats FILE`` writes it)::
 
@@ -464,27 +466,36 @@ def run_batch(jobs: list[Job], settings, workers: int | None = None, *, progress
     tally = Tally(jobs, progress=progress, mode="local", workers=workers)
     executor = pool()
     inflight: dict = {}
+    alone: deque[tuple[Job, int]] = deque()   # running when a worker died: rerun one at a time, to tell which
     try:
         with sigterm_raises():
-            while tally.busy or inflight:
-                while tally.busy and len(inflight) < workers:
-                    job, attempt = tally.next()
-                    inflight[executor.submit(_process, job, attempt)] = (job, attempt)
+            while tally.busy or inflight or alone:
+                if alone:
+                    if not inflight:
+                        job, attempt = alone.popleft()
+                        inflight[executor.submit(_process, job, attempt)] = (job, attempt)
+                else:
+                    while tally.busy and len(inflight) < workers:
+                        job, attempt = tally.next()
+                        inflight[executor.submit(_process, job, attempt)] = (job, attempt)
                 done, _ = wait(inflight, timeout=0.5, return_when=FIRST_COMPLETED)
-                broken = False
+                broken = []
                 for future in done:
                     job, attempt = inflight.pop(future)
                     try:
-                        record = future.result()
+                        tally.finish(job, attempt, future.result())
                     except BrokenProcessPool:
-                        broken = True
-                        record = failed_record(job, attempt, "its worker process died (killed, or out of memory?)")
-                    tally.finish(job, attempt, record)
-                if broken:                       # every file on the dead pool failed; start a new pool
-                    for future in wait(inflight).done:
-                        job, attempt = inflight.pop(future)
+                        broken.append((job, attempt))
+                if broken:                 # the whole pool is gone: every file on it failed with the one
+                    broken += [inflight.pop(f) for f in wait(inflight).done]
+                    if len(broken) == 1:   # it ran alone, so it was the one (or the process was killed)
+                        job, attempt = broken[0]
                         tally.finish(job, attempt, failed_record(
-                            job, attempt, "a worker process died while it ran (killed, or out of memory?)"))
+                            job, attempt, "its worker process died (killed, or out of memory?)"))
+                    else:                  # not charged: all but one are innocent
+                        log.warning("a worker process died with %d files running (killed, or out of memory?): "
+                                    "running them again one at a time, to tell which one it was", len(broken))
+                        alone.extend((job, attempt + 1) for job, attempt in broken)
                     executor.shutdown(wait=True)
                     executor = pool()
                 tally.live(counter.value)

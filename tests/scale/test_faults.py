@@ -1,6 +1,7 @@
 """A worker killed mid-file (SIGKILL: no chance to clean up) costs that file one attempt; the batch
 replaces the worker, retries the file, and every file is done. Slow: longer clips, so the kill lands
 mid-file."""
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -52,6 +53,52 @@ def test_a_killed_local_worker_process_is_replaced_and_its_file_retried(tmp_path
     assert killed, "the worker was not killed in time"
     assert (summary["done"], summary["failed"], summary["frames"]) == (3, 0, 180)
     assert max(r["attempts"] for r in summary["results"]) == 2           # the files it broke, retried
+
+
+def holding(path: Path):
+    """The pid of a worker process of ours that has ``path`` open, or None."""
+    want = str(path.resolve())
+    for child in multiprocessing.active_children():
+        try:
+            fds = Path(f"/proc/{child.pid}/fd").iterdir()
+            if any(os.readlink(fd) == want for fd in fds):
+                return child.pid
+        except OSError:                      # gone, or an fd closed while we looked
+            continue
+    return None
+
+
+def test_a_file_that_kills_its_worker_is_found_without_charging_the_files_beside_it(tmp_path, long_clips,
+                                                                                       config, caplog):
+    """Every worker that opens the poison file dies (as if it ran out of memory on it). The pool dies with
+    it, and with it the file running beside it; those are rerun one at a time: only the poison file
+    fails, and the others are done."""
+    poison = long_clips[0]
+    killed, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            pid = holding(poison)
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        summary = run_batch(plan_jobs([str(c) for c in long_clips], tmp_path / "seg", None),
+                            load_settings(config), workers=2)
+    finally:
+        stop.set()
+        watcher.join(5)
+    assert len(killed) >= 2
+    assert (summary["done"], summary["failed"], summary["frames"]) == (2, 1, 120)
+    assert [f["src"] for f in summary["failures"]] == [str(poison)]
+    assert summary["failures"][0]["attempts"] >= 2     # 3 when it first died alone: it runs again beside another
+    assert "running them again one at a time" in caplog.text
+    assert not any(f"{clip.name} failed" in caplog.text for clip in long_clips[1:])     # never charged
 
 
 def descends_from_us(pid: int) -> bool:
@@ -107,9 +154,13 @@ def test_sigterm_stops_the_workers_and_closes_their_outputs(tmp_path, long_clips
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", *map(str, long_clips), "--out-dir",
                              str(out), "--masks", str(masks), "--workers", "2", "--config", str(config),
                              "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def encoding():      # a video's header is on disk: its first frame reached the encoder (not only --masks)
+        return any(v.stat().st_size for v in out.glob("*.mp4")) if out.exists() else False
+
     deadline = time.monotonic() + 60
-    while not first_mask_written(masks)() and time.monotonic() < deadline and proc.poll() is None:
+    while not encoding() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
+    time.sleep(0.2)
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
