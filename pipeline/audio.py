@@ -2,24 +2,30 @@
 
 The encoder asks for the sound up to the end of each frame it writes (``mux_until``), so sound and picture
 are interleaved as they are written and stay in step: both keep their source timestamps (where the sound
-starts before zero, as AAC's priming packet does, MP4 fragments and Matroska move both tracks later by
-as much, as FFmpeg does when it copies). A run that stops
+starts before zero, as AAC's priming packet does, an MP4 written in one piece keeps it with an edit list;
+MP4 fragments and Matroska move both tracks later by as much, as FFmpeg does when it copies, but for the
+first frame, which then lasts that much longer). A run that stops
 early (``--frames``, Ctrl-C, a failure) has sound up to its last frame. Only files have their sound copied:
 the file is opened a second time, which a camera or a live stream does not allow.
 
-Damaged sound never costs the video: the copy stops there, with a warning, and the picture goes on.
+Sound that cannot be copied never costs the video: damaged data, timestamps that go back (clips joined end to
+end) or a packet the muxer refuses stop the sound there, with a warning, and the picture goes on. Only a
+failed write (disk full, I/O error) fails the run, as it would for the video.
 """
 from __future__ import annotations
 
+import errno
 import logging
 
 import av
 
 log = logging.getLogger("segpipe.pipeline")
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO}     # the output cannot be written: the run fails
 
 
 class AudioCopy:
-    """The first audio track of ``path``, read packet by packet; ``track`` is None when it has none."""
+    """The first audio track of ``path``, read packet by packet; ``track`` is None when it has none.
+    ``stopped`` says why the sound stopped before the video did, if it did."""
 
     def __init__(self, path: str):
         self.path = path
@@ -30,8 +36,10 @@ class AudioCopy:
         self.note = f"{len(tracks)} audio tracks: the first is copied" if len(tracks) > 1 else None
         self.stream = None            # its copy in the output
         self.packets = 0              # packets muxed
-        self._reader = self.container.demux(self.track) if self.track is not None else iter(())
+        self.stopped: str | None = None
+        self._reader = self.container.demux(self.track) if self.track is not None else None
         self._ahead = None            # a packet read that belongs after the frames written so far
+        self._last_dts = None
 
     def add_to(self, container):
         """Add the track to an output ``container`` (before its header is written)."""
@@ -39,31 +47,42 @@ class AudioCopy:
         return self.stream
 
     def mux_until(self, container, t: float) -> None:
-        """Mux the packets that start before ``t`` seconds (source time) into ``container``."""
-        while True:
-            packet, self._ahead = self._ahead or self._read(), None
+        """Mux the packets that start before ``t`` seconds (source time) into ``container``. A write
+        error (disk full, I/O) is raised; sound FFmpeg will not take stops the sound, not the video."""
+        while self._reader is not None:
+            packet = self._ahead if self._ahead is not None else self._read()
+            self._ahead = None
             if packet is None:
                 return
             if float((packet.pts if packet.pts is not None else packet.dts) * packet.time_base) >= t:
                 self._ahead = packet
                 return
+            if self._last_dts is not None and packet.dts <= self._last_dts:
+                return self._stop("its timestamps go back (clips joined end to end?)")
+            self._last_dts = packet.dts
             packet.stream = self.stream
-            container.mux(packet)
+            try:
+                container.mux(packet)
+            except (av.FFmpegError, OSError) as e:
+                if getattr(e, "errno", None) in WRITE_ERRNOS:
+                    raise
+                return self._stop(f"FFmpeg refused a packet: {e}")
             self.packets += 1
 
     def _read(self):
-        """The next packet with a timestamp; None at the end, or where the data is damaged (said once)."""
-        if self._reader is None:
-            return None
+        """The next packet with a timestamp; None at the end, or where the data is damaged."""
         try:
             for packet in self._reader:
                 if packet.dts is not None:
                     return packet
         except (av.FFmpegError, ValueError) as e:
-            log.warning("%s: the sound stops after %d packets, its data is damaged (%s); the video goes on",
-                        self.path, self.packets, e)
+            self._stop(f"its data is damaged ({e})")
         self._reader = None
         return None
+
+    def _stop(self, why: str) -> None:
+        self.stopped, self._reader, self._ahead = why, None, None
+        log.warning("%s: the sound stops after %d packets: %s; the video goes on", self.path, self.packets, why)
 
     def close(self) -> None:
         self.container.close()

@@ -479,23 +479,24 @@ def run_batch(jobs: list[Job], settings, workers: int | None = None, *, progress
                         job, attempt = tally.next()
                         inflight[executor.submit(_process, job, attempt)] = (job, attempt)
                 done, _ = wait(inflight, timeout=0.5, return_when=FIRST_COMPLETED)
+                if any(isinstance(f.exception(), BrokenProcessPool) for f in done):
+                    done = wait(inflight).done     # the whole pool is gone: every file on it ends now
                 broken = []
                 for future in done:
                     job, attempt = inflight.pop(future)
-                    try:
-                        tally.finish(job, attempt, future.result())
-                    except BrokenProcessPool:
+                    if isinstance(future.exception(), BrokenProcessPool):
                         broken.append((job, attempt))
-                if broken:                 # the whole pool is gone: every file on it failed with the one
-                    broken += [inflight.pop(f) for f in wait(inflight).done]
-                    if len(broken) == 1:   # it ran alone, so it was the one (or the process was killed)
-                        job, attempt = broken[0]
-                        tally.finish(job, attempt, failed_record(
-                            job, attempt, "its worker process died (killed, or out of memory?)"))
-                    else:                  # not charged: all but one are innocent
-                        log.warning("a worker process died with %d files running (killed, or out of memory?): "
-                                    "running them again one at a time, to tell which one it was", len(broken))
-                        alone.extend((job, attempt + 1) for job, attempt in broken)
+                    else:
+                        tally.finish(job, attempt, future.result())
+                if len(broken) == 1:       # it ran alone, so it was the one (or its process was killed)
+                    job, attempt = broken[0]
+                    tally.finish(job, attempt, failed_record(
+                        job, attempt, "its worker process died (killed, or out of memory?)"))
+                elif broken:               # not charged: all but one of them are innocent
+                    log.warning("a worker process died with %d files running (killed, or out of memory?): "
+                                "running them again one at a time, to tell which one it was", len(broken))
+                    alone.extend(broken)
+                if broken:
                     executor.shutdown(wait=True)
                     executor = pool()
                 tally.live(counter.value)

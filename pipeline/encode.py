@@ -107,15 +107,17 @@ def warn_unfragmented(suffix: str) -> None:
 
 def intact_frames(path: Path) -> tuple[int, int]:
     """How many whole video frames ``path`` holds (counting packets: no decoding), if its first one decodes,
-    and the byte where the last of them ends; (0, 0) if none."""
+    and the byte where the last whole packet of any track ends (a fragment's sound follows its frames);
+    (0, 0) if none."""
     try:
         with av.open(str(path)) as c:
             stream = c.streams.video[0]
             if next(iter(c.decode(stream)), None) is None:
                 return 0, 0
             c.seek(0)
-            ends = [p.pos + p.size for p in c.demux(stream) if p.size and not p.is_corrupt]  # corrupt: cut short
-            return len(ends), max(ends, default=0)
+            whole = [p for p in c.demux() if p.size and not p.is_corrupt]   # corrupt: cut short
+            frames = sum(p.stream.type == "video" for p in whole)
+            return frames, max((p.pos + p.size for p in whole), default=0) if frames else 0
     except (av.FFmpegError, OSError, IndexError, ValueError):
         return 0, 0
 
@@ -162,11 +164,15 @@ class Encode(Stage):
                       audio: bool = False) -> Encode:
         """An encoder for a source's timing (``info``: fps, time_base) with the ``encode:`` settings;
         ``audio``: copy the source's sound too (files only, and only if ``encode.audio``)."""
-        sound = info.name if audio and settings.audio and info.kind == "file" else None
-        return cls(path, width, height, info.fps, info.time_base, codec=settings.codec, pix_fmt=settings.pix_fmt,
-                   preset=settings.preset, tune=settings.tune, crf=settings.crf,
-                   threads=settings.threads if threads is None else threads, options=settings.options,
-                   fragment_s=settings.fragment_s, audio=sound)
+        copy = audio and settings.audio
+        encoder = cls(path, width, height, info.fps, info.time_base, codec=settings.codec, pix_fmt=settings.pix_fmt,
+                      preset=settings.preset, tune=settings.tune, crf=settings.crf,
+                      threads=settings.threads if threads is None else threads, options=settings.options,
+                      fragment_s=settings.fragment_s, audio=info.name if copy and info.kind == "file" else None)
+        if copy and info.kind != "file":
+            encoder.sound = ("none in the input" if info.kind == "images" else
+                             f"not copied: only a file's sound is copied, not a {info.kind}'s")
+        return encoder
 
     def preflight(self) -> None:
         """Open the same container and encoder on a probe file in a temporary folder: a wrong extension,
@@ -286,8 +292,14 @@ class Encode(Stage):
                              f"exist and can it be written?)") from None
         self.stream = self._add_stream(self.container)
         if self.audio_source is not None:
-            self.audio = AudioCopy(self.audio_source)
-            self.audio.add_to(self.container)
+            try:
+                self.audio = AudioCopy(self.audio_source)
+                self.audio.add_to(self.container)
+            except (av.FFmpegError, OSError, ValueError) as e:    # changed since preflight: go on silent
+                if self.audio is not None:
+                    self.audio.close()
+                self.audio, self.sound = None, f"not copied: {e}"
+                log.warning("%s: cannot read the sound (%s); %s is silent", self.audio_source, e, self.path)
 
     def process(self, frame):
         image = frame.output
@@ -348,15 +360,23 @@ class Encode(Stage):
                 except (av.FFmpegError, OSError) as e:  # keep what was written; the first error matters more
                     log.debug("encoder flush after a stop failed: %s", e)
         finally:
-            if self.audio is not None:
-                self.audio.close()
             try:
                 self.container.close()       # writes the trailer (an MP4's index)
             except (av.FFmpegError, OSError) as e:
                 close_error, self.failed = e, True
+            if self.audio is not None:
+                self._close_audio()
             self._remove_if_unusable(finalised=close_error is None)
         if close_error is not None:
             raise write_error(self.path, close_error)
+
+    def _close_audio(self) -> None:
+        if self.audio.stopped:
+            self.sound += f", stopped after {self.audio.packets} packets: {self.audio.stopped}"
+        try:
+            self.audio.close()
+        except (av.FFmpegError, OSError) as e:
+            log.debug("closing %s's second reader failed: %s", self.audio_source, e)
 
     def _remove_if_unusable(self, finalised: bool) -> None:
         """Never leave a file that holds nothing, or that a write error left unplayable; trim a fragmented

@@ -25,10 +25,10 @@ def evaluate_checkpoint(data, weights=None, split: str = "val", device: str = "a
     size = tuple(ckpt["input_size"])
     normalize = normalizer(ckpt["normalize"], dev)
     num_classes = model.config.num_classes
+    frames = FrameSet(pairs, size, num_classes=num_classes) if grid or not native else None
     if native:
         cm = evaluate_native(model, pairs, size, normalize, dev, num_classes)
-    frames = FrameSet(pairs, size, num_classes=num_classes) if grid or not native else None
-    if not native:
+    else:
         cm, _ = evaluate(model, frames, dev, normalize, num_classes)
     result = {**cm.summary(ckpt["class_names"]), "frames": len(pairs),
               "scored_at": "native" if native else "x".join(map(str, size))}

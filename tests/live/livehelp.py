@@ -79,7 +79,8 @@ def free_port() -> int:
     keeps reconnecting to it while nothing listens can be given it as its own source port and connect
     to itself (TCP simultaneous open), and then the restarted server cannot bind it."""
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for port in random.sample(range(max(1024, low - 12000), low), 200):
+    candidates = range(max(1024, low - 12000), low)
+    for port in random.sample(candidates, min(200, len(candidates))):
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))

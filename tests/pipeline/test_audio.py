@@ -33,8 +33,8 @@ def test_the_sound_is_copied_as_it_is_and_in_step(tmp_path, stub, settings, soun
     # does when it copies into MP4 fragments or Matroska: the sound stays in step with the frames.
     shift = got[0][0] - want[0][0]
     assert all(abs(g - w - shift) < 1.5e-3 for (g, _), (w, _) in zip(got, want))
-    src, seg = probe(clip)["seconds"], probe(out)["seconds"]
-    assert len(seg) == 25 and all(abs(g - w - shift) < 1.5e-3 for g, w in zip(seg[1:], src[1:]))
+    src, seg = probe(clip)["seconds"], probe(out)["seconds"]        # (the first frame stays at 0: it lasts
+    assert len(seg) == 25 and all(abs(g - w - shift) < 1.5e-3 for g, w in zip(seg[1:], src[1:]))   # longer)
     assert stats["audio"] == f"copied ({'opus' if sound == 'libopus' else sound})"
 
 
@@ -85,3 +85,18 @@ def test_a_pipe_is_read_once_so_its_sound_is_not_copied(tmp_path, stub, settings
     feeder.join(5)
     assert stats["frames"] == 20 and stats["exit"] == "done" and audio_packets(tmp_path / "seg.mp4") == []
     assert stats["audio"].startswith("not copied: the input is a pipe")
+
+
+def test_sound_whose_timestamps_go_back_stops_there_and_the_video_goes_on(tmp_path, stub, settings, caplog):
+    """Two MPEG-TS clips joined end to end (as dashcams and `cat` make them): the second half's sound
+    starts again from 0, which no muxer takes; the sound stops with a warning, every frame is written."""
+    part = write_clip(tmp_path / "part.ts", frames=25, audio="aac").read_bytes()
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(part + part)
+    out = tmp_path / "seg.mp4"
+    with caplog.at_level(logging.WARNING, "segpipe.pipeline"):
+        stats = run(joined, out, settings, backend=stub)
+    assert stats["frames"] == probe(out)["frames"] == 50 and stats["exit"] == "done"
+    assert stats["audio"].startswith("copied (aac), stopped after ") and "go back" in stats["audio"]
+    assert "the sound stops after" in caplog.text
+    assert len(audio_packets(out)) > 10

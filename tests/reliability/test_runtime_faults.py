@@ -66,14 +66,18 @@ def test_a_write_error_says_the_disk_is_full_and_keeps_what_was_written(tmp_path
 @pytest.mark.parametrize("ext", ["mp4", "mkv"])
 def test_a_full_disk_keeps_the_frames_that_reached_it_playable(tmp_path, cli, tmpfs, ext):
     """A real 200 kB disk. An MKV plays without its end; an MP4 is written in fragments, and the one the
-    error cut short is trimmed to its whole frames, so the file decodes to the end without an error."""
-    src = write_video(tmp_path / "noise.mkv", 40, 160, 120, noise=True, options={"crf": "23"})
+    error cut short is trimmed to its whole packets (sound included), so the file decodes to the end
+    without an error."""
+    src = write_video(tmp_path / "noise.mkv", 40, 160, 120, noise=True, options={"crf": "23"}, audio="aac")
     out = tmpfs / f"seg.{ext}"
     code, last, err, _ = cli("run", src, "--out", out)
     assert code == 1 and "the disk is full" in last and "Traceback" not in err, err
     assert 0 < frames_done(last) < 40 and probe(out)["frames"] >= 1
     if ext == "mp4":
         assert probe(out)["frames"] == frames_done(last)
+        with av.open(str(out)) as c:
+            c.streams.audio[0].codec_context.options = {"err_detect": "explode"}   # a cut packet would raise
+            assert sum(f.samples for f in c.decode(audio=0)) > 0
 
 
 def test_an_mp4_written_in_one_piece_is_removed_when_the_disk_fills(tmp_path, cli, tmpfs):

@@ -40,7 +40,7 @@ def first_mask_written(masks: Path):
     return lambda: masks.exists() and any(masks.rglob("*.png"))
 
 
-def test_a_killed_local_worker_process_is_replaced_and_its_file_retried(tmp_path, long_clips, config):
+def test_a_killed_local_worker_process_is_replaced_and_its_file_retried(tmp_path, long_clips, config, caplog):
     masks = tmp_path / "masks"
     jobs = plan_jobs([str(c) for c in long_clips], tmp_path / "seg", masks)
 
@@ -52,7 +52,10 @@ def test_a_killed_local_worker_process_is_replaced_and_its_file_retried(tmp_path
     summary = run_batch(jobs, load_settings(config), workers=2)
     assert killed, "the worker was not killed in time"
     assert (summary["done"], summary["failed"], summary["frames"]) == (3, 0, 180)
-    assert max(r["attempts"] for r in summary["results"]) == 2           # the files it broke, retried
+    # the pool died with it: with one file running, that file was charged and retried; with two, both
+    # were run again one at a time (neither charged)
+    retried = max(r["attempts"] for r in summary["results"]) == 2
+    assert retried != ("running them again one at a time" in caplog.text)
 
 
 def holding(path: Path):
@@ -95,10 +98,10 @@ def test_a_file_that_kills_its_worker_is_found_without_charging_the_files_beside
         watcher.join(5)
     assert len(killed) >= 2
     assert (summary["done"], summary["failed"], summary["frames"]) == (2, 1, 120)
-    assert [f["src"] for f in summary["failures"]] == [str(poison)]
-    assert summary["failures"][0]["attempts"] >= 2     # 3 when it first died alone: it runs again beside another
+    assert [f["src"] for f in summary["failures"]] == [str(poison)] and summary["failures"][0]["attempts"] == 2
     assert "running them again one at a time" in caplog.text
     assert not any(f"{clip.name} failed" in caplog.text for clip in long_clips[1:])     # never charged
+    assert [r["attempts"] for r in summary["results"] if r["status"] == "done"] == [1, 1]
 
 
 def descends_from_us(pid: int) -> bool:
@@ -160,7 +163,7 @@ def test_sigterm_stops_the_workers_and_closes_their_outputs(tmp_path, long_clips
     deadline = time.monotonic() + 60
     while not encoding() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    time.sleep(0.2)
+    time.sleep(0.2)      # the header is written just before the first packet: let that packet land too
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
