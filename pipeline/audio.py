@@ -21,6 +21,7 @@ import av
 
 log = logging.getLogger("segpipe.pipeline")
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO}     # the output cannot be written: the run fails
+LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}   # FFmpeg's defaults
 
 
 class AudioCopy:
@@ -32,7 +33,8 @@ class AudioCopy:
         self.container = av.open(path)
         tracks = self.container.streams.audio
         self.track = tracks[0] if tracks else None
-        self.codec = self.track.codec_context.name if self.track is not None else None
+        self.codec = self.track.codec_context.codec.canonical_name if self.track is not None else None  # mp3,
+                                                                            # not its decoder's mp3float
         self.note = f"{len(tracks)} audio tracks: the first is copied" if len(tracks) > 1 else None
         self.stream = None            # its copy in the output
         self.packets = 0              # packets muxed
@@ -44,6 +46,9 @@ class AudioCopy:
     def add_to(self, container):
         """Add the track to an output ``container`` (before its header is written)."""
         self.stream = container.add_stream_from_template(self.track)
+        layout = self.track.codec_context.layout
+        if layout.name.endswith(" channels") and layout.nb_channels in LAYOUTS:   # a count, no named layout
+            self.stream.codec_context.layout = LAYOUTS[layout.nb_channels]       # (Matroska PCM): MP4 needs one
         return self.stream
 
     def mux_until(self, container, t: float) -> None:

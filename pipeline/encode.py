@@ -215,6 +215,11 @@ class Encode(Stage):
         try:
             if audio.track is None:
                 return
+            if self.path.suffix.lower() == ".avi":     # AVI delays H.264 by a frame on reading, not the sound
+                self.sound = "not copied: .avi files cannot keep it in step"
+                log.warning("the input's sound cannot be kept in step in .avi files, so %s is silent: write "
+                            ".mp4 or .mkv to keep it, or pass --no-audio", self.path)
+                return
             with tempfile.TemporaryDirectory(prefix="segpipe-probe-") as tmp:
                 self._probe(Path(tmp) / f"probe{self.path.suffix}", self.muxer_options, audio)
         except (InvalidInputError, av.FFmpegError, ValueError):    # ValueError: a format that cannot hold it
@@ -258,8 +263,9 @@ class Encode(Stage):
         finally:
             try:
                 container.close()
-            except (av.FFmpegError, OSError, ValueError):
-                pass
+            except (av.FFmpegError, OSError, ValueError) as e:
+                if audio is not None:     # the trailer describes the sound too, and can refuse it
+                    raise InvalidInputError(f"cannot finish a file with this sound ({e})") from None
 
     def _add_stream(self, container):
         try:
@@ -371,6 +377,8 @@ class Encode(Stage):
             raise write_error(self.path, close_error)
 
     def _close_audio(self) -> None:
+        if not self.audio.packets and not self.audio.stopped:     # an empty track, or sound only after the end
+            self.sound = f"none written: the {self.audio.codec} track has no sound before the last frame"
         if self.audio.stopped:
             self.sound += f", stopped after {self.audio.packets} packets: {self.audio.stopped}"
         try:

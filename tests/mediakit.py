@@ -49,7 +49,7 @@ def write_video(path: Path, frames: int = 12, width: int = 96, height: int = 64,
                 codec: str = "libx264", pix_fmt: str = "yuv420p", options: dict | None = None,
                 pts: list[int] | None = None, time_base: Fraction | None = None, rotation: int | None = None,
                 container_options: dict | None = None, gray: bool = False, noise: bool = False,
-                audio: str | None = None) -> Path:
+                audio: str | None = None, audio_layout: str = "mono") -> Path:
     """Encode ``frames`` test frames; ``pts`` (in ``time_base``) gives each its own timestamp (VFR);
     ``noise``: random pixels (frames that compress badly, to fill a disk); ``audio``: an audio encoder
     (aac, libopus, pcm_s16le ...) for a tone as long as the video."""
@@ -62,7 +62,7 @@ def write_video(path: Path, frames: int = 12, width: int = 96, height: int = 64,
         stream.options = ({"preset": "ultrafast", "crf": "10"} if codec == "libx264" else {}) | (options or {})
         if rotation is not None:
             stream.set_display_rotation(rotation)
-        sound = container.add_stream(audio, rate=48000, layout="mono") if audio else None
+        sound = container.add_stream(audio, rate=48000, layout=audio_layout) if audio else None
         for i in range(frames):
             img = frame_image(i, width, height)
             if noise:
@@ -83,15 +83,19 @@ def write_video(path: Path, frames: int = 12, width: int = 96, height: int = 64,
 
 
 def write_tone(container, stream, seconds: float, hz: float = 440.0) -> None:
-    """A sine tone of ``seconds`` into an audio ``stream`` (48 kHz mono), in the encoder's frame size."""
-    rate, fmt = 48000, stream.codec_context.format.name
-    size = stream.codec_context.frame_size or 1024
+    """A sine tone of ``seconds`` into an audio ``stream`` (48 kHz, any layout), in the encoder's frame size."""
+    cc = stream.codec_context
+    rate, fmt, layout, channels = 48000, cc.format, cc.layout.name, cc.layout.nb_channels
+    size = cc.frame_size or 1024
     t = np.arange(round(seconds * rate)) / rate
-    wave = 0.3 * np.sin(2 * np.pi * hz * t)
-    samples = (wave * 32767).astype(np.int16) if fmt.startswith("s16") else wave.astype(np.float32)
-    for start in range(0, len(samples), size):
-        chunk = samples[start:start + size]
-        frame = av.AudioFrame.from_ndarray(chunk[None, :], format=fmt, layout="mono")
+    wave = np.repeat(0.3 * np.sin(2 * np.pi * hz * t)[None], channels, axis=0)        # (channels, samples)
+    dtype = {"s16": np.int16, "s32": np.int32, "flt": np.float32, "dbl": np.float64}[fmt.name[:3]]
+    samples = (wave * np.iinfo(dtype).max if dtype in (np.int16, np.int32) else wave).astype(dtype)
+    for start in range(0, samples.shape[1], size):
+        chunk = samples[:, start:start + size]
+        if not fmt.is_planar:                                  # packed: one row, channels interleaved
+            chunk = chunk.T.reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format=fmt.name, layout=layout)
         frame.sample_rate, frame.pts = rate, start
         for packet in stream.encode(frame):
             container.mux(packet)
@@ -100,10 +104,11 @@ def write_tone(container, stream, seconds: float, hz: float = 440.0) -> None:
 
 
 def write_clip(path: Path, frames: int = 12, width: int = 96, height: int = 64, rate: int = 25,
-               codec: str = "libx264", options: dict | None = None, audio: str | None = None) -> Path:
+               codec: str = "libx264", options: dict | None = None, audio: str | None = None,
+               audio_layout: str = "mono") -> Path:
     """A test clip, as PyAV's own tests write them (sizes rounded up to even for yuv420p)."""
     return write_video(path, frames, width + width % 2, height + height % 2, rate=rate, codec=codec, options=options,
-                       audio=audio)
+                       audio=audio, audio_layout=audio_layout)
 
 
 def probe(path: Path) -> dict:

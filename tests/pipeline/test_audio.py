@@ -20,10 +20,13 @@ def audio_packets(path) -> list[tuple[float, bytes]]:
         return [(round(float(p.pts * p.time_base), 4), bytes(p)) for p in c.demux(audio=0) if p.dts is not None]
 
 
-@pytest.mark.parametrize("sound,src_ext,out_ext", [("aac", "mp4", "mp4"), ("libopus", "mkv", "mkv"),
-                                                    ("pcm_s16le", "mkv", "mov")])
-def test_the_sound_is_copied_as_it_is_and_in_step(tmp_path, stub, settings, sound, src_ext, out_ext):
-    clip = write_clip(tmp_path / f"clip.{src_ext}", frames=25, audio=sound)
+@pytest.mark.parametrize("sound,layout,src_ext,out_ext", [
+    ("aac", "mono", "mp4", "mp4"), ("libopus", "stereo", "mkv", "mkv"), ("pcm_s16le", "mono", "mkv", "mov"),
+    ("libmp3lame", "stereo", "mkv", "mp4"),
+    ("pcm_s16le", "stereo", "mkv", "mp4"),   # Matroska names no layout for PCM, which MP4 needs: stereo
+])
+def test_the_sound_is_copied_as_it_is_and_in_step(tmp_path, stub, settings, sound, layout, src_ext, out_ext):
+    clip = write_clip(tmp_path / f"clip.{src_ext}", frames=25, audio=sound, audio_layout=layout)
     out = tmp_path / f"seg.{out_ext}"
     stats = run(clip, out, settings, backend=stub)
     want = [p for p in audio_packets(clip) if p[0] < 25 / 25]          # up to the end of the last frame
@@ -35,7 +38,9 @@ def test_the_sound_is_copied_as_it_is_and_in_step(tmp_path, stub, settings, soun
     assert all(abs(g - w - shift) < 1.5e-3 for (g, _), (w, _) in zip(got, want))
     src, seg = probe(clip)["seconds"], probe(out)["seconds"]        # (the first frame stays at 0: it lasts
     assert len(seg) == 25 and all(abs(g - w - shift) < 1.5e-3 for g, w in zip(seg[1:], src[1:]))   # longer)
-    assert stats["audio"] == f"copied ({'opus' if sound == 'libopus' else sound})"
+    assert stats["audio"] == f"copied ({ {'libopus': 'opus', 'libmp3lame': 'mp3'}.get(sound, sound)})"
+    with av.open(str(out)) as c:
+        assert c.streams.audio[0].codec_context.layout.name == layout
 
 
 def test_a_run_that_stops_early_has_sound_up_to_its_last_frame(tmp_path, stub, settings):
@@ -49,14 +54,37 @@ def test_a_run_that_stops_early_has_sound_up_to_its_last_frame(tmp_path, stub, s
     assert times and end - packet_s <= max(times) < end + 1e-3
 
 
-def test_a_container_that_cannot_hold_the_sound_is_silent_with_a_warning(tmp_path, stub, settings, caplog):
+@pytest.mark.parametrize("ext,why,warning", [
+    ("webm", "not copied: .webm files cannot hold aac", "cannot go into .webm files"),
+    ("avi", "not copied: .avi files cannot keep it in step", "cannot be kept in step in .avi files"),  # reading
+])                                                                   # AVI delays H.264 by a frame, not sound
+def test_a_container_that_cannot_hold_the_sound_is_silent_with_a_warning(tmp_path, stub, settings, caplog, ext,
+                                                                         why, warning):
     clip = write_clip(tmp_path / "clip.mp4", audio="aac")
-    out = tmp_path / "seg.webm"
+    out = tmp_path / f"seg.{ext}"
     with caplog.at_level(logging.WARNING, "segpipe.pipeline"):
         stats = run(clip, out, settings, backend=stub)
     assert probe(out)["frames"] == 12 and audio_packets(out) == []
-    assert stats["audio"] == "not copied: .webm files cannot hold aac"
-    assert "cannot go into .webm files" in caplog.text and "--no-audio" in caplog.text
+    assert stats["audio"] == why
+    assert warning in caplog.text and "--no-audio" in caplog.text
+
+
+def test_a_track_without_sound_before_the_last_frame(tmp_path, stub, settings):
+    """Sound that starts after the last frame (or a track with no packets) leaves an empty track, said so."""
+    clip = write_clip(tmp_path / "clip.mkv", frames=25, audio="aac")
+    late = tmp_path / "late.mkv"
+    with av.open(str(clip)) as src, av.open(str(late), "w") as dst:   # the sound moved 5 s later
+        v, a = (dst.add_stream_from_template(s) for s in (src.streams.video[0], src.streams.audio[0]))
+        for packet in src.demux():
+            if packet.dts is None:
+                continue
+            if packet.stream.type == "audio":
+                shift = int(5 / packet.time_base)
+                packet.pts, packet.dts = packet.pts + shift, packet.dts + shift
+            packet.stream = v if packet.stream.type == "video" else a
+            dst.mux(packet)
+    stats = run(late, tmp_path / "seg.mkv", settings, backend=stub)
+    assert stats["audio"] == "none written: the aac track has no sound before the last frame"
 
 
 def test_inputs_without_sound_and_runs_without_an_output(tmp_path, stub, settings):
