@@ -324,18 +324,17 @@ class Encode(Stage):
         self._last_pts = pts
         vf.pts, vf.time_base = pts, frame.time_base
         self._pending[pts] = frame.t_decoded
-        self._encode(vf)
-        if self.audio is not None:          # the sound up to the end of this frame
-            try:
+        with self._writing():
+            self._mux(self.stream.encode(vf))
+            if self.audio is not None:      # the sound up to the end of this frame
                 self.audio.mux_until(self.container, float(frame.pts * frame.time_base + 1 / self.fps))
-            except (av.FFmpegError, OSError) as e:
-                self.failed = True
-                raise write_error(self.path, e) from None
         return None
 
-    def _encode(self, vf) -> None:
+    @contextlib.contextmanager
+    def _writing(self):
+        """A write that fails marks the file failed and says why (disk full, I/O error, FFmpeg's reason)."""
         try:
-            self._mux(self.stream.encode(vf))
+            yield
         except (av.FFmpegError, OSError) as e:
             self.failed = True
             raise write_error(self.path, e) from None
@@ -351,7 +350,8 @@ class Encode(Stage):
 
     def finish(self):
         self._flushed = True
-        self._encode(None)                   # flush: the frames still inside the encoder
+        with self._writing():
+            self._mux(self.stream.encode())  # flush: the frames still inside the encoder
         return None
 
     def teardown(self) -> None:

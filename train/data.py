@@ -124,6 +124,15 @@ def write_split(path: Path, train: list[FramePair], val: list[FramePair]) -> Non
     path.write_text(json.dumps({"train": [p.stem for p in train], "val": [p.stem for p in val]}, indent=1))
 
 
+def read_pair(pair: FramePair, num_classes: int = 23) -> tuple[np.ndarray, np.ndarray]:
+    """A frame and its mask, which must be the same size: RGB uint8 (H, W, 3), class ids uint8 (H, W)."""
+    img, mask = read_image(pair.image), read_mask(pair.mask, num_classes)
+    if img.shape[:2] != mask.shape:
+        raise DatasetError(f"image {pair.image.name} is {img.shape[1]}x{img.shape[0]} but its mask is "
+                           f"{mask.shape[1]}x{mask.shape[0]}: they must match")
+    return img, mask
+
+
 class FrameSet:
     """Frames held in memory as uint8 tensors: images (N, 3, H, W) RGB and masks (N, H, W).
 
@@ -138,10 +147,7 @@ class FrameSet:
         self.images = torch.empty(len(pairs), 3, h, w, dtype=torch.uint8)
         self.masks = torch.empty(len(pairs), h, w, dtype=torch.uint8)
         for i, p in enumerate(pairs):
-            img, mask = read_image(p.image), read_mask(p.mask, num_classes)
-            if img.shape[:2] != mask.shape:
-                raise DatasetError(f"image {p.image.name} is {img.shape[1]}x{img.shape[0]} but its mask is "
-                                   f"{mask.shape[1]}x{mask.shape[0]}: they must match")
+            img, mask = read_pair(p, num_classes)
             self.images[i] = torch.from_numpy(cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)).permute(2, 0, 1)
             self.masks[i] = torch.from_numpy(cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST))
 

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from train.checkpoint import load_model
-from train.data import FrameSet, find_pairs, read_image, read_mask, split_by_runs
-from train.errors import DatasetError, InvalidInputError
+from train.data import FrameSet, find_pairs, read_pair, split_by_runs
+from train.errors import InvalidInputError
 from train.metrics import ConfusionMatrix
 from train.trainer import DEFAULTS, evaluate, normalizer, pick_device
 
@@ -47,15 +47,10 @@ def evaluate_native(model, pairs, size: tuple[int, int], normalize, device, num_
     cm = ConfusionMatrix(num_classes)
     h, w = size
     for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        images = [read_image(p.image) for p in chunk]
+        images, masks = zip(*(read_pair(p, num_classes) for p in pairs[start:start + batch_size]))
         small = np.stack([cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) for img in images])
         pred = model(normalize(torch.from_numpy(small).permute(0, 3, 1, 2).to(device))).argmax(1)
-        for p, img, labels in zip(chunk, images, pred.to(torch.uint8).cpu().numpy()):
-            mask = read_mask(p.mask, num_classes)
-            if img.shape[:2] != mask.shape:
-                raise DatasetError(f"image {p.image.name} is {img.shape[1]}x{img.shape[0]} but its mask is "
-                                   f"{mask.shape[1]}x{mask.shape[0]}: they must match")
+        for mask, labels in zip(masks, pred.to(torch.uint8).cpu().numpy()):
             full = cv2.resize(labels, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_NEAREST_EXACT)
             cm.update(torch.from_numpy(full), torch.from_numpy(mask))
     return cm
