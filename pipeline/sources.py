@@ -147,11 +147,7 @@ class VideoSource:
         time_base = Fraction(stream.time_base) if stream.time_base else 1 / fps
         self.exact_frames = int(stream.frames) or None       # what the container says (MP4), if it does
         frames = self.exact_frames
-        self.duration_s = None                               # for noticing a file that ends early
-        if stream.duration:
-            self.duration_s = float(stream.duration * stream.time_base)
-        elif self.container.duration and len(self.container.streams) == 1:
-            self.duration_s = self.container.duration / av.time_base
+        self.duration_s = promised_seconds(self.container, stream)  # for noticing a file that ends early
         if frames is None and not live and self.duration_s:  # for the progress bar's ETA
             frames = max(1, round(self.duration_s * fps))
         self._decoded = self._decode()
@@ -323,6 +319,24 @@ def _has_moov(path: Path) -> bool:
     except OSError:
         pass
     return False
+
+
+def promised_seconds(container, stream) -> float | None:
+    """How long the container says the video lasts: the stream's own duration (MP4), Matroska's
+    per-track DURATION tag (kept at the file's start, so a cut file still has it), or the file's
+    duration when the video is its only stream."""
+    if stream.duration:
+        return float(stream.duration * stream.time_base)
+    tag = next((v for k, v in stream.metadata.items() if k.upper().startswith("DURATION")), "")  # or DURATION-eng
+    h, _, rest = tag.partition(":")
+    m, _, sec = rest.partition(":")
+    try:
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    except ValueError:
+        pass
+    if container.duration and len(container.streams) == 1:
+        return container.duration / av.time_base
+    return None
 
 
 class ImageSource:

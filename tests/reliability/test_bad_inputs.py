@@ -76,9 +76,13 @@ def test_an_input_that_is_not_a_video_is_refused_in_one_line(tmp_path, cli, make
 
 
 # --- truncated and damaged videos ----------------------------------------------------------------------
-@pytest.mark.parametrize("name, options", [("clip.mkv", None), ("clip.mp4", {"movflags": "+faststart"})])
-def test_a_truncated_video_is_segmented_as_far_as_it_goes_and_exits_3(tmp_path, cli, name, options):
-    data = clip(tmp_path, name, container_options=options).read_bytes()
+@pytest.mark.parametrize("name, kw", [
+    ("clip.mkv", {}),
+    ("clip.mkv", {"audio": "aac"}),                      # two streams: the video's own DURATION tag tells
+    ("clip.mp4", {"container_options": {"movflags": "+faststart"}}),
+], ids=["mkv", "mkv-with-sound", "mp4-faststart"])
+def test_a_truncated_video_is_segmented_as_far_as_it_goes_and_exits_3(tmp_path, cli, name, kw):
+    data = clip(tmp_path, name, **kw).read_bytes()
     cut = tmp_path / f"cut{name[-4:]}"
     cut.write_bytes(data[: int(len(data) * 0.3)])
     out = tmp_path / "seg.mp4"
