@@ -39,14 +39,13 @@ def parse_size(size) -> tuple[int, int] | None:
     """``"144x192"``, ``(144, 192)`` or None -> (H, W)."""
     if size is None:
         return None
-    if isinstance(size, str):
-        try:
-            h, w = (int(v) for v in size.lower().split("x"))
-        except ValueError:
-            raise InvalidInputError(f"size {size!r} is not HxW: write it like 144x192") from None
-        return h, w
-    h, w = size
-    return int(h), int(w)
+    try:
+        h, w = (int(v) for v in (size.lower().split("x") if isinstance(size, str) else size))
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"size {size!r} is not HxW: write it like 144x192") from None
+    if h < 1 or w < 1:
+        raise InvalidInputError(f"size {size!r} must be positive, like 144x192")
+    return h, w
 
 
 def tensorrt_available() -> bool:

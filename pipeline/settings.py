@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from engine.loader import parse_size
 from pipeline.queues import POLICIES
 from train.errors import InputNotFoundError, InvalidInputError
 from train.paths import read_yaml
@@ -127,19 +128,6 @@ class Settings:
         """A copy with ``{section: {key: value}}`` applied; None values are ignored (unset flags)."""
         return _apply(self, {s: {k: v for k, v in kv.items() if v is not None} for s, kv in sections.items()},
                       origin="override")
-
-
-def parse_size(text) -> tuple[int, int] | None:
-    """'480x640' (H x W) -> (480, 640)."""
-    if text is None or isinstance(text, (tuple, list)):
-        return None if text is None else (int(text[0]), int(text[1]))
-    try:
-        h, w = (int(v) for v in str(text).lower().split("x"))
-    except ValueError:
-        raise InvalidInputError(f"size {text!r} is not HxW: write it like 144x192") from None
-    if h < 1 or w < 1:
-        raise InvalidInputError(f"size {text!r} must be positive, like 144x192")
-    return h, w
 
 
 def format_size(size) -> str:
