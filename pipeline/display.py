@@ -4,21 +4,23 @@ Keys: q or Esc quit, space pause, v cycle the view (overlay, mask, side by side)
 overlay's opacity. Closing the window also quits. The frame is passed on unchanged (the HUD is drawn
 on the window's copy), so a recording or the browser view gets the overlay and legend without it.
 
-While no frame comes (paused, reconnecting, a stalled camera) the window keeps answering keys and
-redraws its HUD, so "paused" and "reconnecting (attempt 2/10)" show. All window calls happen in this
-stage's thread. The window itself is behind a small interface (``OpenCVWindow``), so tests drive the
-sink with a fake one.
+All window calls happen in the thread that calls ``pump()``, the main thread (macOS's Cocoa allows no
+other): the stage's own thread hands each frame over and waits until it is taken, so a slow window holds
+the pipeline back like any other stage. While no frame comes (paused, reconnecting, a stalled camera)
+the pump keeps answering keys and redraws the HUD, so "paused" and "reconnecting (attempt 2/10)" show.
+The window itself is behind a small interface (``OpenCVWindow``), so tests drive the sink with a fake one.
 """
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
 import cv2
 
 from pipeline.hud import ALPHA_STEP, LiveState, draw_hud, hud_lines
-from pipeline.queues import EOS, Stopped
+from pipeline.queues import Stopped
 from pipeline.stage import Stage
 from train.errors import MediaError
 
@@ -81,6 +83,7 @@ class Display(Stage):
     name = "display"
     IDLE_POLL_S = 0.02       # without frames: answer keys this often
     REDRAW_S = 0.25          # and redraw the HUD this often
+    HANDOFF_POLL_S = 0.05    # the stage's thread checks for a stop this often while a frame waits
 
     def __init__(self, state: LiveState, window=None, title: str = "segpipe live", hud: bool = True):
         super().__init__()
@@ -90,48 +93,46 @@ class Display(Stage):
         self.paused_frames = 0          # frames that passed while the window was frozen
         self._shown = None              # the RGB frame on screen, without the HUD
         self._drawn_at = 0.0
-
-    def setup(self) -> None:
-        self.window.open()
+        self._pending = None            # the frame handed to the pump, not yet taken
+        self._handoff = threading.Condition()
 
     def process(self, frame):
         if self.state.paused and self._shown is not None:
             self.paused_frames += 1
-            self._poll(1)
             return frame
-        self._shown = frame.output
-        self._draw()
-        self._poll(1)                  # HighGUI paints in waitKey: the frame is on screen after it
-        self.tracker.record(frame.t_decoded)
+        with self._handoff:
+            self._pending = frame
+            self._handoff.notify_all()
+            while self._pending is not None:
+                if self.inbox.stop.is_set():
+                    raise Stopped
+                self._handoff.wait(self.HANDOFF_POLL_S)
         return frame
 
-    def loop(self) -> None:
-        """The base loop, but while the inbox is empty the window still answers keys and redraws."""
-        while True:
-            if not len(self.inbox):
-                self._idle()
-                continue
-            item = self.inbox.get()
-            if item is EOS:
-                break
-            self.emit(self.call(self.process, item))
-        self.emit(self.call(self.finish))
-        if self.outbox is not None:
-            self.outbox.put(EOS)
+    # --- the window, in the pump's thread -------------------------------------------------------
+    def open(self) -> None:
+        self.window.open()
 
-    def teardown(self) -> None:
-        self.window.close()
-
-    # --- window ---------------------------------------------------------------------------------
-    def _idle(self) -> None:
-        if self.inbox.stop.is_set():
-            raise Stopped
-        self.inbox.wait(self.IDLE_POLL_S)
-        if len(self.inbox):
+    def pump(self, timeout: float) -> None:
+        """Show the frame handed over (waiting up to ``timeout`` for one), answer keys, and redraw the
+        HUD now and then. Call it from the main thread, in a loop (``Pipeline.run(wait=...)``)."""
+        with self._handoff:
+            if self._pending is None:
+                self._handoff.wait(min(timeout, self.IDLE_POLL_S))
+            frame, self._pending = self._pending, None
+            self._handoff.notify_all()
+        if frame is not None:
+            self._shown = frame.output
+            self._draw()
+            self._poll(1)              # HighGUI paints in waitKey: the frame is on screen after it
+            self.tracker.record(frame.t_decoded)
             return
         self._poll(1)
         if self._shown is not None and time.perf_counter() - self._drawn_at > self.REDRAW_S:
             self._draw()
+
+    def close(self) -> None:
+        self.window.close()
 
     def _draw(self) -> None:
         bgr = cv2.cvtColor(self._shown, cv2.COLOR_RGB2BGR)

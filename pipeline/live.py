@@ -188,7 +188,7 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
     state = state if state is not None else LiveState(settings.colourise.view, settings.colourise.alpha)
     state.view, state.alpha = settings.colourise.view, settings.colourise.alpha
 
-    hub = server = source = None
+    hub = server = source = display = None
     try:
         if serve is not None:
             hub = FrameHub()
@@ -206,8 +206,10 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
         apply_threads(settings)
         backend = backend if backend is not None else load_backend(settings)
         sinks = []
-        if show:
-            sinks.append(Display(state, window=window, title=f"segpipe live: {info.name}", hud=live.hud))
+        if show:                          # opened here: window calls stay in this (the main) thread
+            display = Display(state, window=window, title=f"segpipe live: {info.name}", hud=live.hud)
+            display.open()
+            sinks.append(display)
         if serve is not None:
             sinks.append(Serve(hub, state.tracker("serve"), quality=live.jpeg_quality))
         if recorder is not None:
@@ -221,6 +223,8 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
             source.close()
         if server is not None:
             server.stop()
+        if display is not None:
+            display.close()
         raise
 
     source.stop = pipe.stop_event
@@ -258,8 +262,10 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
 
     try:
         with _stop_on_signals(state):
-            pipe.run(on_tick=tick, tick_s=0.05)
+            pipe.run(on_tick=tick, tick_s=0.05, wait=display.pump if display is not None else None)
     finally:                              # also after a stage failed: the statistics say how far it got
+        if display is not None:
+            display.close()
         if server is not None:
             server.stop()
         stats = live_stats(pipe, time.perf_counter() - t0, backend, source, state, view)

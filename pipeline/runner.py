@@ -138,16 +138,19 @@ class Pipeline:
                 self.fail(stage, error)
                 return
 
-    def run(self, on_tick=None, tick_s: float = 0.1) -> None:
+    def run(self, on_tick=None, tick_s: float = 0.1, wait=None) -> None:
         """Start, wait for the end of stream (calling ``on_tick()`` every ``tick_s``), re-raise failures.
+        ``wait(tick_s)``: what the caller's thread does between ticks (a window's event pump), instead
+        of sleeping.
 
         KeyboardInterrupt (or any exception) in the caller stops every stage, waits for them to close
         their outputs, and propagates.
         """
         self.start()
+        wait = wait or self._finished[-1].wait
         try:
             while not self.done():
-                self._finished[-1].wait(tick_s)
+                wait(tick_s)
                 self.check_watchdogs()
                 if self.stop_event.is_set():       # a failure: give the others their poll interval
                     self.join()

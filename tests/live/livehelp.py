@@ -55,14 +55,18 @@ class FakeWindow:
         self.opened = self.destroyed = False
         self.polls = 0
         self.next_key = -1
+        self.threads: set[str] = set()          # the threads that made window calls
 
     def open(self):
+        self.threads.add(threading.current_thread().name)
         self.opened = True
 
     def show(self, bgr):
+        self.threads.add(threading.current_thread().name)
         self.shown.append(bgr.copy())
 
     def poll(self, ms):
+        self.threads.add(threading.current_thread().name)
         self.polls += 1
         key, self.next_key = self.next_key, -1
         return key if key >= 0 else self.keys.pop(len(self.shown), -1)
@@ -71,6 +75,7 @@ class FakeWindow:
         return self.close_after is not None and len(self.shown) >= self.close_after
 
     def close(self):
+        self.threads.add(threading.current_thread().name)
         self.destroyed = True
 
 

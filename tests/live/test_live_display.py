@@ -1,6 +1,7 @@
 """The window sink without a window: a fake one records what is shown and plays scripted keys."""
 from __future__ import annotations
 
+import threading
 import time
 from types import SimpleNamespace
 
@@ -13,6 +14,7 @@ from pipeline.display import NO_GUI, Display, gui_problem
 from pipeline.frame import Frame
 from pipeline.hud import LiveState, draw_hud
 from pipeline.live import LiveSettings, run_live
+from pipeline.queues import BoundedQueue
 
 
 def frame(i=0, h=240, w=320):
@@ -27,8 +29,21 @@ def display():
     state = LiveState()
     state.colourise = SimpleNamespace(view="overlay", alpha=0.5)
     d = Display(state, window=FakeWindow())
-    d.setup()
+    d.inbox = BoundedQueue("in", 2, "block", threading.Event())
+    d.open()
     return d
+
+
+def show(display, f):
+    """One frame through the stage (in its own thread, as in a pipeline) and the pump (in this one)."""
+    out = []
+    stage = threading.Thread(target=lambda: out.append(display.process(f)))
+    stage.start()
+    display.pump(0.01)
+    while stage.is_alive():
+        display.pump(0.01)
+    stage.join()
+    return out[0]
 
 
 def test_headless_opencv_is_one_clear_line():
@@ -62,7 +77,7 @@ def test_show_without_a_gui_fails_before_loading_anything(clip, capsys, monkeypa
 def test_a_frame_is_shown_with_the_hud_and_passed_on_untouched(display):
     f = frame()
     before = f.output.copy()
-    assert display.process(f) is f
+    assert show(display, f) is f
     assert np.array_equal(f.output, before)                    # the HUD is on the window's copy only
     shown = display.window.shown[-1]
     plain = cv2.cvtColor(before, cv2.COLOR_RGB2BGR)
@@ -83,29 +98,47 @@ def test_keys(display):
                        (ord(" "), lambda: not s.paused),
                        (ord("x"), lambda: not s.quit.is_set())]:
         win.next_key = key
-        display.process(frame())
+        show(display, frame())
         assert check(), chr(key)
     for _ in range(12):
         s.change_alpha(+0.1)
     assert s.alpha == 1.0                                        # clamped
     win.next_key = 27                                # Esc
-    display.process(frame())
+    show(display, frame())
     assert s.quit.is_set() and s.quit_reason == "key"
 
 
 def test_pause_freezes_the_window_but_frames_pass(display):
-    display.process(frame(0))
+    show(display, frame(0))
     display.state.paused = True
     shown = len(display.window.shown)
-    out = display.process(frame(1))
+    out = display.process(frame(1))                  # passes on without waiting for the window
     assert out is not None and display.paused_frames == 1 and len(display.window.shown) == shown
     assert display.tracker.frames == 1
 
 
 def test_closing_the_window_quits(display):
     display.window.close_after = 1
-    display.process(frame())
+    show(display, frame())
     assert display.state.quit_reason == "window closed"
+
+
+def test_a_stop_frees_a_frame_the_window_never_took(display):
+    from pipeline.queues import Stopped
+    stage = threading.Thread(target=lambda: pytest.raises(Stopped, display.process, frame()))
+    stage.start()
+    time.sleep(0.1)                                  # no pump: the frame waits for the window
+    assert stage.is_alive()
+    display.inbox.stop.set()
+    stage.join(1.0)
+    assert not stage.is_alive()
+
+
+def test_without_frames_the_window_still_answers_keys(display):
+    show(display, frame())
+    display.window.next_key = ord(" ")
+    display.pump(0.01)
+    assert display.state.paused
 
 
 def test_hud_is_drawn_bottom_left_only():
@@ -122,6 +155,7 @@ def test_live_with_a_window_keys_change_the_view_and_q_quits(tmp_path, clip, stu
     stats = run_live(clip, settings, LiveSettings(realtime=True), show=True, record=rec, stats_path=stats_path,
                      backend=stub, window=win)
     assert win.opened and win.destroyed
+    assert win.threads == {threading.main_thread().name}      # macOS's Cocoa allows no other thread
     assert stats["live"]["exit"] == "key" and stats["live"]["view"] == "display"
     assert 5 <= stats["frames"] < 20                            # idle redraws count as images shown
     widths = [img.shape[1] for img in win.shown]
