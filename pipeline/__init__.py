@@ -3,6 +3,7 @@
 Public API (imported lazily, so ``segpipe --help`` stays fast)::
 
     from pipeline.run import run                 # run(src, out, settings) -> stats dict
+    from pipeline import segment                 # for frame in segment(src): frame.labels_full, ...
     from pipeline.graph import build_pipeline    # the wiring: build_pipeline(source, backend, settings, ...)
     from pipeline.stage import Stage             # base class of every stage (a new sink is one subclass)
     from pipeline.settings import load_settings  # configs/pipeline.yaml + overrides -> Settings
@@ -11,6 +12,7 @@ Public API (imported lazily, so ``segpipe --help`` stays fast)::
 from __future__ import annotations
 
 _EXPORTS = {
+    "segment": "pipeline.stream",
     "build_pipeline": "pipeline.graph",
     "Pipeline": "pipeline.runner",
     "StageError": "pipeline.runner",

@@ -20,3 +20,8 @@ class Frame:
     labels: torch.Tensor | None = None       # (h', w') uint8 class ids on the backend's device
     labels_full: np.ndarray | None = None    # (H, W) uint8 class ids at the source's resolution (--masks)
     output: np.ndarray | None = None         # (H2, W2, 3) uint8 RGB finished frame for the sinks
+
+    @property
+    def seconds(self) -> float | None:
+        """The presentation time in seconds."""
+        return None if self.pts is None else float(self.pts * self.time_base)

@@ -46,8 +46,6 @@ def build_pipeline(source, backend, settings: Settings, *, masks: str | Path | N
     decode = decode if decode is not None else Decode(source, s.decode.max_frames, s.decode.stall_timeout_s)
     preprocess = Preprocess(backend.input_size, backend.device, s.preprocess.interpolation)
     infer = Infer(backend, s.infer.batch, s.infer.max_wait_ms)
-    colourise = Colourise(backend.palette, backend.class_names, backend.device, view=s.colourise.view,
-                          alpha=s.colourise.alpha, legend=s.colourise.legend, keep_labels=masks is not None)
     outputs: list[Stage] = []
     if masks is not None:
         outputs.append(MaskWriter(masks, compression=s.encode.png_compression))
@@ -56,6 +54,9 @@ def build_pipeline(source, backend, settings: Settings, *, masks: str | Path | N
         outputs.append(encode)
     if not outputs:
         raise ValueError("build_pipeline needs an output: masks, a sink or an encoder")
+    colourise = Colourise(backend.palette, backend.class_names, backend.device, view=s.colourise.view,
+                          alpha=s.colourise.alpha, legend=s.colourise.legend,
+                          keep_labels=any(out.wants_labels for out in outputs))
 
     capacity, inner = s.queues.capacity, s.queues.downstream_policy
     pipe = Pipeline("segment")

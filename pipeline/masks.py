@@ -13,6 +13,7 @@ from train.errors import MediaError
 
 class MaskWriter(Stage):
     name = "masks"
+    wants_labels = True
 
     def __init__(self, directory: str | Path, compression: int = 1):
         super().__init__()

@@ -76,6 +76,7 @@ class Samples:
 class Stage:
     name = "stage"
     batched = False
+    wants_labels = False    # an output that reads ``frame.labels_full`` (colourise then keeps them)
 
     def __init__(self):
         self.inbox: BoundedQueue | None = None

@@ -1,0 +1,116 @@
+"""``segment(src)``: the pipeline as a Python iterator, for code that wants the labels themselves (a
+planner, a ROS node, a metric) rather than a video file::
+
+    from pipeline import segment
+
+    for frame in segment("drive.mp4"):          # a file, camera index, URL or image folder, as `segpipe run`
+        frame.labels_full                        # (H, W) uint8 class ids at the source's resolution
+        frame.output                             # the colourised frame (colourise.view), RGB
+        frame.index, frame.seconds, frame.image
+
+Decode, preprocess, inference and colourise run in their own threads, as in ``segpipe run``; the
+caller's loop is the last stage. The queue in front of it holds ``queue_size`` frames and blocks, so a
+slow loop slows a file down rather than losing frames (a live source drops its oldest frames, counted, as
+it always does). A stage's failure, or a file that ends early, is raised from the loop after the frames
+that came through. Leaving the loop (``break``, an exception) stops the pipeline once the generator is
+released: at once for ``for frame in segment(...)``; a generator kept in a variable stops on its
+``close()`` (or ``with contextlib.closing(segment(...)) as frames``), and at the latest when Python exits.
+"""
+from __future__ import annotations
+
+import atexit
+import queue
+import threading
+import weakref
+
+from pipeline.queues import Stopped
+from pipeline.stage import Stage
+from train.errors import SegpipeError
+
+_END = object()
+POLL_S = 0.05
+
+
+class CallerLeft(SegpipeError):
+    """The loop over ``segment()`` was left before the end: the pipeline stops."""
+
+
+class Handoff(Stage):
+    """The sink that hands finished frames to the caller's thread."""
+    name = "caller"
+    wants_labels = True
+
+    def __init__(self, queue_size: int):
+        super().__init__()
+        self.frames: queue.Queue = queue.Queue(max(1, queue_size))
+        self.left = threading.Event()
+
+    def process(self, frame):
+        self._put(frame)
+        return frame
+
+    def end(self) -> None:
+        try:
+            self._put(_END)
+        except (CallerLeft, Stopped):
+            pass
+
+    def _put(self, item) -> None:
+        while True:
+            if self.left.is_set():
+                raise CallerLeft("the caller left the loop")
+            try:
+                self.frames.put(item, timeout=POLL_S)
+                return
+            except queue.Full:
+                pass
+
+    def stop_if_left(self, pipe) -> None:
+        """Every tick of the run: a caller that left while this stage waits for a frame stops it too."""
+        if self.left.is_set() and not pipe.stop_event.is_set():
+            pipe.fail(self, CallerLeft("the caller left the loop"))
+
+
+def segment(src, settings=None, *, backend=None, queue_size: int = 4):
+    """Each frame of ``src``, segmented (see the module's docstring), from a generator. ``settings``: a
+    ``load_settings(...)`` (e.g. ``load_settings(infer={"weights": "my.pt"})``); ``backend``: an
+    ``engine.load(...)`` backend to share between calls. The generator returns the run's statistics."""
+    frames = _segment(src, settings, backend, queue_size)
+    _running.add(frames)
+    return frames
+
+
+_running: weakref.WeakSet = weakref.WeakSet()   # generators not yet closed: stopped at exit, so no stage
+atexit.register(lambda: [frames.close() for frames in list(_running)])   # thread dies mid-call
+
+
+def _segment(src, settings, backend, queue_size: int):
+    from pipeline.run import run
+
+    handoff = Handoff(queue_size)
+    outcome: dict = {}
+
+    def work():
+        try:
+            outcome["stats"] = run(src, None, settings, sinks=[handoff], backend=backend,
+                                   monitor=handoff.stop_if_left)
+        except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
+            outcome["error"] = e
+        finally:
+            handoff.end()
+
+    worker = threading.Thread(target=work, name="segpipe-segment", daemon=True)
+    worker.start()
+    finished = False
+    try:
+        while (frame := handoff.frames.get()) is not _END:
+            yield frame
+        finished = True
+    finally:
+        if not finished:
+            handoff.left.set()
+        worker.join()
+    error = outcome.get("error")
+    if error is not None:
+        raise error
+    return outcome["stats"]
