@@ -238,9 +238,16 @@ class VideoSource:
             self._check_complete(n, first_pts, last_pts)
 
     def _check_complete(self, n: int, first_pts, last_pts) -> None:
-        """A file that ends well before what its container promised was cut short (truncated)."""
+        """A file that ends well before what its container promised was cut short (truncated). MPEG-TS
+        promises no length, but it is a sequence of 188-byte packets (192 in M2TS): a file that ends
+        inside one was cut."""
         read = n + self.skipped
-        if self.exact_frames:
+        if self.container.format.name == "mpegts" and self.kind == "file":
+            size = Path(self.url).stat().st_size
+            if size % 188 and size % 192:
+                self.error = ("it ends inside a transport packet (MPEG-TS is whole 188-byte packets); "
+                              "is the file truncated?")
+        elif self.exact_frames:
             if read < self.exact_frames - max(2, self.exact_frames // 50):
                 self.error = f"the container promised {self.exact_frames} frames; is the file truncated?"
         elif self.duration_s and last_pts is not None:

@@ -7,6 +7,7 @@ Exit codes: 2 bad input or option (nothing done), 3 the input ended early (what 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -80,10 +81,11 @@ def test_an_input_that_is_not_a_video_is_refused_in_one_line(tmp_path, cli, make
     ("clip.mkv", {}),
     ("clip.mkv", {"audio": "aac"}),                      # two streams: the video's own DURATION tag tells
     ("clip.mp4", {"container_options": {"movflags": "+faststart"}}),
-], ids=["mkv", "mkv-with-sound", "mp4-faststart"])
+    ("clip.ts", {"audio": "aac"}),                       # no length at all: cut inside a 188-byte packet
+], ids=["mkv", "mkv-with-sound", "mp4-faststart", "ts-with-sound"])
 def test_a_truncated_video_is_segmented_as_far_as_it_goes_and_exits_3(tmp_path, cli, name, kw):
     data = clip(tmp_path, name, **kw).read_bytes()
-    cut = tmp_path / f"cut{name[-4:]}"
+    cut = tmp_path / f"cut{Path(name).suffix}"
     cut.write_bytes(data[: int(len(data) * 0.3)])
     out = tmp_path / "seg.mp4"
     code, last, err, _ = cli("run", cut, "--out", out, "--stats", tmp_path / "s.json")
