@@ -12,6 +12,7 @@ RUN_EPILOG = """examples:
   segpipe run 'frames/*.jpg' --out seg.mp4                  an image glob (quote it), or a folder
   segpipe run rtsp://camera.local/stream --out live.mp4     a live stream: drops the oldest if behind
   segpipe run 0 --out webcam.mp4 --frames 300               a camera (index or /dev/videoN)
+  ffmpeg -i in.mov -f mpegts - | segpipe run - --out seg.mp4   a pipe: - reads standard input
   segpipe run drive.mp4 --out seg.mkv --codec libx265 --backend onnxruntime --batch 8
   segpipe run 'drives/*.mp4' --out-dir seg/ --stats batch.json     many inputs, concurrently (--workers N)
   segpipe run @drives.txt --out-dir /shared/seg --ray auto          on a Ray cluster (pip install 'segpipe[ray]')
@@ -47,7 +48,7 @@ def register(sub, formatter) -> None:
                                    "batched inference, colourise, encode running concurrently) and write OUT.")
     p.add_argument("src", nargs="+", metavar="SRC",
                    help="video file, URL (rtsp/http/udp/file...), camera index or /dev/videoN, image folder "
-                        "or glob; or several inputs (paths, a glob or folder of videos, @list.txt or list.txt "
+                        "or glob, - for standard input; or several inputs (paths, a glob or folder of videos, @list.txt or list.txt "
                         "with one path/URL per line) with --out-dir")
     p.add_argument("--out", help="output video (the container follows the extension: .mp4, .mkv ...)")
     p.add_argument("--out-dir", metavar="DIR", help="several inputs: one DIR/NAME.mp4 per input (same base name; "

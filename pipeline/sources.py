@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import stat
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -54,8 +55,14 @@ class SourceInfo:
 
 
 def open_source(spec, settings) -> "VideoSource | ImageSource":
-    """Open ``spec``: an int or /dev/videoN (camera), URL, image folder, glob, or video/image file."""
+    """Open ``spec``: an int or /dev/videoN (camera), URL, image folder, glob, video/image file, or -
+    (standard input: a pipe from ffmpeg or a camera tool)."""
     text = str(spec)
+    if text == "-":
+        if sys.stdin is not None and sys.stdin.isatty():
+            raise InvalidInputError("- reads standard input, and that is this terminal: pipe a video in, e.g. "
+                                    "ffmpeg -i in.mov -f mpegts - | segpipe run - --out seg.mp4")
+        text = "/dev/stdin"
     if isinstance(spec, int) or text.isdigit():
         return VideoSource(f"/dev/video{int(text)}", settings, kind="camera")
     if text.startswith("/dev/video"):

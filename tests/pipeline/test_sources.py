@@ -1,6 +1,8 @@
 """Every source kind: file, image folder, glob, file:// URL, http URL; and clear errors for bad ones."""
 import functools
 import http.server
+import subprocess
+import sys
 import threading
 
 import cv2
@@ -87,6 +89,21 @@ def test_kinds_are_recognised(tmp_path, clip, frames_dir, settings):
     info = open_source(clip.resolve().as_uri(), s).info
     assert info.kind == "url" and not info.live and info.frames == 12
     assert natural_sorted(["f10.png", "f2.png", "f1.png"]) == ["f1.png", "f2.png", "f10.png"]
+
+
+def test_dash_reads_standard_input(tmp_path):
+    data = write_clip(tmp_path / "clip.ts", frames=15).read_bytes()       # as `ffmpeg ... -f mpegts -` sends
+    out = tmp_path / "seg.mp4"
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "-", "--out", str(out), "--no-progress"],
+                          input=data, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert probe(out)["frames"] == 15
+
+
+def test_dash_on_a_terminal_says_how_to_pipe(monkeypatch, settings):
+    monkeypatch.setattr(sys, "stdin", type("Terminal", (), {"isatty": lambda self: True})())
+    with pytest.raises(InvalidInputError, match="that is this terminal: pipe a video in"):
+        open_source("-", settings.decode)
 
 
 def test_a_missing_camera_says_how_to_find_one(settings):
