@@ -48,8 +48,8 @@ def register(sub, formatter) -> None:
                                    "batched inference, colourise, encode running concurrently) and write OUT.")
     p.add_argument("src", nargs="+", metavar="SRC",
                    help="video file, URL (rtsp/http/udp/file...), camera index or /dev/videoN, image folder "
-                        "or glob, - for standard input; or several inputs (paths, a glob or folder of videos, @list.txt or list.txt "
-                        "with one path/URL per line) with --out-dir")
+                        "or glob, - for standard input; or several inputs (paths, a glob or folder of videos, "
+                        "@list.txt or list.txt with one path/URL per line) with --out-dir")
     p.add_argument("--out", help="output video (the container follows the extension: .mp4, .mkv ...)")
     p.add_argument("--out-dir", metavar="DIR", help="several inputs: one DIR/NAME.mp4 per input (same base name; "
                                                    "inputs in other folders keep their folders below DIR)")

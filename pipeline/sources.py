@@ -249,8 +249,8 @@ class VideoSource:
         promises no length, but it is a sequence of 188-byte packets (192 in M2TS): a file that ends
         inside one was cut."""
         read = n + self.skipped
-        if self.container.format.name == "mpegts" and self.kind == "file":
-            size = Path(self.url).stat().st_size
+        if self.container.format.name == "mpegts":
+            size = self.container.size                  # 0 for a pipe or a stream
             if size % 188 and size % 192:
                 self.error = ("it ends inside a transport packet (MPEG-TS is whole 188-byte packets); "
                               "is the file truncated?")
