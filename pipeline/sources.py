@@ -38,6 +38,7 @@ log = logging.getLogger("segpipe.pipeline")
 
 IMAGE_EXTS = IMAGE_EXTENSIONS        # what an image folder or glob may hold
 LIVE_SCHEMES = {"rtsp", "rtsps", "rtmp", "rtmps", "udp", "rtp", "srt", "tcp"}
+TS_PACKET_SIZES = (188, 192, 204)     # MPEG-TS, M2TS (Blu-ray, AVCHD), TS with Reed-Solomon bytes (DVB)
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 MAX_SKIP_WARNINGS = 3      # undecodable packets listed one by one; the rest are counted
 
@@ -59,9 +60,10 @@ def open_source(spec, settings) -> "VideoSource | ImageSource":
     (standard input: a pipe from ffmpeg or a camera tool)."""
     text = str(spec)
     if text == "-":
-        if sys.stdin is not None and sys.stdin.isatty():
-            raise InvalidInputError("- reads standard input, and that is this terminal: pipe a video in, e.g. "
-                                    "ffmpeg -i in.mov -f mpegts - | segpipe run - --out seg.mp4")
+        if sys.stdin is None or sys.stdin.isatty():
+            what = "closed" if sys.stdin is None else "this terminal"
+            raise InvalidInputError(f"- reads standard input, and that is {what}: pipe a video in, e.g. "
+                                    f"ffmpeg -i in.mov -f mpegts - | segpipe run - --out seg.mp4")
         text = "/dev/stdin"
     if isinstance(spec, int) or text.isdigit():
         return VideoSource(f"/dev/video{int(text)}", settings, kind="camera")
@@ -246,12 +248,11 @@ class VideoSource:
 
     def _check_complete(self, n: int, first_pts, last_pts) -> None:
         """A file that ends well before what its container promised was cut short (truncated). MPEG-TS
-        promises no length, but it is a sequence of 188-byte packets (192 in M2TS): a file that ends
-        inside one was cut."""
+        promises no length, but it is a sequence of whole packets: a file that ends inside one was cut."""
         read = n + self.skipped
         if self.container.format.name == "mpegts":
-            size = self.container.size                  # 0 for a pipe or a stream
-            if size % 188 and size % 192:
+            size = self.container.size                  # 0 or an error code for a pipe or a stream
+            if size > 0 and all(size % n for n in TS_PACKET_SIZES):
                 self.error = ("it ends inside a transport packet (MPEG-TS is whole 188-byte packets); "
                               "is the file truncated?")
         elif self.exact_frames:
@@ -345,7 +346,8 @@ def promised_seconds(container, stream) -> float | None:
     h, _, rest = tag.partition(":")
     m, _, sec = rest.partition(":")
     try:
-        return int(h) * 3600 + int(m) * 60 + float(sec)
+        end = int(h) * 3600 + int(m) * 60 + float(sec)         # where the track ends, not its length
+        return end - float((stream.start_time or 0) * stream.time_base)
     except ValueError:
         pass
     if container.duration and len(container.streams) == 1:

@@ -29,6 +29,7 @@ from train.errors import SegpipeError
 
 _END = object()
 POLL_S = 0.05
+LEAVE_WAIT_S = 2.0      # leaving the loop waits this long at most for the pipeline to stop
 
 
 class CallerLeft(SegpipeError):
@@ -46,24 +47,27 @@ class Handoff(Stage):
         self.left = threading.Event()
 
     def process(self, frame):
-        self._put(frame)
+        self._put(frame, self.inbox.stop)
         return frame
 
     def end(self) -> None:
+        """After the run, however it ended: the end marker, unless the caller has left."""
         try:
             self._put(_END)
-        except (CallerLeft, Stopped):
+        except CallerLeft:
             pass
 
-    def _put(self, item) -> None:
-        while True:
-            if self.left.is_set():
-                raise CallerLeft("the caller left the loop")
+    def _put(self, item, stop: threading.Event | None = None) -> None:
+        """Wait for room in front of the caller, but not past the caller leaving or the pipeline stopping."""
+        while not self.left.is_set():
+            if stop is not None and stop.is_set():
+                raise Stopped
             try:
                 self.frames.put(item, timeout=POLL_S)
                 return
             except queue.Full:
                 pass
+        raise CallerLeft("the caller left the loop")
 
     def stop_if_left(self, pipe) -> None:
         """Every tick of the run: a caller that left while this stage waits for a frame stops it too."""
@@ -107,9 +111,9 @@ def _segment(src, settings, backend, queue_size: int):
             yield frame
         finished = True
     finally:
-        if not finished:
-            handoff.left.set()
-        worker.join()
+        if not finished:                 # the pipeline stops within a tick; a worker still opening the
+            handoff.left.set()           # source or loading the model stops itself when it gets there
+        worker.join(None if finished else LEAVE_WAIT_S)
     error = outcome.get("error")
     if error is not None:
         raise error

@@ -8,6 +8,7 @@ import torch
 
 from pipehelp import ROAD, SKY, StubBackend, decode_index, probe, write_clip
 from pipeline import segment
+from pipeline.stream import _END
 from train.data import find_pairs, read_mask
 from train.errors import PartialInputError, StageError
 from train.metrics import ConfusionMatrix
@@ -81,3 +82,39 @@ def test_the_labels_agree_with_run_masks(tmp_path, settings):
     for f in segment(clip, settings, backend=StubBackend()):
         png = cv2.imread(str(tmp_path / "m" / f"{f.index:06d}.png"), cv2.IMREAD_UNCHANGED)
         assert np.array_equal(png, f.labels_full)
+
+
+def test_the_hand_off_stops_with_the_pipeline_while_the_caller_is_slow():
+    from pipeline.queues import BoundedQueue, Stopped
+    from pipeline.stream import Handoff
+    handoff = Handoff(queue_size=1)
+    handoff.inbox = BoundedQueue("in", 2, "block", threading.Event())
+    handoff.process("frame 0")                          # the caller has not taken it: the next one waits
+    stopper = threading.Timer(0.2, handoff.inbox.stop.set)
+    stopper.start()
+    with pytest.raises(Stopped):
+        handoff.process("frame 1")
+    ender = threading.Thread(target=handoff.end)       # the end marker still reaches the caller
+    ender.start()
+    assert [handoff.frames.get(timeout=5), handoff.frames.get(timeout=5)] == ["frame 0", _END]
+    ender.join(5)
+
+
+def test_ctrl_c_before_the_first_frame_does_not_wait_for_the_source(tmp_path, settings):
+    """A pipe with no writer yet: Ctrl-C in the loop returns at once, not when the source gives up."""
+    import os
+    import signal
+    import time
+    fifo = tmp_path / "feed.ts"
+    os.mkfifo(fifo)
+    frames = segment(fifo, settings.override(decode={"stall_timeout_s": 30}), backend=StubBackend())
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            next(frames)
+        assert time.monotonic() - t0 < 10                # the source would have waited 30 s
+    finally:
+        with open(fifo, "wb"):                           # a writer that closes: the source gives up
+            pass
+        time.sleep(0.5)

@@ -7,6 +7,7 @@ Exit codes: 2 bad input or option (nothing done), 3 the input ended early (what 
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -97,6 +98,15 @@ def test_a_truncated_video_is_segmented_as_far_as_it_goes_and_exits_3(tmp_path, 
     assert f"{out} is complete with the {read} frames done" in last
     stats = json.loads((tmp_path / "s.json").read_text())
     assert stats["exit"] == "input ended early" and stats["frames"] == read
+
+
+def test_a_complete_matroska_file_that_starts_late_is_not_called_truncated(tmp_path, cli):
+    """Its tracks' DURATION tags say where they end (6 s), not how long they are (2 s): a later piece of
+    `ffmpeg -f segment`, or a cut with -copyts."""
+    late = clip(tmp_path, "late.mkv", frames=40, pts=list(range(80, 120)), time_base=Fraction(1, 20), audio="aac")
+    code, last, err, _ = cli("run", late, "--out", tmp_path / "seg.mp4")
+    assert code == 0 and "ended early" not in err, err
+    assert probe(tmp_path / "seg.mp4")["frames"] == 40
 
 
 def test_a_truncated_or_empty_image_in_a_folder_is_skipped_counted_and_reported(tmp_path, cli):
