@@ -35,8 +35,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline.signals import SigTerm, sigterm_raises
-from pipeline.sources import IMAGE_EXTS
 from pipeline.stage import Stage
+from train.data import IMAGE_EXTENSIONS
 from train.errors import (
     InputNotFoundError,
     InvalidInputError,
@@ -81,7 +81,7 @@ def is_many(specs) -> bool:
 def _is_video_glob(spec: str) -> bool:
     if "://" in spec or not any(c in spec for c in "*?[") or Path(spec).exists():
         return False
-    return any(Path(p).suffix.lower() not in IMAGE_EXTS for p in glob.glob(spec, recursive=True)
+    return any(Path(p).suffix.lower() not in IMAGE_EXTENSIONS for p in glob.glob(spec, recursive=True)
                if Path(p).is_file())
 
 
@@ -121,11 +121,11 @@ def _expand_one(spec: str) -> list[str]:
         if not files:
             raise InputNotFoundError(f"nothing matches {spec!r}: check the pattern (quote it so the shell "
                                      f"does not expand it), e.g. 'drives/*.mp4'")
-        videos = [p for p in files if Path(p).suffix.lower() not in IMAGE_EXTS]
+        videos = [p for p in files if Path(p).suffix.lower() not in IMAGE_EXTENSIONS]
         return [_abs(p) for p in natural_sorted(videos)] if videos else [spec]
     if path.is_dir():
         children = [p for p in path.iterdir() if p.is_file()]
-        if any(p.suffix.lower() in IMAGE_EXTS for p in children):
+        if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in children):
             return [_abs(path)]                                # a folder of frames: one input
         videos = natural_sorted(_abs(p) for p in children if not p.name.startswith("."))
         if not videos:

@@ -36,7 +36,6 @@ from train.errors import InputNotFoundError, InvalidInputError, MediaError, Unre
 
 log = logging.getLogger("segpipe.pipeline")
 
-IMAGE_EXTS = IMAGE_EXTENSIONS        # what an image folder or glob may hold
 LIVE_SCHEMES = {"rtsp", "rtsps", "rtmp", "rtmps", "udp", "rtp", "srt", "tcp"}
 TS_PACKET_SIZES = (188, 192, 204)     # MPEG-TS, M2TS (Blu-ray, AVCHD), TS with Reed-Solomon bytes (DVB)
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
@@ -73,24 +72,26 @@ def open_source(spec, settings) -> "VideoSource | ImageSource":
         return VideoSource(text, settings, kind="url")
     path = Path(text)
     if any(c in text for c in "*?[") and not path.exists():
-        files = natural_sorted(p for p in glob.glob(text, recursive=True) if Path(p).suffix.lower() in IMAGE_EXTS)
+        files = natural_sorted(p for p in glob.glob(text, recursive=True)
+                               if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             raise InputNotFoundError(f"no images match {text!r}: check the pattern (quote it so the shell "
                                      f"does not expand it), e.g. 'frames/*.jpg'")
         return ImageSource(files, text, settings)
     if path.is_dir():
-        files = natural_sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        files = natural_sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             folders = sorted((d for d in path.iterdir() if d.is_dir()), key=lambda d: ("mask" in d.name.lower(), d.name))
-            inner = next((d for d in folders if any(p.suffix.lower() in IMAGE_EXTS for p in d.iterdir())),
-                         None)            # e.g. a CARLA folder: CameraRGB/, not CameraMask/
+            inner = next((d for d in folders if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in d.iterdir())),
+                         None)                    # e.g. a CARLA folder: CameraRGB/, not CameraMask/
             hint = f"did you mean {inner}?" if inner else "pass a video file or a folder of frames"
-            raise InvalidInputError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_EXTS))}): {hint}")
+            raise InvalidInputError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}): "
+                                    f"{hint}")
         return ImageSource(files, text, settings)
     if not path.exists():
         raise InputNotFoundError(f"input {path} does not exist: pass a video file, image folder, glob, URL "
                                  f"or camera index")
-    if path.suffix.lower() in IMAGE_EXTS:
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
         return ImageSource([text], text, settings)
     return VideoSource(text, settings, kind="file")
 
@@ -252,7 +253,7 @@ class VideoSource:
         read = n + self.skipped
         if self.container.format.name == "mpegts":
             size = self.container.size                  # 0 or an error code for a pipe or a stream
-            if size > 0 and all(size % n for n in TS_PACKET_SIZES):
+            if size > 0 and all(size % packet for packet in TS_PACKET_SIZES):
                 self.error = ("it ends inside a transport packet (MPEG-TS is whole 188-byte packets); "
                               "is the file truncated?")
         elif self.exact_frames:

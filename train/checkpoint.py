@@ -72,14 +72,11 @@ def load_checkpoint(weights: str | Path | None = None) -> dict:
         raise CheckpointError(f"checkpoint {path} is a directory: pass the .pt file inside it (e.g. {path}/best.pt)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "global" in str(e).lower():  # a class or function ("Unsupported global", "unsupported GLOBAL
-                                        # posix.system ... is blocked"): unpickling it would run code
+    except Exception as e:  # torch raises many types for a damaged file; all mean the same to the user
+        if isinstance(e, pickle.UnpicklingError) and "global" in str(e).lower():   # a class or function
+            # ("Unsupported global", "unsupported GLOBAL posix.system ... is blocked"): it would run code
             raise CheckpointError(f"checkpoint {path} was refused: it holds Python objects that would run code "
                                   f"when loaded; re-save it as a plain segpipe checkpoint") from None
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated (or not a checkpoint): re-download "
-                              f"or retrain it") from None
-    except Exception:  # torch raises many types for a damaged file; all mean the same to the user
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated (or not a checkpoint): re-download "
                               f"or retrain it") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
