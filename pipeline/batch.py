@@ -141,6 +141,8 @@ def _abs(path) -> str:
 
 def _output_name(src: str) -> str:
     """The input's base name without its extension (a glob of frames: its folder's name)."""
+    if src == "-":
+        return "stdin"
     if "://" in src:
         tail = src.split("://", 1)[1].split("?", 1)[0].rstrip("/")
         return Path(tail.rsplit("/", 1)[-1]).stem or tail.replace("/", "_").replace(":", "_")
@@ -322,7 +324,7 @@ class Tally:
         self.bar = None
         if progress:
             from tqdm import tqdm
-            self.bar = tqdm(total=len(jobs), unit="file", desc=f"segment ({workers} {mode} workers)",
+            self.bar = tqdm(total=len(jobs), unit="file", desc=f"segment ({workers} {mode} worker{'s' * (workers != 1)})",
                             dynamic_ncols=True, file=sys.stderr, disable=None)   # None: off without a terminal
 
     def next(self) -> tuple[Job, int] | None:
@@ -395,9 +397,12 @@ def summarise(records: list[dict], wall_s: float, *, mode: str, workers: int) ->
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{summary['files']} files: {summary['done']} done, {summary['failed']} failed; "
-             f"{summary['frames']} frames in {summary['wall_s']:.1f} s ({summary['fps']:.1f} fps aggregate) "
-             f"on {summary['workers']} {summary['mode']} workers"
+    def n(count, noun):
+        return f"{count} {noun}{'s' * (count != 1)}"
+
+    lines = [f"{n(summary['files'], 'file')}: {summary['done']} done, {summary['failed']} failed; "
+             f"{n(summary['frames'], 'frame')} in {summary['wall_s']:.1f} s ({summary['fps']:.1f} fps aggregate) "
+             f"on {n(summary['workers'], summary['mode'] + ' worker')}"
              + (f", {summary['backend']}" if summary.get("backend") else "")]
     for f in summary["failures"]:
         lines.append(f"  FAILED {f['src']}: {f['error']} ({f['attempts']} attempt{'s' * (f['attempts'] > 1)})")

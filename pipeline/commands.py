@@ -10,6 +10,7 @@ RUN_EPILOG = """examples:
   segpipe run drive.mp4 --out seg.mp4 --view side-by-side --legend --stats stats.json
   segpipe run drive.mp4 --out seg.mp4 --masks masks/        also write label PNGs (masks/000000.png ...)
   segpipe run 'frames/*.jpg' --out seg.mp4                  an image glob (quote it), or a folder
+  segpipe run photo.jpg --out seg.png --legend               one image in, one image out
   segpipe run rtsp://camera.local/stream --out live.mp4     a live stream: drops the oldest if behind
   segpipe run 0 --out webcam.mp4 --frames 300               a camera (index or /dev/videoN)
   ffmpeg -i in.mov -f mpegts - | segpipe run - --out seg.mp4   a pipe: - reads standard input
@@ -50,7 +51,8 @@ def register(sub, formatter) -> None:
                    help="video file, URL (rtsp/http/udp/file...), camera index or /dev/videoN, image folder "
                         "or glob, - for standard input; or several inputs (paths, a glob or folder of videos, "
                         "@list.txt or list.txt with one path/URL per line) with --out-dir")
-    p.add_argument("--out", help="output video (the container follows the extension: .mp4, .mkv ...)")
+    p.add_argument("--out", help="output video (the container follows the extension: .mp4, .mkv ...); an "
+                   "image (.png, .jpg ...) for a one-frame input")
     p.add_argument("--out-dir", metavar="DIR", help="several inputs: one DIR/NAME.mp4 per input (same base name; "
                                                    "inputs in other folders keep their folders below DIR)")
     p.add_argument("--workers", type=int, metavar="N", help="several inputs: pipelines at once (default: one per "

@@ -42,7 +42,7 @@ from train.errors import InvalidInputError, MediaError
 
 log = logging.getLogger("segpipe.pipeline")
 AUTO_CODECS = {".webm": "libvpx-vp9"}           # codec "auto": H.264, except where the container cannot hold it
-IMAGE_SUFFIXES = {*IMAGE_EXTENSIONS, ".gif"}      # not videos: --out x.png is a mistake for --masks
+IMAGE_SUFFIXES = {*IMAGE_EXTENSIONS, ".gif"}      # not videos: --out x.png writes an image
 CODEC_DEFAULTS = {                # encoders whose defaults suit neither live video nor a quiet log
     "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "row-mt": "1",   # ~4 CPU-ms/frame at 640x480
                    "lag-in-frames": "0"},                                   # a packet per frame, like zerolatency
@@ -182,9 +182,8 @@ class Encode(Stage):
             raise InvalidInputError(f"{self.flag} {self.path} has no extension, so the container is unknown: "
                                     f"name it like {self.path}.mp4 (or .mkv, .mov)")
         if suffix.lower() in IMAGE_SUFFIXES:
-            masks = "for each frame's labels as PNG pass --masks DIR; " if self.flag == "--out" else ""
             raise InvalidInputError(f"{self.flag} {self.path} is an image, but {self.flag} writes a video: "
-                                    f"{masks}name a video file, e.g. .mp4")
+                                    f"name a video file, e.g. .mp4")
         with tempfile.TemporaryDirectory(prefix="segpipe-probe-") as tmp:
             probe = Path(tmp) / f"probe{suffix}"
             fragmented = (self.fragment_s > 0 and muxer_name(probe) in FRAGMENTED_MUXERS

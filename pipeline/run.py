@@ -33,8 +33,9 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.encode import Encode
+from pipeline.encode import IMAGE_SUFFIXES, Encode
 from pipeline.graph import build_pipeline, output_size
+from pipeline.image_writer import ImageWriter
 from pipeline.runner import Pipeline
 from pipeline.settings import Settings, format_size, load_settings, save_settings
 from pipeline.signals import SigTerm, signals_raise
@@ -117,22 +118,21 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     apply_threads(settings)
     source = src if hasattr(src, "frames") and hasattr(src, "info") else open_within(src, settings.decode)
     info = source.info
+    total = info.frames
+    if settings.decode.max_frames is not None:
+        total = min(total, settings.decode.max_frames) if total else settings.decode.max_frames
     try:                                  # until the pipeline runs (and its decoder owns it), close it here
-        encoder = None
-        if out is not None:               # the container and encoder are tried now, before the model loads
-            w, h = output_size(info.width, info.height, settings.colourise.view)       # (or builds)
-            encoder = Encode.from_settings(out, w, h, info, settings.encode, audio=True)
+        writer = None
+        if out is not None:               # the output is tried now, before the model loads (or builds)
+            writer = open_output(out, info, total, settings)
         backend = backend if backend is not None else load_backend(settings)
-        pipe = build_pipeline(source, backend, settings, masks=masks, sinks=list(sinks), encode=encoder)
+        pipe = build_pipeline(source, backend, settings, masks=masks, sinks=list(sinks), encode=writer)
         if out is not None:
-            write_run_settings(out, settings, pipe, backend, info, codec=encoder.codec, masks=masks and str(masks))
+            write_run_settings(out, settings, pipe, backend, info, codec=writer.codec, masks=masks and str(masks))
     except BaseException:
         source.close()
         raise
 
-    total = info.frames
-    if settings.decode.max_frames is not None:
-        total = min(total, settings.decode.max_frames) if total else settings.decode.max_frames
     bar = None
     if progress and sys.stderr.isatty():
         from tqdm import tqdm
@@ -174,9 +174,8 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     stats = collect_stats(pipe, wall, backend, skipped=source.skipped, damaged=damaged)
     frames_in = pipe["decode"].count
     stats["exit"] = _exit_reason(failure, source, frames_in)
-    encoder = next((s for s in pipe.stages if isinstance(s, Encode)), None)
-    if encoder is not None:
-        stats["audio"] = encoder.sound
+    if writer is not None:
+        stats["audio"] = writer.sound
     if stats_path is not None:
         try:
             Path(stats_path).write_text(json.dumps(stats, indent=2))
@@ -184,7 +183,7 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
             log.warning("could not write the statistics to %s: %s", stats_path, e.strerror or e)
     if out is not None and not out.exists():          # no video (nothing encoded): no settings for it
         settings_path(out).unlink(missing_ok=True)
-    kept = encoder.kept if encoder is not None and encoder.kept is not None else stats["frames"]
+    kept = writer.kept if writer is not None and writer.kept is not None else stats["frames"]
     done = _closed(out, masks, kept)
     if isinstance(failure, KeyboardInterrupt):
         log.warning("interrupted after %d frames; %s", stats["frames"], done)
@@ -249,6 +248,14 @@ def open_within(src, decode):
     if "error" in result:
         raise result["error"]
     return result["source"]
+
+
+def open_output(out: Path, info, frames: int | None, settings: Settings) -> Encode | ImageWriter:
+    """The sink for ``--out``: an image for a one-frame input (``seg.png``), else a video encoder."""
+    if out.suffix.lower() in IMAGE_SUFFIXES:
+        return ImageWriter(out, frames, info.name)
+    w, h = output_size(info.width, info.height, settings.colourise.view)
+    return Encode.from_settings(out, w, h, info, settings.encode, audio=True)
 
 
 def check_outputs(src, out: Path | None, masks, stats_path) -> None:
@@ -320,7 +327,7 @@ def collect_stats(pipe: Pipeline, wall_s: float, backend, skipped: int = 0, dama
 def summary(stats: dict, out=None) -> str:
     slowest = max(stats["stages"].items(), key=lambda kv: kv[1]["busy_s"])[0] if stats["stages"] else "-"
     where = f" -> {out}" if out else ""
-    return (f"{stats['frames']} frames in {stats['wall_s']:.1f} s ({stats['fps']:.1f} fps) on "
+    return (f"{stats['frames']} frame{'s' * (stats['frames'] != 1)} in {stats['wall_s']:.1f} s ({stats['fps']:.1f} fps) on "
             f"{stats['backend']} ({stats['device']}, {stats['precision']}), dropped {stats['dropped']}, latency p50 "
             f"{stats['latency_ms']['p50']:.0f} ms / p95 {stats['latency_ms']['p95']:.0f} ms, "
             f"busiest stage {slowest}{where}")

@@ -63,7 +63,7 @@ def open_source(spec, settings) -> "VideoSource | ImageSource":
             what = "closed" if sys.stdin is None else "this terminal"
             raise InvalidInputError(f"- reads standard input, and that is {what}: pipe a video in, e.g. "
                                     f"ffmpeg -i in.mov -f mpegts - | segpipe run - --out seg.mp4")
-        text = "/dev/stdin"
+        return VideoSource("/dev/stdin", settings, kind="file", name="standard input")
     if isinstance(spec, int) or text.isdigit():
         return VideoSource(f"/dev/video{int(text)}", settings, kind="camera")
     if text.startswith("/dev/video"):
@@ -111,8 +111,9 @@ class VideoSource:
     players turn it; flips in the matrix are ignored) and ``info`` has the upright size.
     """
 
-    def __init__(self, url: str, settings, kind: str):
+    def __init__(self, url: str, settings, kind: str, name: str | None = None):
         self.url, self.kind = url, kind
+        self.name = name = name or url          # what messages call it
         self.undecodable = 0        # packets that did not decode (their frames are missing from the output)
         self.withheld = 0           # frames the decoder did not give back after damage (see ``skipped``)
         self.damaged = 0            # frames FFmpeg decoded but flagged corrupt (kept: concealed errors)
@@ -134,15 +135,15 @@ class VideoSource:
             raise InputNotFoundError(f"input {url} does not exist: pass a video file, image folder, glob, "
                                      f"URL or camera index") from None
         except (av.FFmpegError, OSError) as e:
-            if kind == "file":
+            if kind == "file" and name == url:
                 raise UnreadableInputError(unreadable_file(Path(url), e)) from None
             hint = {"camera": "is the camera connected and free (not used by another program)?",
                     "url": "is the address right and the server reachable?"}.get(kind, "is it a video file?")
-            raise MediaError(f"cannot open {url}: {getattr(e, 'strerror', None) or e}; {hint}") from None
+            raise MediaError(f"cannot open {name}: {getattr(e, 'strerror', None) or e}; {hint}") from None
         if not self.container.streams.video:
             what = "audio-only" if self.container.streams.audio else "without a video stream"
             self.container.close()
-            raise InvalidInputError(f"{url} has no video stream ({what}): pass a video; audio-only files "
+            raise InvalidInputError(f"{name} has no video stream ({what}): pass a video; audio-only files "
                                     f"cannot be segmented")
         self.stream = stream = self.container.streams.video[0]
         stream.thread_type = settings.thread_type
@@ -151,7 +152,7 @@ class VideoSource:
         cc = stream.codec_context
         if not cc.width or not cc.height:
             self.container.close()
-            raise MediaError(f"{url}: the video stream does not say its size (is it damaged?)")
+            raise MediaError(f"{name}: the video stream does not say its size (is it damaged?)")
         fps = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = Fraction(fps) if fps else Fraction(settings.fps).limit_denominator(1001)
         time_base = Fraction(stream.time_base) if stream.time_base else 1 / fps
@@ -170,12 +171,12 @@ class VideoSource:
             if self._first is None:
                 self.container.close()
                 why = f"{self.undecodable} undecodable packet(s)" if self.undecodable else (self.error or "no frames")
-                raise UnreadableInputError(f"cannot open {url}: not one frame could be decoded ({why}): the "
+                raise UnreadableInputError(f"cannot open {name}: not one frame could be decoded ({why}): the "
                                            f"video is damaged or empty; get it again or re-export it")
             self.rotation = round(self._first.rotation / 90) % 4 * 90 if self._first.rotation else 0
             if self.rotation in (90, 270):
                 width, height = height, width
-        self.info = SourceInfo(kind, url, width, height, fps, time_base, frames, live)
+        self.info = SourceInfo(kind, name, width, height, fps, time_base, frames, live)
 
     @property
     def skipped(self) -> int:
@@ -197,7 +198,7 @@ class VideoSource:
                 except (av.error.InvalidDataError, av.error.UndefinedError, ValueError) as e:
                     self.undecodable += 1
                     level = logging.WARNING if self.undecodable <= MAX_SKIP_WARNINGS else logging.DEBUG
-                    log.log(level, "%s: skipped an undecodable packet (%s)%s", self.url, e,
+                    log.log(level, "%s: skipped an undecodable packet (%s)%s", self.name, e,
                             "; further ones are counted, not listed" if self.undecodable == MAX_SKIP_WARNINGS
                             else "")
                     continue

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipehelp import ROAD, SKY, StubBackend, decode_index, probe, write_clip
+from pipehelp import ROAD, SKY, StubBackend, decode_index, frame_image, probe, write_clip
 from pipeline.run import run, settings_path
+from train.errors import InvalidInputError
 
 
 def test_frames_size_rate_and_timestamps_survive(tmp_path, clip, stub, settings):
@@ -174,3 +175,26 @@ def test_masks_from_an_earlier_run_are_pointed_out(tmp_path, clip, stub, setting
     assert "already holds" not in caplog.text
     run(clip, None, settings.override(decode={"max_frames": 3}), masks=masks, backend=stub)
     assert f"--masks {masks} already holds 12 PNGs" in caplog.text and len(list(masks.glob("*.png"))) == 12
+
+
+def test_one_image_in_one_image_out(tmp_path, stub, settings):
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(frame_image(5, 96, 64), cv2.COLOR_RGB2BGR))
+    out, masks = tmp_path / "seg.png", tmp_path / "masks"
+    stats = run(photo, out, settings.override(colourise={"view": "mask"}), masks=masks, backend=stub)
+    labels = cv2.imread(str(masks / "000000.png"), cv2.IMREAD_UNCHANGED)
+    assert decode_index(labels) == 5
+    written = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)            # lossless: exactly the palette
+    assert np.array_equal(written, stub.palette[labels])
+    assert stats["frames"] == 1 and stats["exit"] == "done" and set(stats["stages"]) >= {"write"}
+    assert not list(tmp_path.glob(".*part*"))                                  # no temporary file left
+
+
+def test_a_video_gives_its_first_frame_as_an_image_with_frames_1(tmp_path, clip, stub, settings):
+    out = tmp_path / "first.jpg"
+    run(clip, out, settings.override(decode={"max_frames": 1}), backend=stub)
+    image = cv2.imread(str(out))
+    assert image.shape == (64, 96, 3)
+    with pytest.raises(InvalidInputError, match=r"is one image, but .*clip.mp4 has 12 frames: .*--frames 1"):
+        run(clip, tmp_path / "all.png", settings, backend=stub)
+    assert not (tmp_path / "all.png").exists()

@@ -98,6 +98,10 @@ def test_dash_reads_standard_input(tmp_path):
                           input=data, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()
     assert probe(out)["frames"] == 15
+    junk = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "-", "--out", str(out), "--no-progress"],
+                          input=b"<html>not a video</html>", capture_output=True, timeout=120)
+    assert junk.returncode != 0
+    assert junk.stderr.decode().strip().splitlines()[-1].startswith("segpipe run: error: cannot open standard input:")
 
 
 def test_dash_on_a_terminal_says_how_to_pipe(monkeypatch, settings):

@@ -178,14 +178,16 @@ def test_an_output_in_a_read_only_folder_is_refused_before_any_work(tmp_path, cl
     ("no-extension", "has no extension, so the container is unknown"),
     ("unknown-extension", "FFmpeg cannot write .xyz files: use .mp4 or .mkv"),
     ("codec-the-container-cannot-hold", ".webm files cannot hold libx264"),
-    ("image", "is an image, but --out writes a video: for each frame's labels as PNG pass --masks DIR"),
+    ("image", "is one image, but"),
+    ("gif", "segpipe writes images as .bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp"),
 ])
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, cli, where, message):
     src = clip(tmp_path)
     (tmp_path / "folder").mkdir()
     out = {"input": src, "folder": tmp_path / "folder", "under-a-file": src / "seg.mp4",
            "no-extension": tmp_path / "seg", "unknown-extension": tmp_path / "seg.xyz",
-           "codec-the-container-cannot-hold": tmp_path / "seg.webm", "image": tmp_path / "%06d.png"}[where]
+           "codec-the-container-cannot-hold": tmp_path / "seg.webm", "image": tmp_path / "%06d.png",
+           "gif": tmp_path / "seg.gif"}[where]
     before = src.read_bytes()
     code, last, err, _ = cli("run", src, "--out", out, "--codec", "libx264")
     assert code == 2 and message in last and "Traceback" not in err, err

@@ -47,6 +47,7 @@ def test_outputs_keep_base_names_and_folders_below_the_common_parent(tmp_path):
     assert jobs[0].masks == str(tmp_path / "m" / "front" / "0001")
     flat = plan_jobs([str(front), str(touch(tmp_path / "front" / "0002.mp4"))], tmp_path / "seg")
     assert [j.out for j in flat] == [str(tmp_path / "seg" / "0001.mp4"), str(tmp_path / "seg" / "0002.mp4")]
+    assert plan_jobs(["-"], tmp_path / "seg")[0].out == str(tmp_path / "seg" / "stdin.mp4")   # standard input
     with pytest.raises(InvalidInputError, match="would both write"):
         plan_jobs(["http://a/x.mp4", "http://b/x.mp4"], tmp_path / "seg")
     with pytest.raises(InvalidInputError, match="--out-dir"):
