@@ -43,6 +43,7 @@ from train.errors import (
     PartialInputError,
     SegpipeError,
     TerminatedError,
+    plural,
 )
 from train.paths import writable_file, writable_folder
 
@@ -324,7 +325,7 @@ class Tally:
         self.bar = None
         if progress:
             from tqdm import tqdm
-            self.bar = tqdm(total=len(jobs), unit="file", desc=f"segment ({workers} {mode} worker{'s' * (workers != 1)})",
+            self.bar = tqdm(total=len(jobs), unit="file", desc=f"segment ({plural(workers, mode + ' worker')})",
                             dynamic_ncols=True, file=sys.stderr, disable=None)   # None: off without a terminal
 
     def next(self) -> tuple[Job, int] | None:
@@ -397,15 +398,12 @@ def summarise(records: list[dict], wall_s: float, *, mode: str, workers: int) ->
 
 
 def format_summary(summary: dict) -> str:
-    def n(count, noun):
-        return f"{count} {noun}{'s' * (count != 1)}"
-
-    lines = [f"{n(summary['files'], 'file')}: {summary['done']} done, {summary['failed']} failed; "
-             f"{n(summary['frames'], 'frame')} in {summary['wall_s']:.1f} s ({summary['fps']:.1f} fps aggregate) "
-             f"on {n(summary['workers'], summary['mode'] + ' worker')}"
+    lines = [f"{plural(summary['files'], 'file')}: {summary['done']} done, {summary['failed']} failed; "
+             f"{plural(summary['frames'], 'frame')} in {summary['wall_s']:.1f} s ({summary['fps']:.1f} fps "
+             f"aggregate) on {plural(summary['workers'], summary['mode'] + ' worker')}"
              + (f", {summary['backend']}" if summary.get("backend") else "")]
     for f in summary["failures"]:
-        lines.append(f"  FAILED {f['src']}: {f['error']} ({f['attempts']} attempt{'s' * (f['attempts'] > 1)})")
+        lines.append(f"  FAILED {f['src']}: {f['error']} ({plural(f['attempts'], 'attempt')})")
     return "\n".join(lines)
 
 

@@ -168,7 +168,7 @@ class Encode(Stage):
         encoder = cls(path, width, height, info.fps, info.time_base, codec=settings.codec, pix_fmt=settings.pix_fmt,
                       preset=settings.preset, tune=settings.tune, crf=settings.crf,
                       threads=settings.threads if threads is None else threads, options=settings.options,
-                      fragment_s=settings.fragment_s, audio=info.name if copy and info.kind == "file" else None)
+                      fragment_s=settings.fragment_s, audio=info.path if copy and info.kind == "file" else None)
         if copy and info.kind != "file":
             encoder.sound = ("none in the input" if info.kind == "images" else
                              f"not copied: only a file's sound is copied, not a {info.kind}'s")

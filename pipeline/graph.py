@@ -13,7 +13,6 @@ from pathlib import Path
 
 from pipeline.colourise import Colourise
 from pipeline.decode import Decode
-from pipeline.encode import Encode
 from pipeline.infer import Infer
 from pipeline.masks import MaskWriter
 from pipeline.preprocess import Preprocess
@@ -34,12 +33,13 @@ def output_size(width: int, height: int, view: str) -> tuple[int, int]:
 
 
 def build_pipeline(source, backend, settings: Settings, *, masks: str | Path | None = None,
-                   sinks: list[Stage] = (), encode: Encode | None = None, decode: Stage | None = None,
+                   sinks: list[Stage] = (), encode: Stage | None = None, decode: Stage | None = None,
                    model_policy: str | None = None) -> Pipeline:
     """Wire source -> ... -> outputs. ``masks``: a folder for label PNGs; ``sinks``: more stages (a
-    display, an HTTP stream); ``encode``: the video encoder (``Encode.from_settings``: made by the caller,
-    before the model loads, so a bad --out fails at once). Each output passes the frame on (returns it),
-    except the last stage of all, whose returned frames count as delivered.
+    display, an HTTP stream); ``encode``: the --out writer (``run.open_output``: an Encode, or an
+    ImageWriter for one frame; made by the caller before the model loads, so a bad --out fails at once).
+    Each output passes the frame on (returns it), except the last stage of all, whose returned frames
+    count as delivered.
     ``decode``: a decode stage of the caller's (live capture stamps); ``model_policy``: the policy of
     the queue in front of the model (live: ``drop-oldest``, so the model never works on a stale frame)."""
     s, info = settings, source.info

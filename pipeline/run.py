@@ -1,4 +1,5 @@
-"""``run(src, out, settings)``: segment a video (or camera, URL, image folder) into a video file.
+"""``run(src, out, settings)``: segment a video (or camera, URL, image folder) into a video file (or
+one frame into an image).
 
 Opens the source and the backend first (bad inputs fail before any thread starts), wires the stages
 with ``build_pipeline``, writes the settings used beside the output, runs with a progress bar, and
@@ -8,7 +9,7 @@ returns the run's statistics (also written as JSON with ``stats_path``)::
      "backend", "device", "precision",
      "stages": {name: {"busy_s", "p50_ms", "p95_ms"}},       # per process() call (infer: per batch)
      "latency_ms": {"p50", "p95", "p99"},                    # decoder out -> encoded packet written
-     "audio",   # with --out: copied (CODEC) | none in the input | not copied: WHY | off
+     "audio",   # with --out: copied (CODEC) | none in the input | not copied: WHY | off | none: an image ...
      "exit"}    # done | input ended early | failed | interrupted | terminated
 
 ``dropped`` counts every frame of the source that is not in the output: queue drops (live sources)
@@ -40,7 +41,7 @@ from pipeline.runner import Pipeline
 from pipeline.settings import Settings, format_size, load_settings, save_settings
 from pipeline.signals import SigTerm, signals_raise
 from pipeline.sources import open_source
-from train.errors import InvalidInputError, MediaError, PartialInputError, SegpipeError, TerminatedError
+from train.errors import InvalidInputError, MediaError, PartialInputError, SegpipeError, TerminatedError, plural
 from train.paths import writable_file, writable_folder
 
 log = logging.getLogger("segpipe.pipeline")
@@ -184,12 +185,12 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     if out is not None and not out.exists():          # no video (nothing encoded): no settings for it
         settings_path(out).unlink(missing_ok=True)
     kept = writer.kept if writer is not None and writer.kept is not None else stats["frames"]
-    done = _closed(out, masks, kept)
+    done = "; " + _closed(out, masks, kept) if out is not None or masks is not None else ""   # segment(): no files
     if isinstance(failure, KeyboardInterrupt):
-        log.warning("interrupted after %d frames; %s", stats["frames"], done)
+        log.warning("interrupted after %d frames%s", stats["frames"], done)
         raise failure
     if failure is not None:
-        failure.args = (f"{failure}; {done}",)        # the same error, saying what the output holds
+        failure.args = (f"{failure}{done}",)        # the same error, saying what the output holds
         raise failure
 
     if pipe.drops or source.skipped:                 # never silent: say where frames went
@@ -205,9 +206,9 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     if source.error is not None and frames_in == 0:
         hint = " (an MP4 over HTTP needs a server with range requests, or one written with " \
                "-movflags +faststart)" if info.name.startswith("http") else ""
-        raise MediaError(f"could not read a frame from {info.name}: {source.error}{hint}; {done}")
+        raise MediaError(f"could not read a frame from {info.name}: {source.error}{hint}{done}")
     if source.error is not None:
-        raise PartialInputError(f"{info.name} ended early: {frames_in} frames were read ({source.error}); {done}")
+        raise PartialInputError(f"{info.name} ended early: {frames_in} frames were read ({source.error}){done}")
     return stats
 
 
@@ -242,7 +243,8 @@ def open_within(src, decode):
     opener.start()
     opener.join(timeout)
     if opener.is_alive():
-        raise MediaError(f"opening {src} gave nothing for {timeout:g} s: the source stalled (a pipe with no "
+        what = "standard input" if str(src) == "-" else src
+        raise MediaError(f"opening {what} gave nothing for {timeout:g} s: the source stalled (a pipe with no "
                          f"writer, a hung network drive, a camera that does not answer?); if it is only slow, "
                          f"raise decode.stall_timeout_s (0 waits forever)")
     if "error" in result:
@@ -253,7 +255,7 @@ def open_within(src, decode):
 def open_output(out: Path, info, frames: int | None, settings: Settings) -> Encode | ImageWriter:
     """The sink for ``--out``: an image for a one-frame input (``seg.png``), else a video encoder."""
     if out.suffix.lower() in IMAGE_SUFFIXES:
-        return ImageWriter(out, frames, info.name)
+        return ImageWriter(out, frames, info.name, settings.encode.png_compression)
     w, h = output_size(info.width, info.height, settings.colourise.view)
     return Encode.from_settings(out, w, h, info, settings.encode, audio=True)
 
@@ -286,13 +288,13 @@ def _closed(out, masks, frames: int | None = None) -> str:
     parts = []
     if out is not None:
         if Path(out).exists():
-            parts.append(f"{out} is complete with the {frames} frames done" if frames is not None
+            parts.append(f"{out} is complete with the {plural(frames, 'frame')} done" if frames is not None
                          else f"what was processed is in {out}")
         else:
-            parts.append(f"no video was written ({out} does not exist)")
+            parts.append(f"nothing was written to {out} (it does not exist)")
     if masks is not None and Path(masks).is_dir() and any(Path(masks).iterdir()):
         parts.append(f"their masks are in {masks}")
-    return "; ".join(parts) if parts else "nothing was written"
+    return "; ".join(parts) or "nothing was written"
 
 
 def percentiles_ms(values_s, qs) -> list[float]:
@@ -327,7 +329,7 @@ def collect_stats(pipe: Pipeline, wall_s: float, backend, skipped: int = 0, dama
 def summary(stats: dict, out=None) -> str:
     slowest = max(stats["stages"].items(), key=lambda kv: kv[1]["busy_s"])[0] if stats["stages"] else "-"
     where = f" -> {out}" if out else ""
-    return (f"{stats['frames']} frame{'s' * (stats['frames'] != 1)} in {stats['wall_s']:.1f} s ({stats['fps']:.1f} fps) on "
+    return (f"{plural(stats['frames'], 'frame')} in {stats['wall_s']:.1f} s ({stats['fps']:.1f} fps) on "
             f"{stats['backend']} ({stats['device']}, {stats['precision']}), dropped {stats['dropped']}, latency p50 "
             f"{stats['latency_ms']['p50']:.0f} ms / p95 {stats['latency_ms']['p95']:.0f} ms, "
             f"busiest stage {slowest}{where}")

@@ -1,4 +1,4 @@
-"""Where frames come from: a video file, a URL, a camera, or an image folder/glob.
+"""Where frames come from: a video file, a URL, a camera, an image folder/glob, or the caller's arrays.
 
 ``open_source(spec, decode_settings)`` classifies ``spec``, opens it (so a bad input fails before any
 thread starts) and returns a source with ``info`` (size, frame rate, time base, length, live or not)
@@ -6,7 +6,8 @@ and ``frames()``, a generator of ``(index, pts, time_base, rgb)``:
 
 - videos, URLs and cameras go through PyAV's own loop (``container.demux`` then ``packet.decode``,
   whose last, empty packet flushes the decoder) with threaded decoding;
-- image folders and globs are read with OpenCV, in natural order, at ``decode.fps``.
+- image folders and globs are read with OpenCV, in natural order, at ``decode.fps``;
+- arrays (``segment()`` in Python: an iterable of RGB frames) are taken as they come, at ``decode.fps``.
 
 Undecodable packets/images are skipped and counted in ``skipped``; a container that breaks mid-stream
 (dropped connection), or a file that ends well before its container said (truncated), ends the stream
@@ -52,11 +53,15 @@ class SourceInfo:
     time_base: Fraction
     frames: int | None        # known length (None: live or unknown)
     live: bool
+    path: str | None = None   # what FFmpeg opened (a file's sound is read from it); name is for messages
 
 
 def open_source(spec, settings) -> "VideoSource | ImageSource":
-    """Open ``spec``: an int or /dev/videoN (camera), URL, image folder, glob, video/image file, or -
-    (standard input: a pipe from ffmpeg or a camera tool)."""
+    """Open ``spec``: an int or /dev/videoN (camera), URL, image folder, glob, video/image file, - (standard
+    input: a pipe from ffmpeg or a camera tool), or RGB arrays (see ArraySource)."""
+    if isinstance(spec, np.ndarray) or not isinstance(spec, (str, bytes, os.PathLike, int)) \
+            and hasattr(spec, "__iter__"):
+        return ArraySource(spec, settings)
     text = str(spec)
     if text == "-":
         if sys.stdin is None or sys.stdin.isatty():
@@ -113,7 +118,7 @@ class VideoSource:
 
     def __init__(self, url: str, settings, kind: str, name: str | None = None):
         self.url, self.kind = url, kind
-        self.name = name = name or url          # what messages call it
+        name = name or url                       # what messages call it
         self.undecodable = 0        # packets that did not decode (their frames are missing from the output)
         self.withheld = 0           # frames the decoder did not give back after damage (see ``skipped``)
         self.damaged = 0            # frames FFmpeg decoded but flagged corrupt (kept: concealed errors)
@@ -125,7 +130,7 @@ class VideoSource:
         fmt = settings.camera_format if kind == "camera" else None
         timeout = settings.timeout_s if kind != "file" else None
         if kind == "file":
-            check_readable(Path(url))
+            check_readable(Path(url), name)
         try:
             self.container = av.open(url, format=fmt, options=options, timeout=timeout)
         except FileNotFoundError:
@@ -135,8 +140,8 @@ class VideoSource:
             raise InputNotFoundError(f"input {url} does not exist: pass a video file, image folder, glob, "
                                      f"URL or camera index") from None
         except (av.FFmpegError, OSError) as e:
-            if kind == "file" and name == url:
-                raise UnreadableInputError(unreadable_file(Path(url), e)) from None
+            if kind == "file":
+                raise UnreadableInputError(unreadable_file(Path(url), e, name)) from None
             hint = {"camera": "is the camera connected and free (not used by another program)?",
                     "url": "is the address right and the server reachable?"}.get(kind, "is it a video file?")
             raise MediaError(f"cannot open {name}: {getattr(e, 'strerror', None) or e}; {hint}") from None
@@ -176,7 +181,7 @@ class VideoSource:
             self.rotation = round(self._first.rotation / 90) % 4 * 90 if self._first.rotation else 0
             if self.rotation in (90, 270):
                 width, height = height, width
-        self.info = SourceInfo(kind, name, width, height, fps, time_base, frames, live)
+        self.info = SourceInfo(kind, name, width, height, fps, time_base, frames, live, path=url)
 
     @property
     def skipped(self) -> int:
@@ -198,7 +203,7 @@ class VideoSource:
                 except (av.error.InvalidDataError, av.error.UndefinedError, ValueError) as e:
                     self.undecodable += 1
                     level = logging.WARNING if self.undecodable <= MAX_SKIP_WARNINGS else logging.DEBUG
-                    log.log(level, "%s: skipped an undecodable packet (%s)%s", self.name, e,
+                    log.log(level, "%s: skipped an undecodable packet (%s)%s", self.url, e,
                             "; further ones are counted, not listed" if self.undecodable == MAX_SKIP_WARNINGS
                             else "")
                     continue
@@ -276,8 +281,8 @@ class VideoSource:
         self.container.close()
 
 
-def check_readable(path: Path) -> None:
-    """Fail clearly, before FFmpeg does, for a file that cannot be a video."""
+def check_readable(path: Path, name: str | None = None) -> None:
+    """Fail clearly, before FFmpeg does, for a file that cannot be a video (``name``: what to call it)."""
     try:
         st = path.stat()
     except OSError:
@@ -285,32 +290,33 @@ def check_readable(path: Path) -> None:
     if not stat.S_ISREG(st.st_mode):             # a pipe or a device: nothing to check before reading
         return
     if st.st_size == 0:
-        raise UnreadableInputError(f"cannot open {path}: it is empty (0 bytes): an interrupted download or copy? "
+        raise UnreadableInputError(f"cannot open {name}: it is empty (0 bytes): an interrupted download or copy? "
                                    f"get the file again")
     if not os.access(path, os.R_OK):
-        raise UnreadableInputError(f"cannot open {path}: permission denied: check its permissions")
+        raise UnreadableInputError(f"cannot open {name}: permission denied: check its permissions")
 
 
-def unreadable_file(path: Path, error: Exception) -> str:
-    """Why FFmpeg could not open a local file, and what to do about it."""
+def unreadable_file(path: Path, error: Exception, name: str | None = None) -> str:
+    """Why FFmpeg could not open a local file (``name``: what to call it), and what to do about it."""
+    name = name or path
     reason = getattr(error, "strerror", None) or str(error)
     if not path.is_file():
-        return f"cannot open {path}: {reason}; is it a video?"
+        return f"cannot open {name}: {reason}; is it a video?"
     try:
         with open(path, "rb") as f:
             head = f.read(4096)
     except OSError as e:
-        return f"cannot read {path}: {e.strerror}"
+        return f"cannot read {name}: {e.strerror}"
     if len(head) >= 8 and head[4:8] == b"ftyp" and not _has_moov(path):
-        return (f"cannot open {path}: it is an MP4/MOV cut short, without its index (the moov atom, written "
+        return (f"cannot open {name}: it is an MP4/MOV cut short, without its index (the moov atom, written "
                 f"last), so not one frame can be read: it is truncated (an interrupted download, copy or "
                 f"recording); get the file again")
     text = head.decode("utf-8", errors="replace")
     if head and sum(c.isprintable() or c in "\r\n\t" for c in text) > 0.95 * len(text):
         start = " ".join(text.split())[:40]
-        return (f"cannot open {path}: it is text, not a video (it starts with {start!r}): a saved error page "
+        return (f"cannot open {name}: it is text, not a video (it starts with {start!r}): a saved error page "
                 f"or a renamed file? pass a real video file")
-    return (f"cannot open {path}: it is not a video FFmpeg can read ({reason}): is it a video file, and "
+    return (f"cannot open {name}: it is not a video FFmpeg can read ({reason}): is it a video file, and "
             f"complete? try it in a player, or get it again")
 
 
@@ -391,6 +397,52 @@ class ImageSource:
             if img.shape[:2] != (h, w):
                 img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
             yield index, index, tb, img
+
+    def close(self) -> None:
+        pass
+
+
+class ArraySource:
+    """Frames the caller already has (a simulator, a ROS topic, a capture library): an iterable of
+    (H, W, 3) uint8 RGB arrays, one array, or an (N, H, W, 3) stack. They are numbered in order at
+    ``decode.fps`` and taken from the iterable in the decode thread as the pipeline wants them, not
+    copied: an array must stay unchanged until its frame comes out (copy it if your producer reuses
+    its buffer)."""
+
+    def __init__(self, arrays, settings):
+        if isinstance(arrays, np.ndarray) and arrays.ndim == 3:
+            arrays = arrays[None]
+        self._arrays = iter(arrays)
+        self.skipped, self.error = 0, None       # as the other sources: nothing is ever skipped here
+        first = next(self._arrays, None)
+        if first is None:
+            raise InvalidInputError("no frames: pass (H, W, 3) uint8 RGB arrays")
+        self._first = self._checked(first, 0, None)
+        h, w = self._first.shape[:2]
+        fps = Fraction(settings.fps).limit_denominator(1001)
+        length = len(arrays) if hasattr(arrays, "__len__") else None
+        self.info = SourceInfo("arrays", "your frames", w, h, fps, 1 / fps, length, False)
+
+    @staticmethod
+    def _checked(image, index: int, size) -> np.ndarray:
+        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
+                and image.shape[2] == 3):
+            what = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else \
+                type(image).__name__
+            raise InvalidInputError(f"frame {index} is a {what}: pass (H, W, 3) uint8 RGB arrays (from OpenCV: "
+                                    f"cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))")
+        if size is not None and image.shape[:2] != size:
+            raise InvalidInputError(f"frame {index} is {image.shape[1]}x{image.shape[0]} but the first was "
+                                    f"{size[1]}x{size[0]}: pass frames of one size (resize them, or segment "
+                                    f"each size separately)")
+        return np.ascontiguousarray(image)
+
+    def frames(self):
+        size, tb = (self.info.height, self.info.width), self.info.time_base
+        yield 0, 0, tb, self._first
+        self._first = None
+        for index, image in enumerate(self._arrays, 1):
+            yield index, index, tb, self._checked(image, index, size)
 
     def close(self) -> None:
         pass

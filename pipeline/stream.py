@@ -3,7 +3,8 @@ planner, a ROS node, a metric) rather than a video file::
 
     from pipeline import segment
 
-    for frame in segment("drive.mp4"):          # a file, camera index, URL or image folder, as `segpipe run`
+    for frame in segment("drive.mp4"):          # a file, camera index, URL or image folder, as `segpipe run`,
+                                                 # or your own frames: an iterable of (H, W, 3) uint8 RGB arrays
         frame.labels_full                        # (H, W) uint8 class ids at the source's resolution
         frame.output                             # the colourised frame (colourise.view), RGB
         frame.index, frame.seconds, frame.image

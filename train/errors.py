@@ -77,3 +77,8 @@ class UnreadableInputError(InvalidInputError, MediaError):
     """An input file exists but holds no video that can be read (empty, text, an MP4 cut before its index,
     no decodable frame): a bad input (exit 2), and a media error for callers that catch those."""
     exit_code = 2
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 frame``, ``2 frames``: a count in a message."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

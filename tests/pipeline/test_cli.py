@@ -12,6 +12,7 @@ import pytest
 
 from pipehelp import CARLA_VIDEO, SHARED, StubBackend, probe, write_clip
 from pipeline.cli import main
+from train.classes import CARLA_PALETTE
 
 STATS_KEYS = {"frames", "dropped", "dropped_by", "damaged", "fps", "wall_s", "backend", "device", "precision",
               "stages", "latency_ms", "audio", "exit"}
@@ -26,6 +27,18 @@ def test_run_writes_video_stats_and_settings(tmp_path, clip, capsys):
     assert probe(out)["frames"] == 12 and probe(out)["width"] == 192
     assert (tmp_path / "seg.mp4.settings.yaml").exists()
     assert "12 frames in" in capsys.readouterr().out
+
+
+def test_a_photo_in_gives_a_labelled_image_out(tmp_path, carla_dir, capsys):
+    """The shipped model on a real CARLA frame: the mask view of the image is the labels of --masks."""
+    photo = sorted((carla_dir / "CameraRGB").iterdir())[0]
+    out, masks = tmp_path / "seg.png", tmp_path / "masks"
+    assert main(["run", str(photo), "--out", str(out), "--masks", str(masks), "--view", "mask", "--no-progress"]) == 0
+    labels = cv2.imread(str(masks / "000000.png"), cv2.IMREAD_UNCHANGED)
+    palette = np.asarray(CARLA_PALETTE, np.uint8)
+    assert np.array_equal(cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB), palette[labels])
+    assert labels.shape == cv2.imread(str(photo)).shape[:2] and len(np.unique(labels)) >= 3
+    assert "1 frame in" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(not CARLA_VIDEO.exists(), reason=f"needs the shared CARLA data at {SHARED}")

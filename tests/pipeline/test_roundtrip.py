@@ -8,7 +8,8 @@ import yaml
 
 from pipehelp import ROAD, SKY, StubBackend, decode_index, frame_image, probe, write_clip
 from pipeline.run import run, settings_path
-from train.errors import InvalidInputError
+from pipeline.image_writer import ImageWriter
+from train.errors import InvalidInputError, MediaError, StageError
 
 
 def test_frames_size_rate_and_timestamps_survive(tmp_path, clip, stub, settings):
@@ -186,15 +187,38 @@ def test_one_image_in_one_image_out(tmp_path, stub, settings):
     assert decode_index(labels) == 5
     written = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)            # lossless: exactly the palette
     assert np.array_equal(written, stub.palette[labels])
-    assert stats["frames"] == 1 and stats["exit"] == "done" and set(stats["stages"]) >= {"write"}
+    assert stats["frames"] == 1 and stats["exit"] == "done" and "image" in stats["stages"]
     assert not list(tmp_path.glob(".*part*"))                                  # no temporary file left
 
 
 def test_a_video_gives_its_first_frame_as_an_image_with_frames_1(tmp_path, clip, stub, settings):
-    out = tmp_path / "first.jpg"
-    run(clip, out, settings.override(decode={"max_frames": 1}), backend=stub)
-    image = cv2.imread(str(out))
-    assert image.shape == (64, 96, 3)
+    out = tmp_path / "first.png"
+    run(clip, out, settings.override(decode={"max_frames": 1}, colourise={"view": "mask"}), backend=stub)
+    written = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
+    labels = np.where((written == stub.palette[ROAD]).all(-1), ROAD, SKY).astype(np.uint8)
+    assert np.array_equal(written, stub.palette[labels]) and decode_index(labels) == 0    # frame 0, exactly
     with pytest.raises(InvalidInputError, match=r"is one image, but .*clip.mp4 has 12 frames: .*--frames 1"):
         run(clip, tmp_path / "all.png", settings, backend=stub)
     assert not (tmp_path / "all.png").exists()
+
+
+def test_an_image_from_an_earlier_run_does_not_outlive_a_failed_one(tmp_path, stub, settings):
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), frame_image(3, 96, 64))
+    out = tmp_path / "seg.png"
+    out.write_bytes(b"an earlier run's image")
+    with pytest.raises(StageError, match="stub backend exploded") as failed:
+        run(photo, out, settings, backend=StubBackend(fail_at=1))
+    assert f"nothing was written to {out}" in str(failed.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]          # no image, settings or part
+
+
+def test_the_image_writer_holds_one_frame(tmp_path):
+    from pipeline.frame import Frame
+    writer = ImageWriter(tmp_path / "seg.jpg", 1, "photo.jpg")
+    frame = Frame(0, 0, 1, np.zeros((8, 8, 3), np.uint8), 0.0, output=np.zeros((8, 8, 3), np.uint8))
+    writer.setup()
+    writer.process(frame)
+    with pytest.raises(MediaError, match="more than one frame came, but --out .*seg.jpg holds one image"):
+        writer.process(frame)
+    assert cv2.imread(str(tmp_path / "seg.jpg")).shape == (8, 8, 3)

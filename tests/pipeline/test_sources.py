@@ -100,7 +100,7 @@ def test_dash_reads_standard_input(tmp_path):
     assert probe(out)["frames"] == 15
     junk = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "-", "--out", str(out), "--no-progress"],
                           input=b"<html>not a video</html>", capture_output=True, timeout=120)
-    assert junk.returncode != 0
+    assert junk.returncode == 2                                  # bad input, as for a file
     assert junk.stderr.decode().strip().splitlines()[-1].startswith("segpipe run: error: cannot open standard input:")
 
 

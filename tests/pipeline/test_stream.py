@@ -10,7 +10,7 @@ from pipehelp import ROAD, SKY, StubBackend, decode_index, probe, write_clip
 from pipeline import segment
 from pipeline.stream import _END
 from train.data import find_pairs, read_mask
-from train.errors import PartialInputError, StageError
+from train.errors import InvalidInputError, PartialInputError, StageError
 from train.metrics import ConfusionMatrix
 
 
@@ -118,3 +118,36 @@ def test_ctrl_c_before_the_first_frame_does_not_wait_for_the_source(tmp_path, se
         with open(fifo, "wb"):                           # a writer that closes: the source gives up
             pass
         time.sleep(0.5)
+
+
+def test_your_own_frames_are_labelled_as_the_same_frames_from_files(carla_dir, settings):
+    folder = carla_dir / "CameraRGB"
+    images = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted(folder.iterdir())]
+    from_files = list(segment(folder, settings))
+    produced = (image for image in images)                          # a producer without a length
+    from_arrays = list(segment(produced, settings))
+    assert [f.index for f in from_arrays] == list(range(12))
+    assert [f.seconds for f in from_arrays] == [f.seconds for f in from_files]
+    for mine, theirs, image in zip(from_arrays, from_files, images, strict=True):
+        assert mine.image is image                                   # not copied, not changed
+        assert np.array_equal(mine.labels_full, theirs.labels_full)
+    stacked = list(segment(np.stack(images[:3]), settings))
+    assert [np.array_equal(a.labels_full, b.labels_full) for a, b in zip(stacked, from_files)] == [True] * 3
+    (one,) = segment(images[4], settings)                            # one array: one frame
+    assert np.array_equal(one.labels_full, from_files[4].labels_full)
+
+
+@pytest.mark.parametrize("frames, message", [
+    ([], "no frames: pass \\(H, W, 3\\) uint8 RGB arrays"),
+    (["a.jpg"], "frame 0 is a str: pass \\(H, W, 3\\) uint8 RGB arrays"),
+    ([np.zeros((64, 96, 3), np.uint8), np.zeros((64, 96, 3), np.float32)],
+     "frame 1 is a float32 array of shape \\(64, 96, 3\\): pass"),
+    ([np.zeros((64, 96, 3), np.uint8), np.zeros((64, 96), np.uint8)], "frame 1 is a uint8 array of shape \\(64, 96\\)"),
+    ([np.zeros((64, 96, 3), np.uint8)] * 3 + [np.zeros((48, 96, 3), np.uint8)],
+     "frame 3 is 96x48 but the first was 96x64: pass frames of one size"),
+])
+def test_frames_that_are_not_rgb_images_of_one_size_are_refused(settings, frames, message):
+    with pytest.raises(InvalidInputError, match=message) as refused:
+        for _ in segment(iter(frames), settings, backend=StubBackend()):
+            pass
+    assert "written" not in str(refused.value)                      # segment() writes no files to speak of

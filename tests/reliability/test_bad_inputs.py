@@ -178,7 +178,7 @@ def test_an_output_in_a_read_only_folder_is_refused_before_any_work(tmp_path, cl
     ("no-extension", "has no extension, so the container is unknown"),
     ("unknown-extension", "FFmpeg cannot write .xyz files: use .mp4 or .mkv"),
     ("codec-the-container-cannot-hold", ".webm files cannot hold libx264"),
-    ("image", "is one image, but"),
+    ("image", "has 40 frames: name a video (e.g. seg.mp4), pass --frames 1 for its first frame, or --masks DIR"),
     ("gif", "segpipe writes images as .bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp"),
 ])
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, cli, where, message):

@@ -88,7 +88,7 @@ def test_an_mp4_written_in_one_piece_is_removed_when_the_disk_fills(tmp_path, cl
     out = tmpfs / "seg.mp4"
     code, last, err, _ = cli("run", src, "--out", out, "--config", config)
     assert code == 1 and "the disk is full" in last and "Traceback" not in err, err
-    assert not out.exists() and f"no video was written ({out} does not exist)" in last
+    assert not out.exists() and f"nothing was written to {out} (it does not exist)" in last
     assert not settings_path(out).exists()
 
 

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from pipeline.batch import expand_inputs, is_many, plan_jobs
+from pipeline.batch import expand_inputs, format_summary, is_many, plan_jobs
 from pipeline.cli import main
 from train.errors import InputNotFoundError, InvalidInputError
 
@@ -120,3 +120,14 @@ def test_ray_actors_follow_the_clusters_gpus_and_cpus(resources, workers, backen
     nodes = [{"Alive": True, "Resources": per_node}] * (2 if "GPU" in resources else 1)
     count, options, _ = plan_actors(resources, nodes, load_settings(infer={"backend": backend}), workers)
     assert (count, options) == want
+
+
+def test_the_summary_counts_in_words():
+    one = {"files": 1, "done": 0, "failed": 1, "frames": 1, "wall_s": 2.0, "fps": 0.5, "workers": 1,
+           "mode": "local", "failures": [{"src": "a.mp4", "error": "cut", "attempts": 1}]}
+    assert format_summary(one).splitlines() == [
+        "1 file: 0 done, 1 failed; 1 frame in 2.0 s (0.5 fps aggregate) on 1 local worker",
+        "  FAILED a.mp4: cut (1 attempt)"]
+    two = {**one, "files": 2, "frames": 0, "workers": 2, "failures": [{**one["failures"][0], "attempts": 2}]}
+    assert format_summary(two).splitlines()[0].startswith("2 files: 0 done, 1 failed; 0 frames in")
+    assert format_summary(two).endswith("on 2 local workers\n  FAILED a.mp4: cut (2 attempts)")
