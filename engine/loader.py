@@ -21,6 +21,7 @@ from engine import cache
 from engine.backend import Backend, ModelInfo
 from engine.frames import label_agreement, sample_frames
 from engine.fused import fused_segmenter
+from engine.sizes import parse_size
 from train.checkpoint import load_model, resolve_weights
 from train.errors import BackendUnavailableError, InvalidInputError
 from train.model import check_input_size, output_size
@@ -33,19 +34,6 @@ CPU_BACKENDS = ("cpu", "torch-cpu", "onnxruntime")
 PRECISIONS = ("fp16", "fp32")  # fp16: reduced precision where it is fast (BF16 on the CPU), parity-checked
 PARITY_MIN_AGREEMENT = 0.995  # FP16/BF16 labels vs FP32 labels on the shipped CARLA frames
 TRT_INSTALL_HINT = "pip install 'segpipe[trt]' on a machine with an NVIDIA GPU"
-
-
-def parse_size(size) -> tuple[int, int] | None:
-    """``"144x192"``, ``(144, 192)`` or None -> (H, W)."""
-    if size is None:
-        return None
-    try:
-        h, w = (int(v) for v in (size.lower().split("x") if isinstance(size, str) else size))
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"size {size!r} is not HxW: write it like 144x192") from None
-    if h < 1 or w < 1:
-        raise InvalidInputError(f"size {size!r} must be positive, like 144x192")
-    return h, w
 
 
 def tensorrt_available() -> bool:

@@ -24,7 +24,8 @@ from pipeline.infer import Infer
 from pipeline.preprocess import Preprocess
 from pipeline.queues import EOS
 from pipeline.run import apply_threads, load_backend, run
-from pipeline.settings import Settings, format_size, load_settings
+from engine.sizes import format_size
+from pipeline.settings import Settings, load_settings
 from pipeline.sources import open_source
 from train.errors import InvalidInputError
 

@@ -38,7 +38,8 @@ from pipeline.encode import IMAGE_SUFFIXES, Encode
 from pipeline.graph import build_pipeline, output_size
 from pipeline.image_writer import ImageWriter
 from pipeline.runner import Pipeline
-from pipeline.settings import Settings, format_size, load_settings, save_settings
+from engine.sizes import format_size
+from pipeline.settings import Settings, load_settings, save_settings
 from pipeline.signals import SigTerm, signals_raise
 from pipeline.sources import open_source
 from train.errors import InvalidInputError, MediaError, PartialInputError, SegpipeError, TerminatedError, plural

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from engine.loader import parse_size
+from engine.sizes import format_size, parse_size
 from pipeline.queues import POLICIES
 from train.errors import InputNotFoundError, InvalidInputError
 from train.paths import read_yaml
@@ -128,10 +128,6 @@ class Settings:
         """A copy with ``{section: {key: value}}`` applied; None values are ignored (unset flags)."""
         return _apply(self, {s: {k: v for k, v in kv.items() if v is not None} for s, kv in sections.items()},
                       origin="override")
-
-
-def format_size(size) -> str:
-    return f"{size[0]}x{size[1]}"
 
 
 def _apply(settings: Settings, data: dict, origin: str) -> Settings:

@@ -1,4 +1,8 @@
 """`segpipe build` and `segpipe engines` on the CPU; help texts carry examples."""
+import re
+import subprocess
+import sys
+
 import pytest
 
 from pipeline.cli import build_parser, main
@@ -9,6 +13,16 @@ def test_help_has_examples(command, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args([command, "--help"])
     assert "examples:\n  segpipe " + command in capsys.readouterr().out
+
+
+def test_help_does_not_load_torch():
+    """Every command's --help answers without importing torch (which takes a second or more)."""
+    for command in ("run", "live", "bench", "train", "eval", "export", "build", "engines"):
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipeline.cli", command, "--help"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "examples:" in done.stdout
+        assert "| numpy" in re.sub(r"\|\s+", "| ", done.stderr)                 # the import log is there
+        assert not re.search(r"\|\s+torch$", done.stderr, re.MULTILINE), command
 
 
 def test_build_then_list(tiny_ckpt, capsys):

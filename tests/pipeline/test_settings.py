@@ -2,7 +2,8 @@
 import pytest
 import yaml
 
-from pipeline.settings import CONFIG_FILE, Settings, load_settings, parse_size
+from engine.sizes import parse_size
+from pipeline.settings import CONFIG_FILE, Settings, load_settings
 from train.errors import InputNotFoundError, InvalidInputError
 
 
