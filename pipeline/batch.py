@@ -464,7 +464,7 @@ def run_batch(jobs: list[Job], settings, workers: int | None = None, *, progress
                                    initargs=(settings, threads, gpus, slot, counter,
                                              logging.getLogger().getEffectiveLevel()))
 
-    log.info("%d files on %d workers (%d thread%s each%s)", len(jobs), workers, threads, "s" * (threads > 1),
+    log.info("%s on %s (%s each%s)", plural(len(jobs), "file"), plural(workers, "worker"), plural(threads, "thread"),
              f", {gpus} GPUs" if gpus else "")
     tally = Tally(jobs, progress=progress, mode="local", workers=workers)
     executor = pool()

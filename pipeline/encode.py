@@ -170,7 +170,7 @@ class Encode(Stage):
                       threads=settings.threads if threads is None else threads, options=settings.options,
                       fragment_s=settings.fragment_s, audio=info.path if copy and info.kind == "file" else None)
         if copy and info.kind != "file":
-            encoder.sound = ("none in the input" if info.kind == "images" else
+            encoder.sound = ("none in the input" if info.kind in ("images", "arrays") else
                              f"not copied: only a file's sound is copied, not a {info.kind}'s")
         return encoder
 

@@ -10,7 +10,7 @@ import cv2
 
 from pipeline.stage import Stage
 from train.data import IMAGE_EXTENSIONS
-from train.errors import InvalidInputError, MediaError
+from train.errors import InvalidInputError, MediaError, plural
 
 
 class ImageWriter(Stage):
@@ -23,12 +23,15 @@ class ImageWriter(Stage):
         self.path = Path(path)
         self.codec = self.path.suffix.lower().lstrip(".")
         self.params = [cv2.IMWRITE_PNG_COMPRESSION, int(png_compression)] if self.codec == "png" else []
-        if self.path.suffix.lower() not in IMAGE_EXTENSIONS or not cv2.haveImageWriter(str(self.path)):
+        if self.path.suffix.lower() not in IMAGE_EXTENSIONS:
             raise InvalidInputError(f"--out {self.path}: segpipe writes images as "
                                     f"{', '.join(sorted(IMAGE_EXTENSIONS))}: use one of those, or a video "
                                     f"(.mp4)")
+        if not cv2.haveImageWriter(str(self.path)):
+            raise InvalidInputError(f"--out {self.path}: this OpenCV ({cv2.__version__}) cannot write "
+                                    f"{self.path.suffix} images: use .png or .jpg")
         if frames != 1:
-            count = f"{frames} frames" if frames else "frames until it ends"
+            count = plural(frames, "frame") if frames else "no known number of frames"
             raise InvalidInputError(f"--out {self.path} is one image, but {source} has {count}: name a video "
                                     f"(e.g. seg.mp4), pass --frames 1 for its first frame, or --masks DIR for "
                                     f"each frame's labels as PNG")

@@ -41,7 +41,7 @@ from pipeline.runner import Pipeline
 from engine.sizes import format_size
 from pipeline.settings import Settings, load_settings, save_settings
 from pipeline.signals import SigTerm, signals_raise
-from pipeline.sources import open_source
+from pipeline.sources import is_arrays, open_source
 from train.errors import InvalidInputError, MediaError, PartialInputError, SegpipeError, TerminatedError, plural
 from train.paths import writable_file, writable_folder
 
@@ -230,7 +230,7 @@ def open_within(src, decode):
     """``open_source``, but a source that gives nothing for ``decode.stall_timeout_s`` while it is opened
     (a pipe with no writer, a hung network drive) is an error, not a hang (its thread is abandoned)."""
     timeout = decode.stall_timeout_s
-    if not timeout:
+    if not timeout or is_arrays(src):       # the caller's frames: no thread left waiting inside their iterable
         return open_source(src, decode)
     result = {}
 

@@ -18,6 +18,7 @@ display-matrix rotation (phone videos) is applied, as players do.
 from __future__ import annotations
 
 import glob
+import io
 import itertools
 import logging
 import os
@@ -56,11 +57,10 @@ class SourceInfo:
     path: str | None = None   # what FFmpeg opened (a file's sound is read from it); name is for messages
 
 
-def open_source(spec, settings) -> "VideoSource | ImageSource":
+def open_source(spec, settings) -> "VideoSource | ImageSource | ArraySource":
     """Open ``spec``: an int or /dev/videoN (camera), URL, image folder, glob, video/image file, - (standard
     input: a pipe from ffmpeg or a camera tool), or RGB arrays (see ArraySource)."""
-    if isinstance(spec, np.ndarray) or not isinstance(spec, (str, bytes, os.PathLike, int)) \
-            and hasattr(spec, "__iter__"):
+    if is_arrays(spec):
         return ArraySource(spec, settings)
     text = str(spec)
     if text == "-":
@@ -99,6 +99,12 @@ def open_source(spec, settings) -> "VideoSource | ImageSource":
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return ImageSource([text], text, settings)
     return VideoSource(text, settings, kind="file")
+
+
+def is_arrays(spec) -> bool:
+    """Frames in memory (an array, or an iterable of them), not a name of a source."""
+    return isinstance(spec, np.ndarray) or hasattr(spec, "__iter__") and not isinstance(
+        spec, (str, bytes, bytearray, memoryview, os.PathLike, io.IOBase))
 
 
 def natural_sorted(names) -> list[str]:
@@ -283,6 +289,7 @@ class VideoSource:
 
 def check_readable(path: Path, name: str | None = None) -> None:
     """Fail clearly, before FFmpeg does, for a file that cannot be a video (``name``: what to call it)."""
+    name = name or path
     try:
         st = path.stat()
     except OSError:
@@ -407,30 +414,44 @@ class ArraySource:
     (H, W, 3) uint8 RGB arrays, one array, or an (N, H, W, 3) stack. They are numbered in order at
     ``decode.fps`` and taken from the iterable in the decode thread as the pipeline wants them, not
     copied: an array must stay unchanged until its frame comes out (copy it if your producer reuses
-    its buffer)."""
+    its buffer). The iterable is the caller's: it is not closed here."""
+
+    NAME = "your frame iterable"
 
     def __init__(self, arrays, settings):
-        if isinstance(arrays, np.ndarray) and arrays.ndim == 3:
-            arrays = arrays[None]
+        if isinstance(arrays, np.ndarray):
+            if arrays.ndim == 3:
+                arrays = arrays[None]
+            if arrays.ndim != 4:
+                raise InvalidInputError(f"a {arrays.dtype} array of shape {arrays.shape} is not frames: pass one "
+                                        f"(H, W, 3) uint8 RGB array, an (N, H, W, 3) stack, or an iterable of "
+                                        f"(H, W, 3) arrays")
         self._arrays = iter(arrays)
         self.skipped, self.error = 0, None       # as the other sources: nothing is ever skipped here
-        first = next(self._arrays, None)
-        if first is None:
+        first = next(self._arrays, _NONE)
+        if first is _NONE:
             raise InvalidInputError("no frames: pass (H, W, 3) uint8 RGB arrays")
         self._first = self._checked(first, 0, None)
         h, w = self._first.shape[:2]
         fps = Fraction(settings.fps).limit_denominator(1001)
         length = len(arrays) if hasattr(arrays, "__len__") else None
-        self.info = SourceInfo("arrays", "your frames", w, h, fps, 1 / fps, length, False)
+        self.info = SourceInfo("arrays", self.NAME, w, h, fps, 1 / fps, length, False)
 
     @staticmethod
     def _checked(image, index: int, size) -> np.ndarray:
         if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
                 and image.shape[2] == 3):
-            what = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else \
-                type(image).__name__
-            raise InvalidInputError(f"frame {index} is a {what}: pass (H, W, 3) uint8 RGB arrays (from OpenCV: "
-                                    f"cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))")
+            what = (f"a {image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray)
+                    else "None" if image is None else f"a {type(image).__name__}")
+            if isinstance(image, (str, os.PathLike)):
+                hint = "one source per call: a path, folder or glob goes in alone, not in a list"
+            elif type(image).__module__.startswith("torch"):
+                hint = "from a torch tensor: t.permute(1, 2, 0).cpu().numpy()"
+            elif image is None:
+                hint = "cv2.imread gives None for a file it cannot read"
+            else:
+                hint = "from OpenCV: cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)"
+            raise InvalidInputError(f"frame {index} is {what}: pass (H, W, 3) uint8 RGB arrays ({hint})")
         if size is not None and image.shape[:2] != size:
             raise InvalidInputError(f"frame {index} is {image.shape[1]}x{image.shape[0]} but the first was "
                                     f"{size[1]}x{size[0]}: pass frames of one size (resize them, or segment "
@@ -439,10 +460,13 @@ class ArraySource:
 
     def frames(self):
         size, tb = (self.info.height, self.info.width), self.info.time_base
-        yield 0, 0, tb, self._first
-        self._first = None
+        first, self._first = self._first, None
+        yield 0, 0, tb, first
         for index, image in enumerate(self._arrays, 1):
             yield index, index, tb, self._checked(image, index, size)
 
     def close(self) -> None:
         pass
+
+
+_NONE = object()      # the end of an iterable (None may be a frame: a failed cv2.imread)

@@ -104,6 +104,18 @@ def test_dash_reads_standard_input(tmp_path):
     assert junk.stderr.decode().strip().splitlines()[-1].startswith("segpipe run: error: cannot open standard input:")
 
 
+def test_dash_redirected_from_a_file_keeps_its_sound(tmp_path):
+    import av
+    clip = write_clip(tmp_path / "clip.mp4", frames=25, audio="aac")
+    out = tmp_path / "seg.mp4"
+    with open(clip, "rb") as stdin:                              # segpipe run - --out seg.mp4 < clip.mp4
+        done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "-", "--out", str(out),
+                               "--no-progress"], stdin=stdin, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].frames == 25 and [a.codec_context.name for a in c.streams.audio] == ["aac"]
+
+
 def test_dash_on_a_terminal_says_how_to_pipe(monkeypatch, settings):
     monkeypatch.setattr(sys, "stdin", type("Terminal", (), {"isatty": lambda self: True})())
     with pytest.raises(InvalidInputError, match="that is this terminal: pipe a video in"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipehelp import ROAD, SKY, StubBackend, decode_index, probe, write_clip
+from pipehelp import ROAD, SKY, StubBackend, decode_index, frame_image, probe, write_clip
 from pipeline import segment
 from pipeline.stream import _END
 from train.data import find_pairs, read_mask
@@ -121,33 +121,51 @@ def test_ctrl_c_before_the_first_frame_does_not_wait_for_the_source(tmp_path, se
 
 
 def test_your_own_frames_are_labelled_as_the_same_frames_from_files(carla_dir, settings):
+    import engine
+    backend = engine.load()                                          # the shipped model, loaded once
     folder = carla_dir / "CameraRGB"
     images = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted(folder.iterdir())]
-    from_files = list(segment(folder, settings))
+    before = [image.copy() for image in images]
+    from_files = list(segment(folder, settings, backend=backend))
     produced = (image for image in images)                          # a producer without a length
-    from_arrays = list(segment(produced, settings))
+    from_arrays = list(segment(produced, settings, backend=backend))
     assert [f.index for f in from_arrays] == list(range(12))
     assert [f.seconds for f in from_arrays] == [f.seconds for f in from_files]
-    for mine, theirs, image in zip(from_arrays, from_files, images, strict=True):
-        assert mine.image is image                                   # not copied, not changed
+    for mine, theirs, image, copy in zip(from_arrays, from_files, images, before, strict=True):
+        assert mine.image is image and np.array_equal(image, copy)     # not copied, not changed
         assert np.array_equal(mine.labels_full, theirs.labels_full)
-    stacked = list(segment(np.stack(images[:3]), settings))
+    stacked = list(segment(np.stack(images[:3]), settings, backend=backend))
     assert [np.array_equal(a.labels_full, b.labels_full) for a, b in zip(stacked, from_files)] == [True] * 3
-    (one,) = segment(images[4], settings)                            # one array: one frame
+    (one,) = segment(images[4], settings, backend=backend)           # one array: one frame
     assert np.array_equal(one.labels_full, from_files[4].labels_full)
 
 
+def test_your_own_frames_into_a_video(tmp_path, settings):
+    from pipeline.run import run
+    frames = [frame_image(i, 96, 64) for i in range(8)]
+    out = tmp_path / "seg.mp4"
+    stats = run(iter(frames), out, settings, masks=tmp_path / "m", backend=StubBackend())
+    assert probe(out)["frames"] == 8 and stats["audio"] == "none in the input"
+    assert [decode_index(cv2.imread(str(p), cv2.IMREAD_UNCHANGED)) for p in sorted((tmp_path / "m").iterdir())] \
+        == list(range(8))
+
+
+GREY = np.zeros((64, 96), np.uint8)
+RGB = np.zeros((64, 96, 3), np.uint8)
+
+
 @pytest.mark.parametrize("frames, message", [
-    ([], "no frames: pass \\(H, W, 3\\) uint8 RGB arrays"),
-    (["a.jpg"], "frame 0 is a str: pass \\(H, W, 3\\) uint8 RGB arrays"),
-    ([np.zeros((64, 96, 3), np.uint8), np.zeros((64, 96, 3), np.float32)],
-     "frame 1 is a float32 array of shape \\(64, 96, 3\\): pass"),
-    ([np.zeros((64, 96, 3), np.uint8), np.zeros((64, 96), np.uint8)], "frame 1 is a uint8 array of shape \\(64, 96\\)"),
-    ([np.zeros((64, 96, 3), np.uint8)] * 3 + [np.zeros((48, 96, 3), np.uint8)],
-     "frame 3 is 96x48 but the first was 96x64: pass frames of one size"),
+    (iter([]), r"no frames: pass \(H, W, 3\) uint8 RGB arrays"),
+    (GREY, r"a uint8 array of shape \(64, 96\) is not frames: pass one \(H, W, 3\) uint8 RGB array"),
+    (iter([None, RGB]), r"frame 0 is None: .*cv2.imread gives None for a file it cannot read"),
+    (["a.jpg", "b.jpg"], r"frame 0 is a str: .*one source per call: a path, folder or glob goes in alone"),
+    ([torch.zeros(3, 64, 96, dtype=torch.uint8)], r"frame 0 is a Tensor: .*t.permute\(1, 2, 0\).cpu\(\).numpy\(\)"),
+    (iter([RGB, RGB.astype(np.float32)]), r"frame 1 is a float32 array of shape \(64, 96, 3\): .*COLOR_BGR2RGB"),
+    (iter([RGB, GREY]), r"frame 1 is a uint8 array of shape \(64, 96\)"),
+    (iter([RGB] * 3 + [RGB[:48]]), "frame 3 is 96x48 but the first was 96x64: pass frames of one size"),
 ])
 def test_frames_that_are_not_rgb_images_of_one_size_are_refused(settings, frames, message):
     with pytest.raises(InvalidInputError, match=message) as refused:
-        for _ in segment(iter(frames), settings, backend=StubBackend()):
+        for _ in segment(frames, settings, backend=StubBackend()):
             pass
     assert "written" not in str(refused.value)                      # segment() writes no files to speak of
