@@ -11,6 +11,23 @@ def pixel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, class_weight
     return F.cross_entropy(logits, labels.long(), weight=class_weights, ignore_index=ignore_index)
 
 
+def lovasz_softmax(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The Lovasz-softmax loss (Berman et al., CVPR 2018): the convex extension of 1 - IoU of each class
+    present in ``labels``, averaged; it optimises mIoU itself, where cross-entropy favours the big
+    classes. On one-hot probabilities it is exactly 1 - IoU. Logits (N, C, H, W), labels (N, H, W)."""
+    probs = logits.float().softmax(1).permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
+    labels = labels.reshape(-1).long()
+    losses = []
+    for c in labels.unique():
+        fg = (labels == c).float()
+        errors, order = (fg - probs[:, c]).abs().sort(descending=True)
+        fg = fg[order]
+        total = fg.sum()
+        jaccard = 1 - (total - fg.cumsum(0)) / (total + (1 - fg).cumsum(0))   # 1 - IoU of each prefix
+        losses.append(errors @ torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]]))
+    return torch.stack(losses).mean()
+
+
 def class_weights_from_frequencies(freq: torch.Tensor, power: float = 0.5, max_weight: float = 10.0) -> torch.Tensor:
     """Inverse-frequency weights (freq^-power), normalised to a pixel-weighted mean of 1.
 

@@ -23,7 +23,7 @@ from train.classes import CARLA_CLASSES
 from train.distributed import World, all_reduce_sum
 from train.data import FrameSet, class_frequencies, find_pairs, split_by_runs, write_split
 from train.errors import InputNotFoundError, InvalidInputError
-from train.metrics import ConfusionMatrix, class_weights_from_frequencies, pixel_cross_entropy
+from train.metrics import ConfusionMatrix, class_weights_from_frequencies, lovasz_softmax, pixel_cross_entropy
 from train.model import check_input_size, config_to_dict, create_model
 from train.paths import read_yaml, writable_folder
 from train.precision import autocast_dtype
@@ -40,6 +40,7 @@ DEFAULTS = {
     "weight_decay": 1e-4,
     "class_weights": "inverse_sqrt",   # or "none"
     "class_weight_max": 10.0,          # cap on a rare class's weight (the mean pixel weighs 1)
+    "loss": "ce",                      # or "ce+lovasz": adds the Lovasz-softmax term (mIoU itself) in training
     "augment": True,
     "cache_scale": 1.25,               # frames kept this much larger than the model size, for crops
     "crop": None,                      # [H, W] train on random crops this size (default: the whole input size)
@@ -98,6 +99,8 @@ def train_one_epoch(model, frames: FrameSet, optimizer, scheduler, cfg: dict, de
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(normalize(images))
         loss = pixel_cross_entropy(logits.float(), masks, class_weights)
+        if cfg["loss"] == "ce+lovasz":
+            loss = loss + lovasz_softmax(logits.float(), masks)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -159,6 +162,7 @@ CHECKS = {   # key: (test, what a valid value is)
     "weight_decay": (_num(0), "a number >= 0"),
     "class_weights": (lambda v: v in ("inverse_sqrt", "none"), "inverse_sqrt or none"),
     "class_weight_max": (_num(0, strict=True), "a number > 0"),
+    "loss": (lambda v: v in ("ce", "ce+lovasz"), "ce or ce+lovasz"),
     "augment": (lambda v: isinstance(v, bool), "true or false"),
     "cache_scale": (_num(1), "a number >= 1"),
     "crop": (lambda v: v is None or _size(v), "null or [height, width]"),
@@ -342,21 +346,22 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
         tqdm.write(f"epoch {epoch}: loss {stats['train_loss']:.3f} val_loss {val_loss:.3f} "
                    f"pixel_acc {metrics['pixel_accuracy']:.3f} mIoU {metrics['miou']:.3f} "
                    f"({row['epoch_s']:.0f}s){' *' if is_best else ''}")
-        plot_curves(history, out / "curves.png")
+        plot_curves(history, out / "curves.png", cfg["loss"])
     distributed.shutdown(world)
     return best
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
+def plot_curves(history: list[dict], path: Path, loss: str = "ce") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [h["train_loss"] for h in history], label="train")
-    ax1.plot(epochs, [h["val_loss"] for h in history], label="val")
-    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax1.plot(epochs, [h["train_loss"] for h in history],
+             label="train (CE + Lovasz)" if loss == "ce+lovasz" else "train")
+    ax1.plot(epochs, [h["val_loss"] for h in history], label="val (CE)")
+    ax1.set(xlabel="epoch", ylabel="loss", title="loss")
     ax1.legend()
     ax2.plot(epochs, [h["pixel_accuracy"] for h in history], label="pixel accuracy")
     ax2.plot(epochs, [h["miou"] for h in history], label="mIoU")

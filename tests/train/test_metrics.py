@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from train.metrics import ConfusionMatrix, class_weights_from_frequencies, pixel_cross_entropy
+from train.metrics import ConfusionMatrix, class_weights_from_frequencies, lovasz_softmax, pixel_cross_entropy
 
 
 def test_cross_entropy_hand_computed():
@@ -21,6 +21,24 @@ def test_cross_entropy_is_mean_over_pixels_and_weighted():
     w = torch.tensor([3.0, 1.0])  # weighted mean: (3*l0 + 1*l1) / (3 + 1)
     assert pixel_cross_entropy(logits, labels, w).item() == pytest.approx(
         (-3 * math.log(0.25) - math.log(0.75)) / 4)
+
+
+def test_lovasz_is_one_minus_iou_on_sure_predictions():
+    labels = torch.tensor([[[0, 0, 1, 1]]])
+    sure = torch.nn.functional.one_hot(torch.tensor([[[0, 1, 1, 1]]]), 3).permute(0, 3, 1, 2).float() * 100
+    # class 0: IoU 1/2, class 1: IoU 2/3; class 2 is absent from the labels and does not count
+    assert lovasz_softmax(sure, labels).item() == pytest.approx(((1 - 1 / 2) + (1 - 2 / 3)) / 2, abs=1e-6)
+    right = torch.nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float() * 100
+    assert lovasz_softmax(right, labels).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_lovasz_gradient_lowers_the_loss():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 6, 6, requires_grad=True)
+    labels = torch.randint(0, 4, (2, 6, 6))
+    loss = lovasz_softmax(logits, labels)
+    loss.backward()
+    assert lovasz_softmax(logits.detach() - 1.0 * logits.grad, labels) < loss
 
 
 def test_confusion_metrics_hand_computed():

@@ -24,6 +24,20 @@ def tiny_config(tmp_path):
     return path
 
 
+def test_the_lovasz_term_is_trained_on(carla_dir, tiny_config, tmp_path):
+    torch.set_num_threads(2)
+    config = yaml.safe_load(tiny_config.read_text())
+    first = {}
+    for loss in ("ce", "ce+lovasz"):
+        config["train"].update(loss=loss, epochs=2)
+        tiny_config.write_text(yaml.safe_dump(config))
+        train(carla_dir, tmp_path / loss, config=tiny_config)
+        log = [json.loads(line) for line in (tmp_path / loss / "log.jsonl").read_text().splitlines()]
+        assert log[-1]["train_loss"] < log[0]["train_loss"], loss
+        first[loss] = log[0]["train_loss"]
+    assert first["ce+lovasz"] - first["ce"] > 0.3       # the Lovasz term (1 - IoU, near 1 at the start) is in it
+
+
 def test_short_training_run_lowers_loss(carla_dir, tiny_config, tmp_path):
     torch.set_num_threads(2)
     out = tmp_path / "run"
@@ -198,6 +212,7 @@ def test_cli_user_errors_are_one_line(carla_dir, capsys):
     ("input_size: [100, 100]", r"use input_size: \[96, 96\]"),
     ("batch_size: [", "not valid YAML at line 2, column 1"),
     ("- 1", "must be a mapping of settings"),
+    ("loss: dice", "loss is 'dice' but must be ce or ce\\+lovasz"),
     ("{model: unet_tiny, input_size: [48, 64], crop: [96, 96]}", r"crop \[96, 96\] is larger than input_size"),
 ])
 def test_bad_training_configs_are_one_line(carla_dir, tmp_path, capsys, text, match):
