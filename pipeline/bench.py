@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from engine.sizes import format_size
 from pipeline.colourise import Colourise
 from pipeline.decode import Decode
 from pipeline.encode import Encode
@@ -24,7 +25,6 @@ from pipeline.infer import Infer
 from pipeline.preprocess import Preprocess
 from pipeline.queues import EOS
 from pipeline.run import apply_threads, load_backend, run
-from engine.sizes import format_size
 from pipeline.settings import Settings, load_settings
 from pipeline.sources import open_source
 from train.errors import InvalidInputError

@@ -34,11 +34,11 @@ import cv2
 import numpy as np
 import torch
 
+from engine.sizes import format_size
 from pipeline.encode import IMAGE_SUFFIXES, Encode
 from pipeline.graph import build_pipeline, output_size
 from pipeline.image_writer import ImageWriter
 from pipeline.runner import Pipeline
-from engine.sizes import format_size
 from pipeline.settings import Settings, load_settings, save_settings
 from pipeline.signals import SigTerm, signals_raise
 from pipeline.sources import is_arrays, open_source
