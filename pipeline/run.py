@@ -242,7 +242,9 @@ def open_within(src, decode):
 
     opener = threading.Thread(target=target, name="segpipe-open", daemon=True)
     opener.start()
-    opener.join(timeout)
+    deadline = time.monotonic() + timeout
+    while opener.is_alive() and time.monotonic() < deadline:
+        opener.join(0.1)            # short waits: Ctrl-C may reach another thread, and is seen when this wakes
     if opener.is_alive():
         what = "standard input" if str(src) == "-" else src
         raise MediaError(f"opening {what} gave nothing for {timeout:g} s: the source stalled (a pipe with no "

@@ -51,6 +51,15 @@ class Handoff(Stage):
         self._put(frame, self.inbox.stop)
         return frame
 
+    def take(self):
+        """The next frame for the caller, waited for in short steps: Ctrl-C may reach any thread, and
+        only a main thread that wakes up sees it at once."""
+        while True:
+            try:
+                return self.frames.get(timeout=POLL_S)
+            except queue.Empty:
+                pass
+
     def end(self) -> None:
         """After the run, however it ended: the end marker, unless the caller has left."""
         try:
@@ -108,7 +117,7 @@ def _segment(src, settings, backend, queue_size: int):
     worker.start()
     finished = False
     try:
-        while (frame := handoff.frames.get()) is not _END:
+        while (frame := handoff.take()) is not _END:
             yield frame
         finished = True
     finally:

@@ -100,15 +100,24 @@ def test_the_hand_off_stops_with_the_pipeline_while_the_caller_is_slow():
     ender.join(5)
 
 
-def test_ctrl_c_before_the_first_frame_does_not_wait_for_the_source(tmp_path, settings):
-    """A pipe with no writer yet: Ctrl-C in the loop returns at once, not when the source gives up."""
+@pytest.mark.parametrize("delivered_to", ["the process", "another thread"])
+def test_ctrl_c_before_the_first_frame_does_not_wait_for_the_source(tmp_path, settings, delivered_to):
+    """A pipe with no writer yet: Ctrl-C in the loop returns at once, not when the source gives up, even
+    when the OS hands the signal to a thread other than the main one (it may pick any)."""
     import os
     import signal
     import time
     fifo = tmp_path / "feed.ts"
     os.mkfifo(fifo)
     frames = segment(fifo, settings.override(decode={"stall_timeout_s": 30}), backend=StubBackend())
-    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    def ctrl_c():
+        if delivered_to == "the process":
+            os.kill(os.getpid(), signal.SIGINT)
+        else:
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+
+    threading.Timer(0.5, ctrl_c).start()
     t0 = time.monotonic()
     try:
         with pytest.raises(KeyboardInterrupt):
