@@ -117,13 +117,15 @@ def test_ctrl_c_before_the_first_frame_does_not_wait_for_the_source(tmp_path, se
         else:
             signal.pthread_kill(threading.get_ident(), signal.SIGINT)
 
-    threading.Timer(0.5, ctrl_c).start()
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal, even when the
+    threading.Timer(0.5, ctrl_c).start()                                # tests run in the background (SIG_IGN)
     t0 = time.monotonic()
     try:
         with pytest.raises(KeyboardInterrupt):
             next(frames)
         assert time.monotonic() - t0 < 10                # the source would have waited 30 s
     finally:
+        signal.signal(signal.SIGINT, before)
         with open(fifo, "wb"):                           # a writer that closes: the source gives up
             pass
         time.sleep(0.5)
