@@ -97,10 +97,10 @@ def train_one_epoch(model, frames: FrameSet, optimizer, scheduler, cfg: dict, de
     for images, masks in bar:
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(normalize(images))
-        loss = pixel_cross_entropy(logits.float(), masks, class_weights)
+            logits = model(normalize(images)).float()     # the loss in FP32, whatever the autocast dtype
+        loss = pixel_cross_entropy(logits, masks, class_weights)
         if cfg["loss"] == "ce+lovasz":
-            loss = loss + lovasz_softmax(logits.float(), masks)
+            loss = loss + lovasz_softmax(logits, masks)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
