@@ -65,8 +65,17 @@ def resolve_device(device, backend: str) -> torch.device:
     return dev
 
 
-def model_info(weights, ckpt: dict, model, input_size) -> ModelInfo:
-    size = parse_size(input_size) or tuple(ckpt["input_size"])
+def oriented(size: tuple[int, int], frame_size: tuple[int, int] | None) -> tuple[int, int]:
+    """The checkpoint's (H, W) turned to the frames' orientation: portrait frames run at 192x144 rather
+    than stretched to 144x192 (same cost, +0.015 mIoU on portrait CARLA crops: BENCHMARKS.md)."""
+    if frame_size is None or frame_size[0] == frame_size[1]:
+        return size
+    h, w = size
+    return (w, h) if (h > w) != (frame_size[0] > frame_size[1]) else size
+
+
+def model_info(weights, ckpt: dict, model, input_size, frame_size=None) -> ModelInfo:
+    size = parse_size(input_size) or oriented(tuple(ckpt["input_size"]), frame_size)
     check_input_size(model.config, *size)  # raises InvalidInputError naming a size that works
     path = resolve_weights(weights)
     return ModelInfo(name=ckpt["model"], weights=str(path), sha256=cache.file_sha256(path), input_size=size,
@@ -76,9 +85,11 @@ def model_info(weights, ckpt: dict, model, input_size) -> ModelInfo:
 
 
 def load(weights=None, backend: str = "auto", precision: str = "fp16", device=None, max_batch: int = 8,
-         input_size=None, *, rebuild: bool = False) -> Backend:
+         input_size=None, *, frame_size=None, rebuild: bool = False) -> Backend:
     """Load a checkpoint (the shipped default when ``weights`` is None) as the fastest correct backend.
 
+    ``input_size`` (H, W) or "HxW": the model's input (default: the checkpoint's, turned to portrait when
+    ``frame_size``, the (H, W) of the frames it will see, is portrait and the checkpoint landscape).
     ``rebuild`` ignores cached artefacts for this key (TensorRT engine, CPU backend race) and makes them anew.
     """
     if backend not in BACKENDS:
@@ -91,7 +102,7 @@ def load(weights=None, backend: str = "auto", precision: str = "fp16", device=No
     if backend in ("tensorrt", "torch-tensorrt"):
         _require_tensorrt(backend)
     model, ckpt = load_model(weights)
-    info = model_info(weights, ckpt, model, input_size)
+    info = model_info(weights, ckpt, model, input_size, frame_size)
     dev = resolve_device(device, backend)
 
     if backend == "auto":

@@ -59,9 +59,9 @@ def _sync(backend) -> None:
 def bench_video(video, settings: Settings | None = None, frames: int | None = None, backend=None) -> dict:
     settings = settings or load_settings()
     apply_threads(settings)
-    backend = backend if backend is not None else load_backend(settings)
     probe = open_source(video, settings.decode)
     probe.close()
+    backend = backend if backend is not None else load_backend(settings, (probe.info.height, probe.info.width))
     if probe.info.live and frames is None:
         raise InvalidInputError(f"{video} is live: pass --frames N to bench it")
     n = frames or probe.info.frames

@@ -70,7 +70,7 @@ def register(sub, formatter) -> None:
                         f"with native BF16); fp32: full (config: {d.infer.precision})")
     p.add_argument("--device", help="cpu, cuda or cuda:N (config: the backend's choice)")
     p.add_argument("--batch", type=int, help=f"frames per inference call, at most (config: {d.infer.batch})")
-    p.add_argument("--size", metavar="HxW", help="model input size, e.g. 288x384 (config: the checkpoint's)")
+    p.add_argument("--size", metavar="HxW", help="model input size, e.g. 288x384 (config: the checkpoint's, turned for a portrait source)")
     p.add_argument("--view", choices=VIEWS, help=f"what to draw (config: {d.colourise.view})")
     p.add_argument("--alpha", type=float, help=f"overlay opacity 0..1 (config: {d.colourise.alpha})")
     p.add_argument("--legend", action="store_true", help="draw the classes present")
@@ -128,6 +128,7 @@ def _settings(args, **extra):
 
 
 def run_command(args) -> int:
+    from pipeline.encode import IMAGE_SUFFIXES
     from pipeline.run import run, summary
     from train.errors import InvalidInputError
 
@@ -144,6 +145,9 @@ def run_command(args) -> int:
                                 "--out-dir DIR for one video per input")
     if not batch and args.out is None and args.masks is None:
         raise InvalidInputError("nothing to write: pass --out OUT.mp4 (and/or --masks DIR)")
+    if args.codec is not None and args.out is not None and Path(args.out).suffix.lower() in IMAGE_SUFFIXES:
+        raise InvalidInputError(f"--codec is for videos, and --out {args.out} is an image (its extension sets "
+                                f"the format): leave --codec out, or name a video (e.g. seg.mp4)")
     settings = _settings(args,
                          decode={"max_frames": args.frames},
                          colourise={"view": args.view, "alpha": args.alpha, "legend": args.legend},

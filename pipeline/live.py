@@ -73,7 +73,7 @@ def register(sub, formatter) -> None:
     p.add_argument("--precision", choices=["fp16", "fp32"], help="asked of the backend")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
     p.add_argument("--batch", type=int, help="frames per inference call, at most (default: 1, lowest latency)")
-    p.add_argument("--size", metavar="HxW", help="model input size, e.g. 288x384 (default: the checkpoint's)")
+    p.add_argument("--size", metavar="HxW", help="model input size, e.g. 288x384 (default: the checkpoint's, turned for a portrait source)")
     p.add_argument("--view", choices=VIEWS, help="what to draw first (key v cycles)")
     p.add_argument("--alpha", type=float, help="overlay opacity 0..1 (keys +/-)")
     p.add_argument("--no-legend", dest="legend", action="store_false", default=argparse.SUPPRESS,
@@ -204,7 +204,7 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
             w, h = output_size(info.width, info.height, settings.colourise.view)
             recorder = Record.from_settings(record, w, h, info, settings.encode)
         apply_threads(settings)
-        backend = backend if backend is not None else load_backend(settings)
+        backend = backend if backend is not None else load_backend(settings, (info.height, info.width))
         sinks = []
         if show:                          # opened here: window calls stay in this (the main) thread
             display = Display(state, window=window, title=f"segpipe live: {info.name}", hud=live.hud)

@@ -74,12 +74,14 @@ def limit_malloc_arenas() -> None:
         pass
 
 
-def load_backend(settings: Settings):
+def load_backend(settings: Settings, frame_size: tuple[int, int] | None = None):
+    """The backend the infer settings ask for; ``frame_size`` (H, W) of the source's frames: a portrait
+    source gets the checkpoint's input size turned (one source per backend)."""
     import engine
 
     s = settings.infer
     return engine.load(weights=s.weights, backend=s.backend, precision=s.precision, device=s.device,
-                       max_batch=s.batch, input_size=s.size)
+                       max_batch=s.batch, input_size=s.size, frame_size=frame_size)
 
 
 def settings_path(out: str | Path) -> Path:
@@ -127,7 +129,7 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
         writer = None
         if out is not None:               # the output is tried now, before the model loads (or builds)
             writer = open_output(out, info, total, settings)
-        backend = backend if backend is not None else load_backend(settings)
+        backend = backend if backend is not None else load_backend(settings, (info.height, info.width))
         pipe = build_pipeline(source, backend, settings, masks=masks, sinks=list(sinks), encode=writer)
         if out is not None:
             write_run_settings(out, settings, pipe, backend, info, codec=writer.codec, masks=masks and str(masks))

@@ -121,3 +121,16 @@ def test_wrong_input_size(tiny_ckpt):
 def test_bad_arguments(tiny_ckpt, kwargs, message):
     with pytest.raises((InvalidInputError, BackendUnavailableError), match=message):
         engine.load(tiny_ckpt, **kwargs)
+
+
+@pytest.mark.parametrize("frame_size, input_size, expected", [
+    (None, None, (96, 128)),                # the checkpoint's
+    ((480, 640), None, (96, 128)),          # landscape frames: as trained
+    ((640, 360), None, (128, 96)),          # portrait frames: turned, not stretched
+    ((500, 500), None, (96, 128)),          # square: as trained
+    ((640, 360), "64x128", (64, 128)),      # a size asked for wins
+])
+def test_input_size_follows_the_frames_orientation(tiny_ckpt, frame_size, input_size, expected):
+    b = engine.load(tiny_ckpt, backend="onnxruntime", precision="fp32", max_batch=1, input_size=input_size,
+                    frame_size=frame_size)
+    assert b.input_size == expected

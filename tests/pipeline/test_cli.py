@@ -41,6 +41,16 @@ def test_a_photo_in_gives_a_labelled_image_out(tmp_path, carla_dir, capsys):
     assert "1 frame in" in capsys.readouterr().out
 
 
+def test_a_portrait_photo_runs_the_model_turned(tmp_path, carla_dir):
+    """A portrait frame is not stretched into the landscape 144x192: the model runs at 192x144."""
+    photo = tmp_path / "portrait.png"
+    cv2.imwrite(str(photo), cv2.imread(str(sorted((carla_dir / "CameraRGB").iterdir())[0]))[:, 70:250])
+    out = tmp_path / "seg.png"
+    assert main(["run", str(photo), "--out", str(out), "--no-progress"]) == 0
+    assert "input_size: 192x144" in (tmp_path / "seg.png.settings.yaml").read_text()
+    assert cv2.imread(str(out)).shape == (240, 180, 3)
+
+
 @pytest.mark.skipif(not CARLA_VIDEO.exists(), reason=f"needs the shared CARLA data at {SHARED}")
 def test_real_carla_clip_agrees_with_the_ground_truth(tmp_path):
     n = 40
@@ -68,6 +78,7 @@ def test_real_carla_clip_agrees_with_the_ground_truth(tmp_path):
     (["run", "{clip}"], 2, "nothing to write"),
     (["run", "{clip}", "--out", "{clip}"], 2, "is the input itself"),
     (["run", "{clip}", "--out", "{tmp}/o.mp4", "--codec", "nosuchcodec"], 2, "cannot encode with"),
+    (["run", "{clip}", "--out", "{tmp}/o.png", "--frames", "1", "--codec", "libx265"], 2, "--codec is for videos"),
     (["run", "{clip}", "--out", "{tmp}/o.mp4", "--config", "{tmp}/missing.yaml"], 2, "does not exist"),
     (["bench", "--video", "{clip}", "--batch", "1,4"], 2, "one number"),
 ])
