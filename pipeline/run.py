@@ -43,7 +43,7 @@ from pipeline.settings import Settings, load_settings, save_settings
 from pipeline.signals import SigTerm, signals_raise
 from pipeline.sources import is_arrays, open_source
 from train.errors import InvalidInputError, MediaError, PartialInputError, SegpipeError, TerminatedError, plural
-from train.paths import writable_file, writable_folder
+from train.paths import local_only, writable_file, writable_folder
 
 log = logging.getLogger("segpipe.pipeline")
 
@@ -117,7 +117,9 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     settings = settings or load_settings()
     if out is None and masks is None and not sinks:
         raise InvalidInputError("nothing to write: pass --out (a video) and/or --masks (a folder)")
-    out = Path(out) if out is not None else None
+    if out is not None:
+        local_only(out, "--out")          # before Path() turns udp://host into udp:/host
+        out = Path(out)
     check_outputs(src, out, masks, stats_path)
     apply_threads(settings)
     source = src if hasattr(src, "frames") and hasattr(src, "info") else open_within(src, settings.decode)

@@ -4,6 +4,7 @@ read with errors that say where."""
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def read_yaml(path: Path):
 
 def writable_file(path: str | Path, flag: str, example: str = "out.json") -> Path:
     """``path`` as a file that can be written: not a folder, in a folder that exists or can be made."""
+    local_only(path, flag)
     path = Path(path)
     if path.is_dir():
         raise InvalidInputError(f"{flag} {path} is a folder: name a file in it, e.g. {flag} {path / example}")
@@ -34,6 +36,7 @@ def writable_file(path: str | Path, flag: str, example: str = "out.json") -> Pat
 
 def writable_folder(folder: str | Path, flag: str, target=None) -> Path:
     """``folder`` made if missing, and a file can be created in it."""
+    local_only(folder, flag)
     folder, target = Path(folder), folder if target is None else target
     existing = folder
     while not existing.exists() and existing != existing.parent:
@@ -53,3 +56,10 @@ def writable_folder(folder: str | Path, flag: str, target=None) -> Path:
         raise InvalidInputError(f"{flag} {target}: cannot write in {folder} ({e.strerror}): choose a folder "
                                 f"you can write to") from None
     return folder
+
+
+def local_only(path: str | Path, flag: str) -> None:
+    """Outputs are local files: a URL (which Path would turn into folders named like ``udp:``) is refused."""
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(path)):      # Path("udp://h:1") reads udp:/h:1
+        raise InvalidInputError(f"{flag} {path} is a URL, and segpipe writes its outputs to files: name a local "
+                                f"path (to watch over the network, use segpipe live SRC --serve HOST:PORT)")
