@@ -60,6 +60,9 @@ def resolve_device(device, backend: str) -> torch.device:
             raise InvalidInputError(f"backend {backend} runs on the CPU, not {dev}: drop --device or pick --backend auto")
         if dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
+        if dev.index >= (count := torch.cuda.device_count()):
+            raise InvalidInputError(f"device {dev} does not exist: this machine has {count} GPU"
+                                    f"{'s' if count > 1 else ''} (cuda:0{f'..cuda:{count - 1}' if count > 1 else ''})")
     elif dev.type != "cpu":
         raise InvalidInputError(f"device {dev} is not supported: use cpu or cuda[:N]")
     return dev

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from train.errors import InvalidInputError
 
+MAX_SIDE = 8192
+
 
 def parse_size(size) -> tuple[int, int] | None:
     """``"144x192"``, ``(144, 192)`` or None -> (H, W)."""
@@ -14,6 +16,9 @@ def parse_size(size) -> tuple[int, int] | None:
         raise InvalidInputError(f"size {size!r} is not HxW: write it like 144x192") from None
     if h < 1 or w < 1:
         raise InvalidInputError(f"size {size!r} must be positive, like 144x192")
+    if max(h, w) > MAX_SIDE:        # beyond any camera; the engine's own buffers would not fit in memory
+        raise InvalidInputError(f"size {size!r} is larger than {MAX_SIDE} a side: use the frames' size or "
+                                f"less, like 480x640")
     return h, w
 
 

@@ -68,6 +68,11 @@ def _timing_cache_path(device: torch.device):
 
 def build_engine(onnx_bytes: bytes, info: ModelInfo, device: torch.device, precision: str, max_batch: int) -> bytes:
     """Parse the ONNX, set one optimisation profile over batch 1..max_batch, FP16 if asked, reuse the timing cache."""
+    with torch.cuda.device(device):        # the builder, its CUDA context and the build on this GPU
+        return _build(onnx_bytes, info, device, precision, max_batch)
+
+
+def _build(onnx_bytes: bytes, info: ModelInfo, device: torch.device, precision: str, max_batch: int) -> bytes:
     h, w = info.input_size
     builder = trt.Builder(_TRT_LOGGER)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
@@ -87,8 +92,7 @@ def build_engine(onnx_bytes: bytes, info: ModelInfo, device: torch.device, preci
     config.set_timing_cache(timing, False)  # False: refuse a cache from another device or version
     progress = _Progress()
     config.progress_monitor = progress
-    with torch.cuda.device(device):
-        plan = builder.build_serialized_network(network, config)
+    plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise BackendUnavailableError("TensorRT failed to build the engine (see its messages above): "
                                       "use --backend torch-cuda")
@@ -142,7 +146,10 @@ class TensorRTBackend(Backend):
         self._batch = None
 
     def _run(self, frames: torch.Tensor) -> torch.Tensor:
-        frames = frames.contiguous()  # no-op for the pipeline's contiguous batches
+        with torch.cuda.device(self.device):    # the engine's GPU, whichever is current in this thread
+            return self._execute(frames.contiguous())   # contiguous: a no-op for the pipeline's batches
+
+    def _execute(self, frames: torch.Tensor) -> torch.Tensor:
         n = frames.shape[0]
         if n != self._batch:
             if not self.context.set_input_shape(INPUT_NAME, tuple(frames.shape)):

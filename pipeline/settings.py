@@ -7,6 +7,7 @@ The built-in defaults below are identical to configs/pipeline.yaml, so a missing
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -183,6 +184,8 @@ def _typed(key: str, value, annotation: str, origin: str):
                 return value
             continue
         if want is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):          # YAML's .nan / .inf pass as floats, and fail far away
+                raise InvalidInputError(f"{origin}: {key} is {value!r} but must be a finite number")
             return float(value)
         if isinstance(value, want) and not (want is int and isinstance(value, bool)):
             return value

@@ -134,3 +134,10 @@ def test_input_size_follows_the_frames_orientation(tiny_ckpt, frame_size, input_
     b = engine.load(tiny_ckpt, backend="onnxruntime", precision="fp32", max_batch=1, input_size=input_size,
                     frame_size=frame_size)
     assert b.input_size == expected
+
+
+def test_a_gpu_that_is_not_there_is_named(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(InvalidInputError, match=r"^device cuda:3 does not exist: this machine has 2 GPUs \(cuda:0..cuda:1\)$"):
+        loader.resolve_device("cuda:3", "auto")

@@ -33,6 +33,8 @@ def test_file_then_overrides(tmp_path):
     ("infer: [", "not valid YAML at line 1, column 9"),
     ("queues: {capacity: 0}", r"p.yaml: queues.capacity 0 must be >= 1"),
     ("decode: {thread_type: fast}", "use one of"),
+    ("decode: {fps: .nan}", "decode.fps is nan but must be a finite number"),
+    ("encode: {fragment_s: .inf}", "encode.fragment_s is inf but must be a finite number"),
 ])
 def test_bad_settings_say_how_to_fix(tmp_path, text, match):
     cfg = tmp_path / "p.yaml"
@@ -48,6 +50,8 @@ def test_missing_config_file(tmp_path):
 
 def test_parse_size():
     assert parse_size("144x192") == (144, 192) and parse_size(None) is None
+    with pytest.raises(InvalidInputError, match="larger than 8192 a side"):
+        parse_size("100000x100000")
 
 
 def test_thread_type_in_any_case(tmp_path):
