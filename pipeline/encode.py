@@ -1,8 +1,11 @@
 """Encode: PyAV's own loop, ``stream.encode(frame)`` then ``mux``, and a final ``stream.encode()`` to flush.
 
 H.264 (libx264, yuv420p) by default (``codec="auto"``: VP9 for .webm, which cannot hold H.264). Each frame keeps its source pts and time base, so the output has
-the input's timing and frame rate. Sizes a chroma-subsampled format cannot hold (odd width or height
-for yuv420p) are padded by one row/column (edge replicated).
+the input's timing and frame rate. AVI (a fixed-rate container) and encoders that cannot hold the source's
+time base (mpeg4: denominators up to 65535, not a TS's 1/90000) get one tick per frame (1/fps) instead, the
+pts rescaled into it. Where the input's timestamps go back (files joined end to end, a looped file), the
+output continues them one frame after the last, with a warning. Sizes a chroma-subsampled format cannot
+hold (odd width or height for yuv420p) are padded by one row/column (edge replicated).
 
 - Checked at construction (before any thread starts): the extension names a container FFmpeg can
   write, the container can hold the codec, and the encoder opens with these settings (a probe file in
@@ -51,6 +54,7 @@ CODEC_DEFAULTS = {                # encoders whose defaults suit neither live vi
 
 FRAGMENTED_MUXERS = {"mp4", "mov"}      # FFmpeg's names for the formats that hold their index at the end
 FRAGMENTED_CODECS = {"h264"}            # checked; FFmpeg 8.1 cannot mux HEVC fragments from a flat first frame
+FIXED_RATE_MUXERS = {"avi"}             # a frame per tick of the time base: any other makes the rate wrong
 
 
 def fragmented_options(fragment_s: float) -> dict:
@@ -149,8 +153,12 @@ class Encode(Stage):
         self.audio_source: str | None = None     # set by preflight: a file whose sound goes in the output
         self.audio: AudioCopy | None = None
         self.sound = "off" if audio is None else "none in the input"
-        self._pending: dict[int, float] = {}     # pts -> t_decoded of frames inside the encoder
+        self.stream_time_base = self.time_base   # set by preflight: 1/fps where the source's cannot be written
+        self._pending: dict[int, float] = {}     # pts (as encoded) -> t_decoded of frames inside the encoder
+        self._shift = Fraction(0)                # s added to the source's times since they went back
+        self._last_t: Fraction | None = None     # the last frame's time in the output, in s
         self._last_pts = None
+        self._stepped_back = False               # the input's timestamps went back (warned once)
         self._flushed = False
         self.packets = 0                         # packets muxed into the file
         self.failed = False                      # a write failed: the file may lack its trailer
@@ -186,15 +194,18 @@ class Encode(Stage):
                                     f"name a video file, e.g. .mp4")
         with tempfile.TemporaryDirectory(prefix="segpipe-probe-") as tmp:
             probe = Path(tmp) / f"probe{suffix}"
-            fragmented = (self.fragment_s > 0 and muxer_name(probe) in FRAGMENTED_MUXERS
+            muxer = muxer_name(probe)
+            if muxer in FIXED_RATE_MUXERS:
+                self.stream_time_base = self.frame_time_base
+            fragmented = (self.fragment_s > 0 and muxer in FRAGMENTED_MUXERS
                           and codec_family(self.codec) in FRAGMENTED_CODECS)
             if fragmented:
                 options = fragmented_options(self.fragment_s)
                 with contextlib.suppress(InvalidInputError):     # raised again below if the settings are wrong
-                    self._probe(probe, options)
+                    self._probe_time_base(probe, options)
                     self.muxer_options = options
                     return
-            self._probe(probe, {})
+            self._probe_time_base(probe, {})
             if fragmented:                                        # the settings are fine: FFmpeg is before 7.1
                 warn_unfragmented(suffix)
 
@@ -231,6 +242,28 @@ class Encode(Stage):
         self.audio_source, self.sound = source, f"copied ({audio.codec})"
         if audio.note:
             log.info("%s: %s", source, audio.note)
+
+    @property
+    def frame_time_base(self) -> Fraction:
+        """One tick per frame (denominators small enough for mpeg4's 65535 at up to 65 fps)."""
+        return 1 / self.fps.limit_denominator(1001)
+
+    def _probe_time_base(self, path: Path, muxer_options: dict) -> None:
+        """``_probe``; where the encoder refuses the source's time base (mpeg4 and a TS's 1/90000), again with
+        one tick per frame, and keep that."""
+        try:
+            self._probe(path, muxer_options)
+        except InvalidInputError as first:
+            if self.stream_time_base == self.frame_time_base:
+                raise
+            self.stream_time_base = self.frame_time_base
+            try:
+                self._probe(path, muxer_options)
+            except InvalidInputError:
+                self.stream_time_base = self.time_base
+                raise first from None                # the same settings fail either way: say the first reason
+            log.info("%s cannot use the input's time base %s: %s is written at %s", self.codec, self.time_base,
+                     self.path, self.stream_time_base)
 
     def _probe(self, path: Path, muxer_options: dict, audio: AudioCopy | None = None) -> None:
         """Open the container with ``muxer_options`` and this encoder (and ``audio``'s track) on ``path``
@@ -277,8 +310,8 @@ class Encode(Stage):
                                     f"libx265, libvpx-vp9 or mpeg4") from None
         stream.width, stream.height = self.size
         stream.pix_fmt = self.pix_fmt
-        stream.time_base = self.time_base
-        stream.codec_context.time_base = self.time_base
+        stream.time_base = self.stream_time_base
+        stream.codec_context.time_base = self.stream_time_base
         stream.codec_context.thread_count = self.threads
         if container.format.name in ("mp4", "mov") and codec_family(self.codec) == "hevc":
             stream.codec_context.codec_tag = "hvc1"     # FFmpeg's hev1 does not play in QuickTime or Safari
@@ -317,11 +350,21 @@ class Encode(Stage):
             vf = av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
         else:                             # default) is several times cheaper than the encoder's conversion
             vf = av.VideoFrame.from_ndarray(image, format="rgb24")
-        pts = frame.pts
-        if self._last_pts is not None and pts <= self._last_pts:   # the encoder needs rising pts
+        t = frame.pts * frame.time_base + self._shift
+        if self._last_t is not None and t <= self._last_t:   # went back or repeated: the encoder needs rising pts
+            if not self._stepped_back:                       # once: a looped file goes back at every loop
+                log.warning("the input's timestamps went back at frame %d (to %.3f s after %.3f s): the output "
+                            "continues them one frame later", frame.index, float(t - self._shift),
+                            float(self._last_t - self._shift))
+            self._stepped_back = True
+            step = self._last_t + 1 / self.fps - t          # one frame after the last, for all that follow
+            self._shift += step
+            t += step
+        pts = round(t / self.stream_time_base)     # exact in the source's time base
+        if self._last_pts is not None and pts <= self._last_pts:   # two frames in a tick of 1/fps (VFR)
             pts = self._last_pts + 1
-        self._last_pts = pts
-        vf.pts, vf.time_base = pts, frame.time_base
+        self._last_t, self._last_pts = t, pts
+        vf.pts, vf.time_base = pts, self.stream_time_base
         self._pending[pts] = frame.t_decoded
         with self._writing():
             self._mux(self.stream.encode(vf))
