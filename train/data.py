@@ -6,7 +6,6 @@ Neighbouring frames are near-duplicates, so the split is by runs of frame number
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from train.errors import DatasetError, InputNotFoundError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+SAME_SCENE = 5.0     # split_by_runs: runs whose boundary frames differ less than this are one run
 
 
 @dataclass(frozen=True)
@@ -50,11 +50,15 @@ def find_pairs(root: str | Path) -> list[FramePair]:
     if missing:
         raise DatasetError(f"image {images[missing[0]].name} has no mask in {mask_dir} "
                            f"({len(missing)} images without masks): add the masks or remove the images")
-    stems = sorted(images)
-    numeric = all(s.isdigit() for s in stems)
-    if numeric:
-        stems.sort(key=int)
-    return [FramePair(s, int(s) if numeric else i, images[s], masks[s]) for i, s in enumerate(stems)]
+    # the split finds runs by frame number, so every name must carry one (000123, frame_000123)
+    digits = {s: s[len(s.rstrip("0123456789")):] for s in images}
+    unnumbered = sorted(s for s, d in digits.items() if not d)
+    if unnumbered:
+        raise DatasetError(f"image {images[unnumbered[0]].name} has no frame number at the end of its name "
+                           f"({len(unnumbered)} such): names must end in frame numbers (e.g. 000123.png or "
+                           f"frame_000123.png) so runs of consecutive frames can be found")
+    stems = sorted(images, key=lambda s: (int(digits[s]), s))
+    return [FramePair(s, int(digits[s]), images[s], masks[s]) for s in stems]
 
 
 def _images_by_stem(folder: Path) -> dict[str, Path]:
@@ -103,12 +107,18 @@ def mask_ids(m: np.ndarray, path, num_classes: int = 23) -> np.ndarray:
     return np.ascontiguousarray(m)
 
 
-def split_by_runs(pairs: list[FramePair], val_every: int = 5, max_gap: int = 10) -> tuple[list, list]:
+def split_by_runs(pairs: list[FramePair], val_every: int = 5, max_gap: int = 10,
+                  same_scene: float = SAME_SCENE) -> tuple[list, list]:
     """Deterministic split: frames whose numbers are within ``max_gap`` form one run, and
-    every ``val_every``-th run goes to validation. Never splits inside a run."""
+    every ``val_every``-th run goes to validation. Never splits inside a run.
+
+    Two runs also join when the last frame of one and the first of the next look alike (mean absolute
+    grey-level difference <= ``same_scene`` at 160x120; 0 turns this off): a car stopped across a gap in
+    the frame numbers films the same scene, which must not be in training and validation both."""
     runs: list[list[FramePair]] = []
     for p in pairs:
-        if runs and p.number - runs[-1][-1].number <= max_gap:
+        if runs and (p.number - runs[-1][-1].number <= max_gap or
+                     same_scene > 0 and scene_difference(runs[-1][-1], p) <= same_scene):
             runs[-1].append(p)
         else:
             runs.append([p])
@@ -120,8 +130,16 @@ def split_by_runs(pairs: list[FramePair], val_every: int = 5, max_gap: int = 10)
     return train, val
 
 
-def write_split(path: Path, train: list[FramePair], val: list[FramePair]) -> None:
-    path.write_text(json.dumps({"train": [p.stem for p in train], "val": [p.stem for p in val]}, indent=1))
+def scene_difference(a: FramePair, b: FramePair) -> float:
+    """Mean absolute difference of two frames' grey levels at 160x120 (0-255; neighbouring frames of one
+    drive: 3.4 median on the CARLA set, frames of different scenes: 10 and up)."""
+    small = []
+    for pair in (a, b):
+        grey = decode_image(pair.image, cv2.IMREAD_GRAYSCALE)
+        if grey is None:
+            raise DatasetError(f"cannot read image {pair.image}: is it a valid image file (not empty or cut short)?")
+        small.append(cv2.resize(grey, (160, 120), interpolation=cv2.INTER_AREA).astype(np.float32))
+    return float(np.abs(small[0] - small[1]).mean())
 
 
 def read_pair(pair: FramePair, num_classes: int = 23) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,7 @@
 """`segpipe eval`: per-class IoU of a checkpoint on CARLA frames, and a picture of its output."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
@@ -12,6 +13,8 @@ from train.data import FrameSet, find_pairs, read_pair, split_by_runs
 from train.errors import InvalidInputError
 from train.metrics import ConfusionMatrix
 from train.trainer import DEFAULTS, evaluate, normalizer, pick_device
+
+log = logging.getLogger("segpipe.train")
 
 
 def evaluate_checkpoint(data, weights=None, split: str = "val", device: str = "auto", grid: str | None = None,
@@ -57,12 +60,25 @@ def evaluate_native(model, pairs, size: tuple[int, int], normalize, device, num_
 
 
 def checkpoint_split(data, ckpt: dict, split: str = "val") -> list:
-    """The frame pairs of ``data`` in ``split`` (val, train or all), split as the checkpoint was trained."""
+    """The frame pairs of ``data`` in ``split`` (val, train or all): the frames the checkpoint recorded for
+    it when it was trained, or for data it never saw (or an older checkpoint), ``data`` split the same way."""
     pairs = find_pairs(data)
     if split == "all":
         return pairs
-    settings = {**DEFAULTS, **ckpt.get("settings", {})}
-    train_pairs, val_pairs = split_by_runs(pairs, settings["val_every"], settings["run_gap"])
+    recorded = set(ckpt.get("split", {}).get(split, ()))
+    chosen = [p for p in pairs if p.stem in recorded]
+    if chosen:                     # by name: frames added to the folder since cannot shift the split
+        if len(chosen) < len(recorded):
+            log.warning("%s holds %d of the %d %s frames this model was trained with: scoring those",
+                        data, len(chosen), len(recorded), split)
+        return chosen
+    if recorded:
+        log.info("%s holds none of the frames this model was trained with: splitting its own by runs", data)
+    trained = ckpt.get("settings") or {}
+    settings = {**DEFAULTS, **trained}
+    if trained and "same_scene" not in trained:      # trained before runs were joined by their look
+        settings["same_scene"] = 0
+    train_pairs, val_pairs = split_by_runs(pairs, settings["val_every"], settings["run_gap"], settings["same_scene"])
     return val_pairs if split == "val" else train_pairs
 
 

@@ -26,10 +26,27 @@ class UNetConfig:
     padding: str = "same"       # "same": output size = input size; "valid": the paper's unpadded convs
 
     def __post_init__(self):
-        if self.padding not in ("same", "valid"):
-            raise InvalidInputError(f"padding must be 'same' or 'valid', not {self.padding!r}")
-        if self.depth < 1 or self.base_filters < 1:
-            raise InvalidInputError("depth and base_filters must be positive")
+        # every field checked here, so a bad model_options value is one line, never a torch traceback
+        for name, (test, valid) in OPTION_CHECKS.items():
+            value = getattr(self, name)
+            if not test(value):
+                raise InvalidInputError(f"model option {name} is {value!r} but must be {valid}")
+
+
+def _int(lo: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+OPTION_CHECKS = {   # field: (test, what a valid value is)
+    "num_classes": (_int(2), "an integer >= 2, e.g. 23"),
+    "in_channels": (_int(1), "an integer >= 1, e.g. 3"),
+    "base_filters": (_int(1), "an integer >= 1, e.g. 32"),
+    "depth": (_int(1), "an integer >= 1, e.g. 4"),
+    "dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
+                "a number with 0 <= dropout < 1, e.g. 0.3"),
+    "batch_norm": (lambda v: isinstance(v, bool), "true or false"),
+    "padding": (lambda v: v in ("same", "valid"), "'same' or 'valid'"),
+}
 
 
 MODEL_CONFIGS: dict[str, UNetConfig] = {

@@ -21,10 +21,10 @@ from train import distributed
 from train.checkpoint import DEFAULT_NORMALIZE, load_checkpoint, load_model, make_checkpoint, save_checkpoint
 from train.classes import CARLA_CLASSES
 from train.distributed import World, all_reduce_sum
-from train.data import FrameSet, class_frequencies, find_pairs, split_by_runs, write_split
+from train.data import SAME_SCENE, FrameSet, class_frequencies, find_pairs, split_by_runs
 from train.errors import InputNotFoundError, InvalidInputError
 from train.metrics import ConfusionMatrix, class_weights_from_frequencies, lovasz_softmax, pixel_cross_entropy
-from train.model import check_input_size, config_to_dict, create_model
+from train.model import center_crop, check_input_size, config_to_dict, create_model
 from train.paths import read_yaml, writable_folder
 from train.precision import autocast_dtype
 
@@ -47,6 +47,7 @@ DEFAULTS = {
     "zoom": [1.0, 1.6],                # scale jitter range; < 1 zooms out
     "val_every": 5,                    # every 5th run of frames is validation
     "run_gap": 10,                     # frames closer than this in number belong to one run
+    "same_scene": SAME_SCENE,          # so do runs whose boundary frames differ less (grey levels; 0: off)
     "precision": "auto",               # fp16 mixed precision on CUDA, fp32 on the CPU; or fp32 / bf16 / fp16
     "seed": 0,
     "init_weights": None,              # start from this checkpoint's weights (fine-tuning)
@@ -67,6 +68,12 @@ def normalizer(normalize: dict, device: torch.device):
     mean = torch.tensor(normalize["mean"], device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(normalize["std"], device=device).view(1, 3, 1, 1) * 255
     return lambda images: (images.float() - mean) / std
+
+
+def crop_masks(masks: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The masks' centre at the logits' size: an unpadded ("valid") U-Net's output covers the centre of its
+    input, as in the paper's overlap-tile scheme (a no-op with same padding)."""
+    return center_crop(masks, logits.shape[-2:])
 
 
 def warmup_cosine(total_steps: int, warmup: float = 0.1):
@@ -98,6 +105,7 @@ def train_one_epoch(model, frames: FrameSet, optimizer, scheduler, cfg: dict, de
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(normalize(images)).float()     # the loss in FP32, whatever the autocast dtype
+        masks = crop_masks(masks, logits)
         loss = pixel_cross_entropy(logits, masks, class_weights)
         if cfg["loss"] == "ce+lovasz":
             loss = loss + lovasz_softmax(logits, masks)
@@ -128,6 +136,7 @@ def evaluate(model, frames: FrameSet, device, normalize, num_classes: int, batch
     for images, masks in frames.batches(batch_size, shuffle=False, augment=False, indices=indices):
         images, masks = images.to(device), masks.to(device)
         logits = model(normalize(images)).float()
+        masks = crop_masks(masks, logits)
         total += torch.tensor([pixel_cross_entropy(logits, masks, class_weights).item() * len(images),
                                len(images)], dtype=torch.float64)
         cm.update(logits.argmax(1), masks)
@@ -154,7 +163,8 @@ def _size(v):
 
 CHECKS = {   # key: (test, what a valid value is)
     "model": (lambda v: isinstance(v, str), "a model name, e.g. unet_carla"),
-    "model_options": (lambda v: isinstance(v, dict), "a mapping, e.g. {base_filters: 32}"),
+    "model_options": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+                      "a mapping of option names, e.g. {base_filters: 32}"),
     "input_size": (_size, "[height, width], e.g. [144, 192]"),
     "epochs": (_int(1), "an integer >= 1"),
     "batch_size": (_int(1), "an integer >= 1"),
@@ -170,6 +180,7 @@ CHECKS = {   # key: (test, what a valid value is)
              and v[0] <= v[1], "[low, high] with 0 < low <= high, e.g. [1.0, 1.6]"),
     "val_every": (_int(2), "an integer >= 2 (every Nth run of frames is validation)"),
     "run_gap": (_int(1), "an integer >= 1"),
+    "same_scene": (_num(0), "a number >= 0 (0 joins runs by frame numbers only)"),
     "precision": (lambda v: v in ("auto", "fp32", "bf16", "fp16"), "auto, fp32, bf16 or fp16"),
     "seed": (_int(0), "an integer >= 0"),
     "init_weights": (lambda v: v is None or isinstance(v, str), "null or a checkpoint path"),
@@ -255,6 +266,9 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
             raise InvalidInputError(f"crop {cfg['crop']} is larger than input_size {list(size)}: crops are cut "
                                     f"from frames of the input size; use a smaller crop or none")
     state = load_checkpoint(out / "last.pt") if resume else None
+    if state is not None and "optimizer" not in state:
+        raise InvalidInputError(f"--resume: {out / 'last.pt'} holds weights only, no training state (a shipped or "
+                                f"slimmed checkpoint): fine-tune from it with --init {out / 'last.pt'} --out NEW")
     if state is not None:                 # before any data is read: a run that cannot go on says so now
         if state["model_config"] != config_to_dict(model.config):
             raise InvalidInputError(f"--resume: {out / 'last.pt'} is a {state['model']} with other settings than "
@@ -268,10 +282,15 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
     pairs = find_pairs(data)
     if max_frames:
         pairs = pairs[:max_frames]
-    train_pairs, val_pairs = split_by_runs(pairs, cfg["val_every"], cfg["run_gap"])
+    train_pairs, val_pairs = split_by_runs(pairs, cfg["val_every"], cfg["run_gap"], cfg["same_scene"])
+    split = {"train": [p.stem for p in train_pairs], "val": [p.stem for p in val_pairs]}
+    if state is not None and state.get("split", split) != split:
+        raise InvalidInputError(f"--resume: the frames of {data} split differently from when {out} started "
+                                f"(frames added or removed, or val_every/run_gap/same_scene changed): resume with "
+                                f"the same data and config, or start afresh with another --out")
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_split(out / "split.json", train_pairs, val_pairs)
+        (out / "split.json").write_text(json.dumps(split, indent=1))
         (out / "settings.yaml").write_text(yaml.safe_dump(
             {"train": cfg, "data": str(data), "device": str(dev), "world_size": world.size}))
     train_set = FrameSet(train_pairs, size, scale=cfg["cache_scale"] if cfg["augment"] else 1.0,
@@ -310,6 +329,7 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        restore_random_state(state, dev, scaler)
         start_epoch, best = state["epoch"] + 1, state.get("best", best)
         if world.is_main:
             log.info("resumed from %s at epoch %d", out / "last.pt", start_epoch)
@@ -339,7 +359,9 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
         history.append(row)
         (out / "log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
         ckpt = make_checkpoint(model, cfg["model"], size, epoch=epoch, metrics=metrics, best=best,
-                               settings=cfg, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
+                               settings=cfg, split=split, optimizer=optimizer.state_dict(),
+                               scheduler=scheduler.state_dict())
+        ckpt.update(random_state(dev, scaler))
         save_checkpoint(ckpt, out / "last.pt")
         if is_best:
             save_checkpoint(ckpt, out / "best.pt")
@@ -349,6 +371,30 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
         plot_curves(history, out / "curves.png", cfg["loss"])
     distributed.shutdown(world)
     return best
+
+
+RANDOM_STATE_KEYS = ("rng_state", "cuda_rng_state", "scaler")
+
+
+def random_state(device: torch.device, scaler=None) -> dict:
+    """What a resumed run needs beyond the optimizer to go on bit for bit: the global RNG (dropout draws
+    from it) and the FP16 loss scale. ByteTensors and numbers, so the checkpoint loads with weights_only."""
+    state = {"rng_state": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng_state"] = torch.cuda.get_rng_state(device)
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    return state
+
+
+def restore_random_state(state: dict, device: torch.device, scaler=None) -> None:
+    """Undo ``random_state``; a checkpoint from an older segpipe lacks it, and resumes as before."""
+    if "rng_state" in state:
+        torch.set_rng_state(state["rng_state"])
+    if "cuda_rng_state" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng_state"], device)
+    if "scaler" in state and scaler is not None:
+        scaler.load_state_dict(state["scaler"])
 
 
 def plot_curves(history: list[dict], path: Path, loss: str = "ce") -> None:
@@ -373,8 +419,8 @@ def plot_curves(history: list[dict], path: Path, loss: str = "ce") -> None:
 
 
 def slim_checkpoint(src: str | Path, dst: str | Path) -> None:
-    """Drop optimizer and scheduler state: what ships is only what inference needs."""
+    """Drop the training state: what ships is only what inference needs."""
     ckpt = load_checkpoint(src)
-    for key in ("optimizer", "scheduler"):
+    for key in ("optimizer", "scheduler", *RANDOM_STATE_KEYS):
         ckpt.pop(key, None)
     save_checkpoint(ckpt, dst)

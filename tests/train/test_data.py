@@ -49,9 +49,24 @@ def test_split_by_runs_never_splits_a_run(carla_dir):
 def test_split_gap_joins_near_runs():
     from train.data import FramePair
     pairs = [FramePair(str(n), n, None, None) for n in [1, 2, 5, 100, 101, 300, 400, 500, 600]]
-    train, val = split_by_runs(pairs, val_every=3, max_gap=10)
+    train, val = split_by_runs(pairs, val_every=3, max_gap=10, same_scene=0)
     # runs: {1,2,5} {100,101} {300} {400} {500} {600}; every 3rd from index 1 is validation
     assert [p.number for p in val] == [100, 101, 500]
+
+
+def test_split_joins_runs_that_film_the_same_scene(carla_dir, tmp_path):
+    """A car stopped across a gap in the frame numbers: the frame after the gap is a near-copy of the one
+    before it, so both runs are one, and that scene is not in training and validation both."""
+    root = tmp_path / "data"
+    shutil.copytree(carla_dir, root)
+    last = find_pairs(root)[-1]
+    for folder, src in (("CameraRGB", last.image), ("CameraMask", last.mask)):
+        shutil.copy(src, root / folder / f"{last.number + 500:06d}{src.suffix}")
+    pairs = find_pairs(root)
+    assert len(split_by_runs(pairs, val_every=2, same_scene=0)[1]) != len(split_by_runs(pairs, val_every=2)[1])
+    for train, val in (split_by_runs(pairs, val_every=2), split_by_runs(pairs, val_every=3)):
+        sides = {p.number: "val" if p in val else "train" for p in pairs}
+        assert sides[last.number] == sides[last.number + 500]
 
 
 def test_missing_folder(tmp_path):

@@ -1,5 +1,6 @@
 import json
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import yaml
 from pipeline.cli import main
 from train.checkpoint import load_checkpoint, load_model, make_checkpoint, save_checkpoint
 from train.errors import CheckpointError, InputNotFoundError, InvalidInputError
-from train.evaluate import evaluate_checkpoint
+from train.data import find_pairs, split_by_runs
+from train.evaluate import checkpoint_split, evaluate_checkpoint
 from train.model import check_input_size, create_model
 from train.trainer import load_train_config, train
 
@@ -74,6 +76,18 @@ def test_short_training_run_lowers_loss(carla_dir, tiny_config, tmp_path):
                                                "input_size": [48, 64]}}))
     with pytest.raises(InvalidInputError, match="with other settings than this config builds"):
         train(carla_dir, out, config=other, epochs=6, resume=True)
+
+    # the checkpoint records its split: a frame added to the folder shifts the runs, not what eval scores
+    assert ckpt["split"] == split
+    grown = tmp_path / "grown"
+    shutil.copytree(carla_dir, grown)
+    for folder in ("CameraRGB", "CameraMask"):
+        last = sorted((grown / folder).iterdir())[-1]
+        shutil.copy(last, last.with_name("000001" + last.suffix))
+    assert [p.stem for p in split_by_runs(find_pairs(grown), 4)[1]] != split["val"]
+    assert [p.stem for p in checkpoint_split(grown, ckpt)] == split["val"]
+    with pytest.raises(InvalidInputError, match="split differently from when .* started"):
+        train(grown, out, config=tiny_config, epochs=6, resume=True)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
