@@ -24,7 +24,7 @@ from engine.fused import fused_segmenter
 from engine.sizes import parse_size
 from train.checkpoint import load_model, resolve_weights
 from train.errors import BackendUnavailableError, InvalidInputError
-from train.model import check_input_size, output_size
+from train.model import _valid_out, border_margin, check_input_size, output_size
 from train.precision import cpu_has_native_bf16
 
 log = logging.getLogger("segpipe.engine")
@@ -78,13 +78,41 @@ def oriented(size: tuple[int, int], frame_size: tuple[int, int] | None) -> tuple
 
 
 def model_info(weights, ckpt: dict, model, input_size, frame_size=None) -> ModelInfo:
-    size = parse_size(input_size) or oriented(tuple(ckpt["input_size"]), frame_size)
-    check_input_size(model.config, *size)  # raises InvalidInputError naming a size that works
+    """``input_size`` is the model's input, or for a valid U-Net the frame size: the engine mirrors the border
+    (engine.fused), so it labels the frames it is given, by default at the checkpoint's output size."""
+    cfg = model.config
+    if border_margin(cfg):
+        size = parse_size(input_size) or output_size(cfg, *oriented(tuple(ckpt["input_size"]), frame_size))
+        check_frame_size(cfg, *size)
+        out = size
+    else:
+        size = parse_size(input_size) or oriented(tuple(ckpt["input_size"]), frame_size)
+        check_input_size(cfg, *size)  # raises InvalidInputError naming a size that works
+        out = output_size(cfg, *size)
     path = resolve_weights(weights)
     return ModelInfo(name=ckpt["model"], weights=str(path), sha256=cache.file_sha256(path), input_size=size,
-                     output_size=output_size(model.config, *size), normalize=dict(ckpt["normalize"]),
+                     output_size=out, normalize=dict(ckpt["normalize"]),
                      class_names=list(ckpt["class_names"]),
                      palette=np.asarray(ckpt["palette"], dtype=np.uint8).reshape(-1, 3))
+
+
+def check_frame_size(cfg, height: int, width: int) -> None:
+    """Raise a one-line error, naming a size that works, unless a valid U-Net can label frames of this size:
+    each side must exceed the border margin (reflect padding mirrors inside the frame) and, padded by it on
+    both sides, be an input the model takes."""
+    h, w, m = int(height), int(width), border_margin(cfg)
+
+    def fits(n: int) -> bool:
+        return n > m and _valid_out(cfg.depth, n + 2 * m) is not None
+
+    if fits(h) and fits(w):
+        return
+    near = [min((c for c in range(m + 1, max(n, m) + 2 ** (cfg.depth + 1)) if fits(c)), key=lambda c: abs(c - n))
+            for n in (h, w)]
+    why = (f"each side must exceed the {m} pixels mirrored at its border" if min(h, w) <= m else
+           f"padded by {m} a side, {h + 2 * m}x{w + 2 * m} is not an input it takes")
+    raise InvalidInputError(f"frame size {h}x{w} does not fit an unpadded U-Net of depth {cfg.depth} ({why}): "
+                            f"use --size {near[0]}x{near[1]}")
 
 
 def load(weights=None, backend: str = "auto", precision: str = "fp16", device=None, max_batch: int = 8,
@@ -92,7 +120,8 @@ def load(weights=None, backend: str = "auto", precision: str = "fp16", device=No
     """Load a checkpoint (the shipped default when ``weights`` is None) as the fastest correct backend.
 
     ``input_size`` (H, W) or "HxW": the model's input (default: the checkpoint's, turned to portrait when
-    ``frame_size``, the (H, W) of the frames it will see, is portrait and the checkpoint landscape).
+    ``frame_size``, the (H, W) of the frames it will see, is portrait and the checkpoint landscape); for a
+    valid U-Net the size of the frames it labels (default: the checkpoint's output size; see model_info).
     ``rebuild`` ignores cached artefacts for this key (TensorRT engine, CPU backend race) and makes them anew.
     """
     if backend not in BACKENDS:

@@ -7,11 +7,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from train.checkpoint import load_model
 from train.data import FrameSet, find_pairs, read_pair, split_by_runs
 from train.errors import InvalidInputError
 from train.metrics import ConfusionMatrix
+from train.model import border_margin, center_crop, output_size
 from train.trainer import DEFAULTS, evaluate, normalizer, pick_device
 
 log = logging.getLogger("segpipe.train")
@@ -45,14 +47,22 @@ def evaluate_native(model, pairs, size: tuple[int, int], normalize, device, num_
                     batch_size: int = 16) -> ConfusionMatrix:
     """The labels segpipe writes, scored against the full-size masks: each frame scaled to the model's
     ``size`` (INTER_AREA, as the preprocess stage does), its labels scaled back to the frame's own size
-    (INTER_NEAREST_EXACT, as the colourise stage does)."""
+    (INTER_NEAREST_EXACT, as the colourise stage does). A valid U-Net runs as the engine runs it: at its
+    output size for ``size``, the input mirrored at the border (engine.fused), so the labels cover the frame."""
     model.eval()
     cm = ConfusionMatrix(num_classes)
-    h, w = size
+    h, w = output_size(model.config, *size)
+    margin = border_margin(model.config)
+    if margin and min(h, w) <= margin:  # reflect padding mirrors inside the frame (segpipe run refuses it too)
+        raise InvalidInputError(f"a valid U-Net's {h}x{w} output (from its {size[0]}x{size[1]} input) is too small to "
+                                f"mirror its {margin}-pixel border: score without --native")
     for start in range(0, len(pairs), batch_size):
         images, masks = zip(*(read_pair(p, num_classes) for p in pairs[start:start + batch_size]))
         small = np.stack([cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) for img in images])
-        pred = model(normalize(torch.from_numpy(small).permute(0, 3, 1, 2).to(device))).argmax(1)
+        x = normalize(torch.from_numpy(small).permute(0, 3, 1, 2).to(device))
+        if margin:
+            x = F.pad(x, (margin,) * 4, mode="reflect")
+        pred = model(x).argmax(1)
         for mask, labels in zip(masks, pred.to(torch.uint8).cpu().numpy()):
             full = cv2.resize(labels, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_NEAREST_EXACT)
             cm.update(torch.from_numpy(full), torch.from_numpy(mask))
@@ -94,11 +104,13 @@ def format_table(result: dict) -> str:
 
 @torch.inference_mode()
 def save_grid(model, frames: FrameSet, normalize, device, palette, path: str | Path, count: int = 4) -> None:
-    """Rows of input | ground truth | prediction for ``count`` frames spread over the set."""
+    """Rows of input | ground truth | prediction for ``count`` frames spread over the set (a valid U-Net's
+    input and ground truth cropped to the centre its prediction covers, as evaluate() scores it)."""
     lut = np.asarray(palette, dtype=np.uint8)
     idx = torch.linspace(0, len(frames) - 1, min(count, len(frames))).long()
     images, masks = next(frames.batches(len(idx), shuffle=False, augment=False, indices=idx))
-    pred = model(normalize(images.to(device))).argmax(1).cpu().numpy()
+    pred = model(normalize(images.to(device))).argmax(1).cpu()
+    images, masks, pred = center_crop(images, pred.shape[-2:]), center_crop(masks, pred.shape[-2:]), pred.numpy()
     rows = [np.concatenate([img.permute(1, 2, 0).numpy(), lut[gt.numpy()], lut[p]], axis=1)
             for img, gt, p in zip(images, masks, pred)]
     if not cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR)):

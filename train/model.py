@@ -7,6 +7,7 @@ expanding path, and the final 1x1 conv.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
@@ -174,6 +175,15 @@ def output_size(cfg: UNetConfig, height: int, width: int) -> tuple[int, int]:
         return height, width
     check_input_size(cfg, height, width)
     return _valid_out(cfg.depth, height), _valid_out(cfg.depth, width)
+
+
+def border_margin(cfg: UNetConfig) -> int:
+    """Pixels an unpadded U-Net loses on each side of its input, the same for every input it takes (92 at
+    depth 4: 572 -> 388); 0 with same padding."""
+    if cfg.padding == "same":
+        return 0
+    n = next(n for n in itertools.count(1) if _valid_out(cfg.depth, n))
+    return (n - output_size(cfg, n, n)[0]) // 2
 
 
 def _valid_out(depth: int, n: int) -> int | None:
