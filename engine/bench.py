@@ -15,6 +15,7 @@ from torch import nn
 
 from engine.frames import sample_frames
 from train.errors import BackendUnavailableError
+from train.model import border_margin
 from train.precision import cpu_has_native_bf16
 
 log = logging.getLogger("segpipe.engine")
@@ -30,6 +31,7 @@ def model_cost(model: nn.Module, size: tuple[int, int], batch: int = 1) -> dict:
     ``intensity`` = FLOPs / byte; compare with the device's peak FLOPs / bandwidth for the roofline.
     """
     h, w = size
+    m = border_margin(model.config) if hasattr(model, "config") else 0    # a valid U-Net sees the frame mirrored
     counts = {"macs": 0, "act_elems": 0}
 
     def conv_hook(mod, inputs, output):
@@ -54,7 +56,7 @@ def model_cost(model: nn.Module, size: tuple[int, int], batch: int = 1) -> dict:
         was_training = model.training
         model.eval()
         with torch.inference_mode():
-            out = model(torch.zeros(batch, 3, h, w, device=next(model.parameters()).device))
+            out = model(torch.zeros(batch, 3, h + 2 * m, w + 2 * m, device=next(model.parameters()).device))
         model.train(was_training)
     finally:
         for hd in handles:

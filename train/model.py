@@ -221,7 +221,8 @@ def check_input_size(cfg: UNetConfig, height: int, width: int, setting: str = "-
 
 
 def _nearest_valid(depth: int, n: int) -> int:
-    return min((c for c in range(max(1, n - 64), n + 65) if _valid_out(depth, c)), key=lambda c: abs(c - n))
+    near = [c for c in range(max(1, n - 64), n + 65) if _valid_out(depth, c)]
+    return min(near, key=lambda c: abs(c - n)) if near else next(c for c in itertools.count(n) if _valid_out(depth, c))
 
 
 def config_to_dict(cfg: UNetConfig) -> dict:

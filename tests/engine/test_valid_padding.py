@@ -121,3 +121,11 @@ def test_eval_and_its_grid(valid_ckpt, carla_dir, tmp_path, native):
     # rows of input | ground truth | prediction, each the centre the prediction covers
     assert cv2.imread(str(grid)).shape == (4 * FRAME_SIZE[0], 3 * FRAME_SIZE[1], 3)
     assert np.isfinite(result["miou"])
+
+
+def test_model_cost_runs_a_valid_model_on_the_mirrored_frame():
+    from engine.bench import model_cost
+    from train.model import create_model
+
+    same, valid = create_model("unet_tiny"), create_model("unet_tiny", padding="valid")
+    assert model_cost(valid, (100, 132))["macs"] > 5 * model_cost(same, (96, 128))["macs"]   # it runs 284x316
