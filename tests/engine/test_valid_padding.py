@@ -128,4 +128,4 @@ def test_model_cost_runs_a_valid_model_on_the_mirrored_frame():
     from train.model import create_model
 
     same, valid = create_model("unet_tiny"), create_model("unet_tiny", padding="valid")
-    assert model_cost(valid, (100, 132))["macs"] > 5 * model_cost(same, (96, 128))["macs"]   # it runs 284x316
+    assert model_cost(valid, (100, 132))["macs"] > 2 * model_cost(same, (96, 128))["macs"]   # it runs 284x316
