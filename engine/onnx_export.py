@@ -114,7 +114,7 @@ def cached_onnx(net: FusedSegmenter, checkpoint_sha256: str, size: tuple[int, in
     """The checked ONNX export of this checkpoint at this size, from the cache or exported now."""
     key = {"kind": "onnx", "checkpoint_sha256": checkpoint_sha256, "input_size": [int(size[0]), int(size[1])],
            "opset": OPSET, "torch": torch.__version__, "onnx": onnx.__version__}
-    if net.margin:  # a valid model's unpadded exports had this key; same padding's key is unchanged
+    if getattr(net, "margin", 0):  # a valid model's unpadded exports had this key; same padding's key is unchanged
         key["reflect_pad"] = net.margin
     hit = cache.lookup(key, ".onnx")
     if hit.hit:

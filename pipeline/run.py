@@ -5,7 +5,7 @@ Opens the source and the backend first (bad inputs fail before any thread starts
 with ``build_pipeline``, writes the settings used beside the output, runs with a progress bar, and
 returns the run's statistics (also written as JSON with ``stats_path``)::
 
-    {"frames", "dropped", "dropped_by": {"queues", "undecodable"}, "damaged", "fps", "wall_s",
+    {"frames", "dropped", "dropped_by": {"queues", "undecodable"[, "write"]}, "damaged", "fps", "wall_s",
      "backend", "device", "precision",
      "stages": {name: {"busy_s", "p50_ms", "p95_ms"}},       # per process() call (infer: per batch)
      "latency_ms": {"p50", "p95", "p99"},                    # decoder out -> encoded packet written
@@ -13,7 +13,9 @@ returns the run's statistics (also written as JSON with ``stats_path``)::
      "exit"}    # done | input ended early | failed | interrupted | terminated
 
 ``dropped`` counts every frame of the source that is not in the output: queue drops (live sources)
-plus undecodable frames (skipped and reported; the run goes on and succeeds); ``dropped_by`` splits it.
+plus undecodable frames (damaged, or lost from the stream before decoding: skipped and reported; the run
+goes on and succeeds), and after a failed write the frames that did not reach the file (``write``, only
+then); ``dropped_by`` splits it. ``frames`` is what the output holds.
 ``damaged`` counts frames kept although the decoder concealed errors in them. A source that ends early
 (truncated file) or stalls (no frame for ``decode.stall_timeout_s``) raises PartialInputError (exit 3)
 after the output is closed and the statistics are written. Outputs are checked before any work; any
@@ -178,6 +180,11 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
         failure = MediaError(str(failure))           # nothing came through: a failure, not a partial result
     damaged = getattr(source, "damaged", 0)
     stats = collect_stats(pipe, wall, backend, skipped=source.skipped, damaged=damaged)
+    if writer is not None and writer.kept is not None and writer.kept < stats["frames"]:
+        unwritten = stats["frames"] - writer.kept          # handed to the muxer, but not in the file
+        stats["frames"] = writer.kept
+        stats["dropped"] += unwritten
+        stats["dropped_by"]["write"] = unwritten
     frames_in = pipe["decode"].count
     stats["exit"] = _exit_reason(failure, source, frames_in)
     if writer is not None:
@@ -189,8 +196,7 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
             log.warning("could not write the statistics to %s: %s", stats_path, e.strerror or e)
     if out is not None and not out.exists():          # no video (nothing encoded): no settings for it
         settings_path(out).unlink(missing_ok=True)
-    kept = writer.kept if writer is not None and writer.kept is not None else stats["frames"]
-    done = "; " + _closed(out, masks, kept) if out is not None or masks is not None else ""   # segment(): no files
+    done = "; " + _closed(out, masks, stats["frames"]) if out is not None or masks is not None else ""  # segment()
     if isinstance(failure, KeyboardInterrupt):
         log.warning("interrupted after %d frames%s", stats["frames"], done)
         raise failure
@@ -200,8 +206,13 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
 
     if pipe.drops or source.skipped:                 # never silent: say where frames went
         where = ", ".join(f"{q.drops} at {q.name} ({q.policy})" for q in pipe.queues if q.drops)
-        withheld = getattr(source, "withheld", 0)
-        detail = f": {source.skipped - withheld} damaged, {withheld} that depend on them" if withheld else ""
+        withheld, lost = getattr(source, "withheld", 0), getattr(source, "lost", 0)
+        damaged_packets = source.skipped - withheld - lost
+        parts = [f"{damaged_packets} damaged" if damaged_packets else "",
+                 f"{withheld} {'that depend on them' if damaged_packets else 'the decoder did not give back'}"
+                 if withheld else "",
+                 f"{lost} lost from the stream (their packets never came)" if lost else ""]
+        detail = ": " + ", ".join(p for p in parts if p) if withheld or lost else ""
         log.warning("dropped %d frames: %s%s", pipe.drops + source.skipped, where or "none by the queues",
                     f"; {source.skipped} undecodable{detail} (skipped, the rest kept)" if source.skipped else "")
     if damaged:
@@ -236,20 +247,32 @@ def open_within(src, decode):
     timeout = decode.stall_timeout_s
     if not timeout or is_arrays(src):       # the caller's frames: no thread left waiting inside their iterable
         return open_source(src, decode)
-    result = {}
+    result, lock = {}, threading.Lock()
 
     def target():
         try:
-            result["source"] = open_source(src, decode)
+            source = open_source(src, decode)
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller
-            result["error"] = e
+            with lock:
+                result["error"] = e
+            return
+        with lock:
+            if not result.get("abandoned"):
+                result["source"] = source
+                return
+        log.debug("%s opened after its timeout: closed", src)
+        source.close()              # opened after the caller gave up on it: no one else will close it
 
     opener = threading.Thread(target=target, name="segpipe-open", daemon=True)
     opener.start()
     deadline = time.monotonic() + timeout
-    while opener.is_alive() and time.monotonic() < deadline:
-        opener.join(0.1)            # short waits: Ctrl-C may reach another thread, and is seen when this wakes
-    if opener.is_alive():
+    try:
+        while opener.is_alive() and time.monotonic() < deadline:
+            opener.join(0.1)        # short waits: Ctrl-C may reach another thread, and is seen when this wakes
+    finally:
+        with lock:                  # still opening (or Ctrl-C): what it opens later is the opener's to close
+            result["abandoned"] = "source" not in result and "error" not in result
+    if result["abandoned"]:
         what = "standard input" if str(src) == "-" else src
         raise MediaError(f"opening {what} gave nothing for {timeout:g} s: the source stalled (a pipe with no "
                          f"writer, a hung network drive, a camera that does not answer?); if it is only slow, "

@@ -9,7 +9,8 @@ and ``frames()``, a generator of ``(index, pts, time_base, rgb)``:
 - image folders and globs are read with OpenCV, in natural order, at ``decode.fps``;
 - arrays (``segment()`` in Python: an iterable of RGB frames) are taken as they come, at ``decode.fps``.
 
-Undecodable packets/images are skipped and counted in ``skipped``; a container that breaks mid-stream
+Undecodable packets/images are skipped and counted in ``skipped``, and so are frames missing from the
+stream itself (a transport stream that lost packets: see ``PtsGaps``); a container that breaks mid-stream
 (dropped connection), or a file that ends well before its container said (truncated), ends the stream
 early and sets ``error``. A file that cannot be a video (empty, text, an MP4 cut before its index, no
 video stream, no decodable frame) is refused at open with what to do. Frames come out upright: a
@@ -17,7 +18,9 @@ display-matrix rotation (phone videos) is applied, as players do.
 """
 from __future__ import annotations
 
+import collections
 import glob
+import heapq
 import io
 import itertools
 import logging
@@ -42,6 +45,8 @@ LIVE_SCHEMES = {"rtsp", "rtsps", "rtmp", "rtmps", "udp", "rtp", "srt", "tcp"}
 TS_PACKET_SIZES = (188, 192, 204)     # MPEG-TS, M2TS (Blu-ray, AVCHD), TS with Reed-Solomon bytes (DVB)
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 MAX_SKIP_WARNINGS = 3      # undecodable packets listed one by one; the rest are counted
+RECENT_INDICES = 64        # frames a damaged decoder may give out of order (their indices are kept unique)
+MAX_GAP_S = 10.0           # a longer pts jump is a discontinuity (joined files), as FFmpeg's dts_delta_threshold
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,7 @@ class VideoSource:
         name = name or url                       # what messages call it
         self.undecodable = 0        # packets that did not decode (their frames are missing from the output)
         self.withheld = 0           # frames the decoder did not give back after damage (see ``skipped``)
+        self.lost = 0               # frames missing from the stream itself: no packet came (see ``PtsGaps``)
         self.damaged = 0            # frames FFmpeg decoded but flagged corrupt (kept: concealed errors)
         self.packets = 0            # video packets read
         self.error: Exception | str | None = None
@@ -168,6 +174,11 @@ class VideoSource:
         fps = Fraction(fps) if fps else Fraction(settings.fps).limit_denominator(1001)
         time_base = Fraction(stream.time_base) if stream.time_base else 1 / fps
         self.exact_frames = int(stream.frames) or None       # what the container says (MP4), if it does
+        self._step = 1 / (fps * time_base)                   # pts per frame, exactly
+        mov = is_mov(self.container)
+        # an MP4's index lists every frame, so a pts gap there is its timing, not a loss; a camera's pts are its clock
+        self._gaps = None if mov or kind == "camera" else PtsGaps(self._step, time_base)
+        self._interlaced = False
         frames = self.exact_frames
         self.duration_s = promised_seconds(self.container, stream)  # for noticing a file that ends early
         if frames is None and not live and self.duration_s:  # for the progress bar's ETA
@@ -181,6 +192,11 @@ class VideoSource:
             self._first = next(self._decoded, None)
             if self._first is None:
                 self.container.close()
+                if mov and is_pipe(url):                 # not damaged: its index is where a pipe cannot go
+                    raise UnreadableInputError(
+                        f"cannot open {name}: an MP4/MOV read from a pipe needs its index (the moov atom) "
+                        f"first, and a pipe cannot seek to one at the end: pass the file's path instead, or "
+                        f"pipe MPEG-TS: ffmpeg -i in.mp4 -c copy -f mpegts - | segpipe run - --out seg.mp4")
                 why = f"{self.undecodable} undecodable packet(s)" if self.undecodable else (self.error or "no frames")
                 raise UnreadableInputError(f"cannot open {name}: not one frame could be decoded ({why}): the "
                                            f"video is damaged or empty; get it again or re-export it")
@@ -191,17 +207,20 @@ class VideoSource:
 
     @property
     def skipped(self) -> int:
-        """Frames of the source missing from the output: undecodable packets, and the frames after them
-        that the decoder could not rebuild (H.264 holds back frames that refer to a damaged one)."""
-        return self.undecodable + self.withheld
+        """Frames of the source missing from the output: undecodable packets, the frames the decoder could
+        not rebuild (H.264 holds back frames that refer to a damaged one), and frames the stream lost."""
+        return self.undecodable + self.withheld + self.lost
 
     def _decode(self):
         """PyAV's loop: demux, decode (the final empty packet flushes). A damaged packet is skipped and
         counted; a container that breaks ends the stream and sets ``error``."""
         try:
             for packet in self.container.demux(self.stream):
-                if packet.size:
+                if packet.size and not packet.is_discard:     # discarded: before an edit list's start, never shown
                     self.packets += 1
+                    if self._gaps is not None and packet.pts is not None:
+                        self._gaps.add(packet.pts)
+                        self.lost = self._gaps.lost
                 try:
                     decoded = packet.decode()
                 except av.error.EOFError:
@@ -223,41 +242,78 @@ class VideoSource:
     def frames(self):
         """Frames as RGB at a fixed (upright) size, with their pts; frames without one get the last + 1/fps.
 
-        Each frame's index is its place in the source: after damage, a constant-rate stream's pts gap
-        tells how many frames are missing, so the frames after it keep their numbers."""
+        Each frame's index is its place in the source: in a constant-rate stream its pts tells it, so frames
+        missing before it leave their numbers unused (also when a damaged stream's decoder gives frames
+        out of order); otherwise it is its order plus the frames skipped so far.
+
+        At the end of the stream (the decoder flushed), every packet should have given a frame: those that
+        did not are counted, and so are the frames whose packets never came (``PtsGaps``)."""
         (cw, ch), tb, k = self.coded_size, self.info.time_base, self.rotation // 90
-        step = max(1, round(1 / (self.info.fps * tb)))     # pts per frame, for frames that have none
-        n, first_pts, last_pts = 0, None, None
-        regular = True                                      # pts one step apart so far (constant rate)
-        undecodable_before = 0
+        per_frame = self._step
+        step = max(1, round(per_frame))                     # pts per frame, for frames that have none
+        tolerance = max(1, per_frame / 10)
+        max_jump = MAX_GAP_S / tb                           # in pts; and in frames:
+        max_skip = MAX_GAP_S * self.info.fps
+        n, first_pts, last_pts, max_pts = 0, None, None, None
+        regular = True                  # pts on one frame grid (constant rate): they give the index
+        steps = jumps = 0               # deltas of one frame, and of several (frames missing between)
+        base, top, recent = 0, -1, collections.deque(maxlen=RECENT_INDICES)
         decoded = self._decoded if self._first is None else itertools.chain([self._first], self._decoded)
         self._first = None
         for frame in decoded:
             pts = frame.pts
             if pts is None:
                 pts = 0 if last_pts is None else last_pts + step
-            if last_pts is not None:
-                delta = pts - last_pts
-                if not self.skipped and abs(delta - step) > max(1, step // 10):
-                    regular = False
-                elif self.undecodable and regular and delta > 1.5 * step:
-                    missing = round(delta / step) - 1 - (self.undecodable - undecodable_before)
-                    self.withheld += max(0, missing)
-            first_pts = pts if first_pts is None else first_pts
-            last_pts, undecodable_before = pts, self.undecodable
+            if first_pts is None:
+                first_pts, base, self._interlaced = pts, self.skipped, bool(frame.interlaced_frame)
+            elif regular and pts > max_pts:             # (a damaged stream's decoder may give some late)
+                delta = pts - max_pts
+                gap = round(delta / per_frame)
+                if gap < 1 or abs(delta - gap * per_frame) > tolerance:
+                    regular = False                         # variable frame rate
+                elif gap == 1:
+                    steps += 1
+                elif steps > 4 * jumps and delta <= max_jump:
+                    jumps += 1                              # a gap in a steady stream: frames missing there
+                else:
+                    regular = False                         # as many jumps as steps: variable frame rate
+            index = base + round((pts - first_pts) / per_frame) if regular else None
+            if index is None or index in recent or not top - RECENT_INDICES < index <= top + max_skip:
+                index = max(top + 1, n + self.skipped)      # by order (also after a pts discontinuity)
+            recent.append(index)
+            top = max(top, index)
+            max_pts = pts if max_pts is None else max(max_pts, pts)
+            last_pts = pts
+            n += 1
+            if self.undecodable:                           # frames after damage the decoder did not give back
+                self.withheld = max(self.withheld, top + 1 - n - self.undecodable - self.lost)
             image = frame.to_ndarray(format="rgb24", width=cw, height=ch)
             if k:
                 image = np.ascontiguousarray(np.rot90(image, k))   # counter-clockwise, as the matrix says
-            yield n + self.skipped, pts, tb, image
-            n += 1
+            yield index, pts, tb, image
         if self.error is not None:
             log.warning("%s: input ended early after %d frames (%s)", self.info.name, n, self.error)
             return
-        if self.undecodable or self.damaged:               # every packet is a frame: account for the rest
-            left = self.packets - self.undecodable - self.withheld - n
-            self.withheld = max(0, self.withheld + left)
+        self._account(n)
         if not self.info.live:
-            self._check_complete(n, first_pts, last_pts)
+            self._check_complete(n, first_pts, max_pts)
+
+    def _account(self, n: int) -> None:
+        """At the end of the stream, the frames missing from the ``n`` that came out: packets that gave no
+        frame (the decoder is flushed, so none is still inside), and frames that had no packet."""
+        if self._gaps is not None:
+            self._gaps.finish()
+            self.lost = self._gaps.lost
+            if self._gaps.jump_s:
+                log.warning("%s: its timestamps jump ahead by %.1f s (joined recordings, or a long outage?): "
+                            "frames missing there, if any, are not counted", self.info.name, self._gaps.jump_s)
+        decodable = self.packets - self.undecodable
+        if self._interlaced and decodable > 1.5 * n:      # one packet per field (H.264 PAFF, MPEG-2 fields)
+            decodable //= 2
+        self.withheld = max(0, decodable - n)
+        if self.skipped:
+            log.debug("%s: %d frames out, %d packets: %d undecodable, %d not given back, %d lost in the stream",
+                      self.info.name, n, self.packets, self.undecodable, self.withheld, self.lost)
 
     def _check_complete(self, n: int, first_pts, last_pts) -> None:
         """A file that ends well before what its container promised was cut short (truncated). MPEG-TS
@@ -285,6 +341,81 @@ class VideoSource:
         except ValueError:                   # still running in a thread abandoned as stuck: leave it
             return
         self.container.close()
+
+
+class PtsGaps:
+    """Frames missing from a constant-rate stream, from the gaps in its packets' pts: frames whose packets
+    never came (a transport stream that lost packets on the way; its decoder sees nothing to fail on).
+
+    Packets come in decode order (a B-frame after the frames it refers to), so their pts are put back in
+    order in a small window first. Nothing is counted for a stream that is not constant-rate: one whose
+    pts leave the frame grid (variable frame rate), or whose jumps are not rare among single steps (a
+    steady rate has at least 4 steps per jump). A jump back, or ahead by more than MAX_GAP_S (a
+    discontinuity: joined recordings), is not a gap."""
+
+    WINDOW = 16                 # B-frame reordering is shallower than this (x264's pyramid: a few frames)
+
+    def __init__(self, step: Fraction, time_base: Fraction):
+        self.step, self.time_base = step, time_base
+        self.max_gap = MAX_GAP_S / time_base
+        self.tolerance = max(1, step / 10)
+        self._window: list[int] = []
+        self._last = None
+        self.regular = True
+        self.steps = self.jumps = 0         # deltas of one frame, and of more (frames missing in between)
+        self.missing = 0                    # frames in those jumps
+        self.jump_s = 0.0                   # the longest discontinuity ahead (s)
+
+    @property
+    def lost(self) -> int:
+        return self.missing if self.regular and self.steps >= 4 * self.jumps else 0
+
+    def add(self, pts: int) -> None:
+        if self._window and pts < self._window[0] - self.WINDOW * self.step:   # a jump back: a new stretch
+            self.finish()
+            self._last = None
+        heapq.heappush(self._window, pts)
+        if len(self._window) > self.WINDOW:
+            self._next(heapq.heappop(self._window))
+
+    def finish(self) -> None:
+        while self._window:
+            self._next(heapq.heappop(self._window))
+
+    def _next(self, pts: int) -> None:
+        last = self._last
+        if last is not None and 0 <= last - pts <= self.WINDOW * self.step:   # a repeat, or later than the window
+            return
+        self._last = pts
+        if last is None or not self.regular or pts < last:       # the first, or a jump back (a discontinuity)
+            return
+        delta = pts - last
+        if delta > self.max_gap:
+            self.jump_s = max(self.jump_s, float(delta * self.time_base))
+            return
+        frames = round(delta / self.step)
+        if frames < 1 or abs(delta - frames * self.step) > self.tolerance:
+            self.regular = False
+        elif frames == 1:
+            self.steps += 1
+        else:
+            self.jumps += 1
+            self.missing += frames - 1
+
+
+def is_mov(container) -> bool:
+    """MP4/MOV (and their kin): FFmpeg's mov demuxer."""
+    name = container.format.name
+    return "mp4" in name or "mov" in name
+
+
+def is_pipe(path: str) -> bool:
+    """A pipe or socket (standard input from another program): it cannot seek."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def check_readable(path: Path, name: str | None = None) -> None:

@@ -68,7 +68,7 @@ def test_no_display_is_one_clear_line(monkeypatch):
 def test_show_without_a_gui_fails_before_loading_anything(clip, capsys, monkeypatch):
     from pipeline import cli
     monkeypatch.setattr("pipeline.display.gui_problem", lambda: NO_GUI)
-    monkeypatch.setattr("pipeline.run.load_backend", lambda s: pytest.fail("the model was loaded"))
+    monkeypatch.setattr("pipeline.run.load_backend", lambda *args, **kwargs: pytest.fail("the model was loaded"))
     assert cli.main(["live", str(clip), "--show"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pip install opencv-python" in err and "--serve" in err

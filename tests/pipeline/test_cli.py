@@ -139,7 +139,7 @@ def test_without_a_terminal_progress_is_log_lines_not_a_bar(tmp_path, clip, monk
     import pipeline.run
 
     monkeypatch.setattr(pipeline.run, "PROGRESS_LOG_S", 0.0)
-    monkeypatch.setattr(pipeline.run, "load_backend", lambda settings: StubBackend())
+    monkeypatch.setattr(pipeline.run, "load_backend", lambda *args, **kwargs: StubBackend())
     caplog.set_level(logging.INFO, logger="segpipe")
     assert main(["run", str(clip), "--out", str(tmp_path / "seg.mp4")]) == 0
     assert "\r" not in capsys.readouterr().err

@@ -21,7 +21,7 @@ def cli(monkeypatch, capsys, caplog):
 
     def run(*args, stub: bool = True):
         if stub:
-            monkeypatch.setattr(pipeline.run, "load_backend", lambda settings: StubBackend())
+            monkeypatch.setattr(pipeline.run, "load_backend", lambda *args, **kwargs: StubBackend())
         args = [str(a) for a in args]
         if args[0] == "run" and "--no-progress" not in args:
             args.append("--no-progress")

@@ -34,7 +34,7 @@ def frames_done(line: str) -> int:
 def test_a_stage_raising_mid_stream_exits_1_with_a_playable_output(tmp_path, cli, monkeypatch):
     src = write_video(tmp_path / "clip.mp4", 60)
     out = tmp_path / "seg.mp4"
-    monkeypatch.setattr(pipeline.run, "load_backend", lambda settings: StubBackend(
+    monkeypatch.setattr(pipeline.run, "load_backend", lambda *args, **kwargs: StubBackend(
         fail_at=6, error=RuntimeError("CUDA error: an illegal memory access was encountered")))
     t = time.monotonic()
     code, last, err, _ = cli("run", src, "--out", out, "--batch", "2", stub=False)
