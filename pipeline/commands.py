@@ -12,6 +12,8 @@ RUN_EPILOG = """examples:
   segpipe run 'frames/*.jpg' --out seg.mp4                  an image glob (quote it), or a folder
   segpipe run photo.jpg --out seg.png --legend               one image in, one image out
   segpipe run rtsp://camera.local/stream --out live.mp4     a live stream: drops the oldest if behind
+  segpipe run rtsp://camera.local/stream --out rtsp://server:8554/seg   and streamed on (RTSP push, H.264)
+  segpipe run drive.mp4 --out udp://127.0.0.1:5000          MPEG-TS over UDP, at the video's own rate
   segpipe run 0 --out webcam.mp4 --frames 300               a camera (index or /dev/videoN)
   ffmpeg -i in.mov -f mpegts - | segpipe run - --out seg.mp4   a pipe: - reads standard input
   segpipe run drive.mp4 --out seg.mkv --codec libx265 --backend onnxruntime --batch 8
@@ -52,7 +54,8 @@ def register(sub, formatter) -> None:
                         "or glob, - for standard input; or several inputs (paths, a glob or folder of videos, "
                         "@list.txt or list.txt with one path/URL per line) with --out-dir")
     p.add_argument("--out", help="output video (the container follows the extension: .mp4, .mkv ...); an "
-                   "image (.png, .jpg ...) for a one-frame input")
+                   "image (.png, .jpg ...) for a one-frame input; or a live stream: rtsp://, rtmp://, udp://, "
+                   "tcp://, srt:// (a file is sent at its own frame rate)")
     p.add_argument("--out-dir", metavar="DIR", help="several inputs: one DIR/NAME.mp4 per input (same base name; "
                                                    "inputs in other folders keep their folders below DIR)")
     p.add_argument("--workers", type=int, metavar="N", help="several inputs: pipelines at once (default: one per "

@@ -40,12 +40,13 @@ from engine.sizes import format_size
 from pipeline.encode import IMAGE_SUFFIXES, Encode
 from pipeline.graph import build_pipeline, output_size
 from pipeline.image_writer import ImageWriter
+from pipeline.publish import Publish, is_url, network_muxer
 from pipeline.runner import Pipeline
 from pipeline.settings import Settings, load_settings, save_settings
 from pipeline.signals import SigTerm, signals_raise
 from pipeline.sources import is_arrays, open_source
 from train.errors import InvalidInputError, MediaError, PartialInputError, SegpipeError, TerminatedError, plural
-from train.paths import local_only, writable_file, writable_folder
+from train.paths import writable_file, writable_folder
 
 log = logging.getLogger("segpipe.pipeline")
 
@@ -119,10 +120,11 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     settings = settings or load_settings()
     if out is None and masks is None and not sinks:
         raise InvalidInputError("nothing to write: pass --out (a video) and/or --masks (a folder)")
-    if out is not None:
-        local_only(out, "--out")          # before Path() turns udp://host into udp:/host
+    if is_url(out):
+        network_muxer(out)                # an address segpipe cannot stream to is one line now
+    elif out is not None:
         out = Path(out)
-    check_outputs(src, out, masks, stats_path)
+    check_outputs(src, out if isinstance(out, Path) else None, masks, stats_path)
     apply_threads(settings)
     source = src if hasattr(src, "frames") and hasattr(src, "info") else open_within(src, settings.decode)
     info = source.info
@@ -135,7 +137,7 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
             writer = open_output(out, info, total, settings)
         backend = backend if backend is not None else load_backend(settings, (info.height, info.width))
         pipe = build_pipeline(source, backend, settings, masks=masks, sinks=list(sinks), encode=writer)
-        if out is not None:
+        if isinstance(out, Path):         # a stream has no place beside it for them
             write_run_settings(out, settings, pipe, backend, info, codec=writer.codec, masks=masks and str(masks))
     except BaseException:
         source.close()
@@ -194,7 +196,7 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
             Path(stats_path).write_text(json.dumps(stats, indent=2))
         except OSError as e:
             log.warning("could not write the statistics to %s: %s", stats_path, e.strerror or e)
-    if out is not None and not out.exists():          # no video (nothing encoded): no settings for it
+    if isinstance(out, Path) and not out.exists():   # no video (nothing encoded): no settings for it
         settings_path(out).unlink(missing_ok=True)
     done = "; " + _closed(out, masks, stats["frames"]) if out is not None or masks is not None else ""  # segment()
     if isinstance(failure, KeyboardInterrupt):
@@ -282,11 +284,14 @@ def open_within(src, decode):
     return result["source"]
 
 
-def open_output(out: Path, info, frames: int | None, settings: Settings) -> Encode | ImageWriter:
-    """The sink for ``--out``: an image for a one-frame input (``seg.png``), else a video encoder."""
+def open_output(out: Path | str, info, frames: int | None, settings: Settings) -> Encode | ImageWriter | Publish:
+    """The sink for ``--out``: a network stream for a URL, an image for a one-frame input (``seg.png``), else
+    a video file."""
+    w, h = output_size(info.width, info.height, settings.colourise.view)
+    if is_url(out):
+        return Publish.from_settings(out, w, h, info, settings.encode)
     if out.suffix.lower() in IMAGE_SUFFIXES:
         return ImageWriter(out, frames, info.name, settings.encode.png_compression)
-    w, h = output_size(info.width, info.height, settings.colourise.view)
     return Encode.from_settings(out, w, h, info, settings.encode, audio=True)
 
 
@@ -316,7 +321,10 @@ def check_outputs(src, out: Path | None, masks, stats_path) -> None:
 def _closed(out, masks, frames: int | None = None) -> str:
     """What the outputs hold after a stop or a failure."""
     parts = []
-    if out is not None:
+    if is_url(out):
+        parts.append(f"the {plural(frames, 'frame')} done were sent to {out}" if frames is not None
+                     else f"what was processed was sent to {out}")
+    elif out is not None:
         if Path(out).exists():
             parts.append(f"{out} is complete with the {plural(frames, 'frame')} done" if frames is not None
                          else f"what was processed is in {out}")

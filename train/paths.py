@@ -61,5 +61,5 @@ def writable_folder(folder: str | Path, flag: str, target=None) -> Path:
 def local_only(path: str | Path, flag: str) -> None:
     """Outputs are local files: a URL (which Path would turn into folders named like ``udp:``) is refused."""
     if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(path)):      # Path("udp://h:1") reads udp:/h:1
-        raise InvalidInputError(f"{flag} {path} is a URL, and segpipe writes its outputs to files: name a local "
-                                f"path (to watch over the network, use segpipe live SRC --serve HOST:PORT)")
+        raise InvalidInputError(f"{flag} {path} is a URL, and {flag} names a local file or folder: name a local "
+                                f"path (segpipe run --out streams video to rtsp://, udp:// ... URLs)")

@@ -79,7 +79,7 @@ def test_real_carla_clip_agrees_with_the_ground_truth(tmp_path):
     (["run", "{clip}", "--out", "{clip}"], 2, "is the input itself"),
     (["run", "{clip}", "--out", "{tmp}/o.mp4", "--codec", "nosuchcodec"], 2, "cannot encode with"),
     (["run", "{clip}", "--out", "{tmp}/o.png", "--frames", "1", "--codec", "libx265"], 2, "--codec is for videos"),
-    (["run", "{clip}", "--out", "udp://127.0.0.1:5999"], 2, "--out udp://127.0.0.1:5999 is a URL"),
+    (["run", "{clip}", "--out", "s3://bucket/seg.mp4"], 2, "segpipe streams out to rtsp://"),
     (["run", "{clip}", "--out", "{tmp}/o.mp4", "--config", "{tmp}/missing.yaml"], 2, "does not exist"),
     (["bench", "--video", "{clip}", "--batch", "1,4"], 2, "one number"),
 ])

@@ -11,7 +11,7 @@ from train.paths import writable_file, writable_folder
 @pytest.mark.parametrize("url", ["udp://127.0.0.1:5000", "rtsp://server/seg", "s3://bucket/seg.mp4"])
 def test_a_url_is_refused_and_makes_no_folder(tmp_path, monkeypatch, check, url):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(InvalidInputError, match=f"^--out {url} is a URL.*name a local path"):
+    with pytest.raises(InvalidInputError, match=f"^--out {url} is a URL, and --out names a local file or folder: name a local path"):
         check(url, "--out")
     assert os.listdir(tmp_path) == []
 

@@ -1,0 +1,92 @@
+"""Publish: the finished frames as a live network stream, where DeepStream would use an RTSP or UDP sink.
+
+    segpipe run rtsp://cam.local/stream --out rtsp://server:8554/seg   push to an RTSP server (e.g. MediaMTX)
+    segpipe run drive.mp4 --out udp://239.0.0.1:5000                  MPEG-TS over UDP (also tcp://, srt://)
+    segpipe run 0 --out rtmp://server/live/seg                        FLV to an RTMP server
+
+The encoder is Encode's, with a key frame every second so a viewer can join at any time. A file goes out
+at its own frame rate, as a camera's would (a player fed faster than real time only buffers); a live
+source goes out as its frames come. Only the video is sent. The encoder settings are tried on a local
+file of the same kind before any work; the server is reached when the run starts, and a refused or lost
+connection stops the run with the URL and the reason.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import av
+
+from pipeline.encode import Encode
+from train.errors import InvalidInputError, MediaError
+
+MUXERS = {"rtsp": "rtsp", "rtmp": "flv", "rtmps": "flv", "udp": "mpegts", "tcp": "mpegts", "srt": "mpegts"}
+MUXER_OPTIONS = {"rtsp": {"rtsp_transport": "tcp"}}   # TCP: no lost packets, through firewalls
+PROBE_SUFFIX = {"rtsp": ".ts", "flv": ".flv", "mpegts": ".ts"}   # a local file that muxes alike
+CONNECT_TIMEOUT_S = 10.0
+MAX_WAIT_S = 1.0        # a jump ahead in a file's timestamps longer than this is not waited out
+
+
+def is_url(out) -> bool:
+    return isinstance(out, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", out) is not None
+
+
+def network_muxer(url: str) -> str:
+    """FFmpeg's muxer for sending to ``url``, or a one-line error naming the schemes segpipe sends to."""
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in MUXERS:
+        raise InvalidInputError(f"--out {url}: segpipe streams out to {', '.join(s + '://' for s in MUXERS)}, not "
+                                f"{scheme}://: name one of those, or a local file")
+    return MUXERS[scheme]
+
+
+class Publish(Encode):
+
+    def __init__(self, url: str, width: int, height: int, fps, time_base, *, live: bool, options: dict | None = None,
+                 **encode_options):
+        self.url, self.live = url, live
+        self.muxer = network_muxer(url)
+        gop = {"g": str(max(1, round(float(fps))))}            # a key frame a second: viewers join at once
+        super().__init__(url, width, height, fps, time_base, options={**gop, **(options or {})}, fragment_s=0,
+                         audio=None, **encode_options)
+        self.path = url                                        # what messages name (Path() would mangle it)
+        self.sound = "not sent: network outputs carry the video only"
+        self._clock: float | None = None                       # wall time at which the source's time 0 is due
+
+    @classmethod
+    def from_settings(cls, url: str, width: int, height: int, info, settings) -> Publish:
+        return cls(url, width, height, info.fps, info.time_base, live=info.live, codec=settings.codec,
+                   pix_fmt=settings.pix_fmt, preset=settings.preset, tune=settings.tune, crf=settings.crf,
+                   threads=settings.threads, options=settings.options)
+
+    def preflight(self) -> None:
+        with tempfile.TemporaryDirectory(prefix="segpipe-probe-") as tmp:
+            self._probe_time_base(Path(tmp) / f"probe{PROBE_SUFFIX[self.muxer]}", {})
+
+    def setup(self) -> None:
+        try:   # the header goes out now: a server that refuses is an error before the first frame
+            self.container = av.open(self.url, "w", format=self.muxer, options=MUXER_OPTIONS.get(self.muxer, {}),
+                                     timeout=CONNECT_TIMEOUT_S)
+            self.stream = self._add_stream(self.container)
+            self.container.start_encoding()
+        except (av.FFmpegError, OSError, ValueError) as e:
+            raise MediaError(f"cannot stream to {self.url}: {getattr(e, 'strerror', None) or e}: is the server "
+                             f"running and reachable?") from None
+
+    def process(self, frame):
+        if not self.live:
+            self._wait_until_due(float(frame.pts * frame.time_base))
+        return super().process(frame)
+
+    def _wait_until_due(self, t: float) -> None:
+        now = time.monotonic()
+        if self._clock is None or not -MAX_WAIT_S < self._clock + t - now < MAX_WAIT_S:
+            self._clock = now - t                              # the first frame, or a jump: start the clock here
+        delay = self._clock + t - now
+        if delay > 0:
+            time.sleep(delay)
+
+    def _remove_if_unusable(self, finalised: bool) -> None:
+        """Nothing to remove: what was sent is with the receivers."""
