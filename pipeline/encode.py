@@ -4,7 +4,8 @@ H.264 (libx264, yuv420p) by default (``codec="auto"``: VP9 for .webm, which cann
 the input's timing and frame rate. AVI (a fixed-rate container) and encoders that cannot hold the source's
 time base (mpeg4: denominators up to 65535, not a TS's 1/90000) get one tick per frame (1/fps) instead, the
 pts rescaled into it. Where the input's timestamps go back (files joined end to end, a looped file), the
-output continues them one frame after the last, with a warning. Sizes a chroma-subsampled format cannot
+output continues them one frame after the last, with a warning; a frame late by a frame or less (a damaged
+stream's decoder) goes just after the last, and the frames after it keep their times. Sizes a chroma-subsampled format cannot
 hold (odd width or height for yuv420p) are padded by one row/column (edge replicated).
 
 - Checked at construction (before any thread starts): the extension names a container FFmpeg can
@@ -55,6 +56,7 @@ CODEC_DEFAULTS = {                # encoders whose defaults suit neither live vi
 FRAGMENTED_MUXERS = {"mp4", "mov"}      # FFmpeg's names for the formats that hold their index at the end
 FRAGMENTED_CODECS = {"h264"}            # checked; FFmpeg 8.1 cannot mux HEVC fragments from a flat first frame
 FIXED_RATE_MUXERS = {"avi"}             # a frame per tick of the time base: any other makes the rate wrong
+JOIN_FRAMES = 1                         # timestamps back by more frames start a new recording (fewer: a late frame)
 
 
 def fragmented_options(fragment_s: float) -> dict:
@@ -351,7 +353,7 @@ class Encode(Stage):
         else:                             # default) is several times cheaper than the encoder's conversion
             vf = av.VideoFrame.from_ndarray(image, format="rgb24")
         t = frame.pts * frame.time_base + self._shift
-        if self._last_t is not None and t <= self._last_t:   # went back or repeated: the encoder needs rising pts
+        if self._last_t is not None and t < self._last_t - JOIN_FRAMES / self.fps:   # joined files, a loop
             if not self._stepped_back:                       # once: a looped file goes back at every loop
                 log.warning("the input's timestamps went back at frame %d (to %.3f s after %.3f s): the output "
                             "continues them one frame later", frame.index, float(t - self._shift),
@@ -361,8 +363,8 @@ class Encode(Stage):
             self._shift += step
             t += step
         pts = round(t / self.stream_time_base)     # exact in the source's time base
-        if self._last_pts is not None and pts <= self._last_pts:   # two frames in a tick of 1/fps (VFR)
-            pts = self._last_pts + 1
+        if self._last_pts is not None and pts <= self._last_pts:   # a late frame, or two in a tick of 1/fps
+            pts = self._last_pts + 1               # (the encoder needs rising pts; the rest keep their times)
         self._last_t, self._last_pts = t, pts
         vf.pts, vf.time_base = pts, self.stream_time_base
         self._pending[pts] = frame.t_decoded

@@ -66,6 +66,18 @@ def test_frames_lost_from_a_transport_stream_are_counted_and_reported(tmp_path, 
     assert [decode_index(cv2.imread(str(masks / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED)) for i in before] == before
 
 
+@pytest.mark.parametrize("first, last", [(1, 4), (2, 3), (5, 6), (20, 30)])
+def test_every_frame_after_a_loss_keeps_its_place(tmp_path, settings, first, last):
+    """Intra-only, so every frame that came decodes: each mask is named by the frame it holds, also after a
+    loss in the first frames (before the stream's rate is known)."""
+    src = write_video(tmp_path / "intra.ts", FRAMES, 64, 48, options={"g": "1"})
+    masks = tmp_path / "masks"
+    stats, _ = segment(tmp_path, cut_ts(src, tmp_path / "lost.ts", first, last), settings, masks=masks)
+    assert stats["dropped"] == last - first and stats["frames"] == FRAMES - (last - first)
+    for png in masks.iterdir():
+        assert decode_index(cv2.imread(str(png), cv2.IMREAD_UNCHANGED)) == int(png.stem), png.name
+
+
 @pytest.mark.parametrize("name, kw", [
     ("bframes.ts", {"options": B_FRAMES}),
     ("bframes.mp4", {"options": B_FRAMES}),
