@@ -24,7 +24,7 @@ from engine.fused import fused_segmenter
 from engine.sizes import parse_size
 from train.checkpoint import load_model, resolve_weights
 from train.errors import BackendUnavailableError, InvalidInputError
-from train.model import _valid_out, border_margin, check_input_size, output_size
+from train.model import border_margin, check_input_size, frame_fits, frame_size_for, nearest_frame, output_size
 from train.precision import cpu_has_native_bf16
 
 log = logging.getLogger("segpipe.engine")
@@ -79,10 +79,11 @@ def oriented(size: tuple[int, int], frame_size: tuple[int, int] | None) -> tuple
 
 def model_info(weights, ckpt: dict, model, input_size, frame_size=None) -> ModelInfo:
     """``input_size`` is the model's input, or for a valid U-Net the frame size: the engine mirrors the border
-    (engine.fused), so it labels the frames it is given, by default at the checkpoint's output size."""
+    (engine.fused), so it labels the frames it is given, by default at about the checkpoint's input size (objects
+    at the scale the model was trained at)."""
     cfg = model.config
     if border_margin(cfg):
-        size = parse_size(input_size) or output_size(cfg, *oriented(tuple(ckpt["input_size"]), frame_size))
+        size = parse_size(input_size) or frame_size_for(cfg, *oriented(tuple(ckpt["input_size"]), frame_size))
         check_frame_size(cfg, *size)
         out = size
     else:
@@ -101,18 +102,12 @@ def check_frame_size(cfg, height: int, width: int) -> None:
     each side must exceed the border margin (reflect padding mirrors inside the frame) and, padded by it on
     both sides, be an input the model takes."""
     h, w, m = int(height), int(width), border_margin(cfg)
-
-    def fits(n: int) -> bool:
-        return n > m and _valid_out(cfg.depth, n + 2 * m) is not None
-
-    if fits(h) and fits(w):
+    if frame_fits(cfg, h) and frame_fits(cfg, w):
         return
-    near = [min((c for c in range(m + 1, max(n, m) + 2 ** (cfg.depth + 1)) if fits(c)), key=lambda c: abs(c - n))
-            for n in (h, w)]
     why = (f"each side must exceed the {m} pixels mirrored at its border" if min(h, w) <= m else
            f"padded by {m} a side, {h + 2 * m}x{w + 2 * m} is not an input it takes")
     raise InvalidInputError(f"frame size {h}x{w} does not fit an unpadded U-Net of depth {cfg.depth} ({why}): "
-                            f"use --size {near[0]}x{near[1]}")
+                            f"use --size {nearest_frame(cfg, h)}x{nearest_frame(cfg, w)}")
 
 
 def load(weights=None, backend: str = "auto", precision: str = "fp16", device=None, max_batch: int = 8,
@@ -121,7 +116,7 @@ def load(weights=None, backend: str = "auto", precision: str = "fp16", device=No
 
     ``input_size`` (H, W) or "HxW": the model's input (default: the checkpoint's, turned to portrait when
     ``frame_size``, the (H, W) of the frames it will see, is portrait and the checkpoint landscape); for a
-    valid U-Net the size of the frames it labels (default: the checkpoint's output size; see model_info).
+    valid U-Net the size of the frames it labels (default: about the checkpoint's input size; see model_info).
     ``rebuild`` ignores cached artefacts for this key (TensorRT engine, CPU backend race) and makes them anew.
     """
     if backend not in BACKENDS:

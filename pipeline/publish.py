@@ -6,12 +6,14 @@
 
 The encoder is Encode's, with a key frame every second so a viewer can join at any time. A file goes out
 at its own frame rate, as a camera's would (a player fed faster than real time only buffers); a live
-source goes out as its frames come. Only the video is sent. The encoder settings are tried on a local
+source goes out as its frames come (so for a file, the statistics' encode time and latency include that
+pacing). Only the video is sent. The encoder settings are tried on a local
 file of the same kind before any work; the server is reached when the run starts, and a refused or lost
 connection stops the run with the URL and the reason.
 """
 from __future__ import annotations
 
+import errno
 import re
 import tempfile
 import time
@@ -26,6 +28,7 @@ MUXERS = {"rtsp": "rtsp", "rtmp": "flv", "rtmps": "flv", "udp": "mpegts", "tcp":
 MUXER_OPTIONS = {"rtsp": {"rtsp_transport": "tcp"}}   # TCP: no lost packets, through firewalls
 PROBE_SUFFIX = {"rtsp": ".ts", "flv": ".flv", "mpegts": ".ts"}   # a local file that muxes alike
 CONNECT_TIMEOUT_S = 10.0
+UNREACHABLE = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH}
 MAX_WAIT_S = 1.0        # a jump ahead in a file's timestamps longer than this is not waited out
 
 
@@ -51,7 +54,6 @@ class Publish(Encode):
         gop = {"g": str(max(1, round(float(fps))))}            # a key frame a second: viewers join at once
         super().__init__(url, width, height, fps, time_base, options={**gop, **(options or {})}, fragment_s=0,
                          audio=None, **encode_options)
-        self.path = url                                        # what messages name (Path() would mangle it)
         self.sound = "not sent: network outputs carry the video only"
         self._clock: float | None = None                       # wall time at which the source's time 0 is due
 
@@ -62,6 +64,7 @@ class Publish(Encode):
                    threads=settings.threads, options=settings.options)
 
     def preflight(self) -> None:
+        self.path = self.url                                   # what messages name (Path() would mangle it)
         with tempfile.TemporaryDirectory(prefix="segpipe-probe-") as tmp:
             self._probe_time_base(Path(tmp) / f"probe{PROBE_SUFFIX[self.muxer]}", {})
 
@@ -72,8 +75,9 @@ class Publish(Encode):
             self.stream = self._add_stream(self.container)
             self.container.start_encoding()
         except (av.FFmpegError, OSError, ValueError) as e:
-            raise MediaError(f"cannot stream to {self.url}: {getattr(e, 'strerror', None) or e}: is the server "
-                             f"running and reachable?") from None
+            unreachable = getattr(e, "errno", None) in UNREACHABLE
+            raise MediaError(f"cannot stream to {self.url}: {getattr(e, 'strerror', None) or e}"
+                             f"{': is the server running and reachable?' if unreachable else ''}") from None
 
     def process(self, frame):
         if not self.live:

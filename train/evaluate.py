@@ -13,7 +13,7 @@ from train.checkpoint import load_model
 from train.data import FrameSet, find_pairs, read_pair, split_by_runs
 from train.errors import InvalidInputError
 from train.metrics import ConfusionMatrix
-from train.model import border_margin, center_crop, output_size
+from train.model import border_margin, center_crop, frame_size_for
 from train.trainer import DEFAULTS, evaluate, normalizer, pick_device
 
 log = logging.getLogger("segpipe.train")
@@ -47,11 +47,11 @@ def evaluate_native(model, pairs, size: tuple[int, int], normalize, device, num_
                     batch_size: int = 16) -> ConfusionMatrix:
     """The labels segpipe writes, scored against the full-size masks: each frame scaled to the model's
     ``size`` (INTER_AREA, as the preprocess stage does), its labels scaled back to the frame's own size
-    (INTER_NEAREST_EXACT, as the colourise stage does). A valid U-Net runs as the engine runs it: at its
-    output size for ``size``, the input mirrored at the border (engine.fused), so the labels cover the frame."""
+    (INTER_NEAREST_EXACT, as the colourise stage does). A valid U-Net runs as the engine runs it: at the
+    frame size for ``size``, the input mirrored at the border (engine.fused), so the labels cover the frame."""
     model.eval()
     cm = ConfusionMatrix(num_classes)
-    h, w = output_size(model.config, *size)
+    h, w = frame_size_for(model.config, *size)
     margin = border_margin(model.config)
     if margin and min(h, w) <= margin:  # reflect padding mirrors inside the frame (segpipe run refuses it too)
         raise InvalidInputError(f"a valid U-Net's {h}x{w} output (from its {size[0]}x{size[1]} input) is too small to "

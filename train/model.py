@@ -186,6 +186,25 @@ def border_margin(cfg: UNetConfig) -> int:
     return (n - output_size(cfg, n, n)[0]) // 2
 
 
+def frame_size_for(cfg: UNetConfig, height: int, width: int) -> tuple[int, int]:
+    """The frames a model labels, for an input of (height, width): that size with same padding; for a valid
+    U-Net (whose border the engine mirrors) the nearest size that, mirrored, is an input it takes, so a
+    frame resized to it shows objects at the scale the model was trained at."""
+    return (height, width) if cfg.padding == "same" else (nearest_frame(cfg, height), nearest_frame(cfg, width))
+
+
+def frame_fits(cfg: UNetConfig, n: int) -> bool:
+    """A valid U-Net labels a frame side of ``n``: more than its margin, and an input once mirrored."""
+    m = border_margin(cfg)
+    return n > m and _valid_out(cfg.depth, n + 2 * m) is not None
+
+
+def nearest_frame(cfg: UNetConfig, n: int) -> int:
+    m = border_margin(cfg)
+    return min((c for c in range(m + 1, max(n, m) + 2 ** (cfg.depth + 1)) if frame_fits(cfg, c)),
+               key=lambda c: abs(c - n))
+
+
 def _valid_out(depth: int, n: int) -> int | None:
     """Output length of the unpadded U-Net for input length n, or None if n does not fit."""
     for _ in range(depth):

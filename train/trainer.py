@@ -154,7 +154,8 @@ def _int(lo):
 
 
 def _num(lo, strict=False):
-    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and (v > lo if strict else v >= lo)
+    return lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                      and (v > lo if strict else v >= lo))
 
 
 def _size(v):
@@ -284,7 +285,10 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
         pairs = pairs[:max_frames]
     train_pairs, val_pairs = split_by_runs(pairs, cfg["val_every"], cfg["run_gap"], cfg["same_scene"])
     split = {"train": [p.stem for p in train_pairs], "val": [p.stem for p in val_pairs]}
-    if state is not None and state.get("split", split) != split:
+    recorded = state.get("split") if state is not None else None
+    if state is not None and recorded is None and (out / "split.json").is_file():
+        recorded = json.loads((out / "split.json").read_text())    # a run from before checkpoints kept it
+    if recorded is not None and recorded != split:
         raise InvalidInputError(f"--resume: the frames of {data} split differently from when {out} started "
                                 f"(frames added or removed, or val_every/run_gap/same_scene changed): resume with "
                                 f"the same data and config, or start afresh with another --out")

@@ -20,7 +20,9 @@ from train.metrics import ConfusionMatrix
 from train.model import MODEL_CONFIGS, border_margin, create_model, output_size
 
 VALID_SIZE = (284, 316)   # the checkpoint's input: depth 4 gives 100x132 labels, just over the 92-pixel border
-FRAME_SIZE = (100, 132)
+OUT_SIZE = (100, 132)      # the centre it labels of such an input (what training and eval score)
+FRAME_SIZE = (276, 308)    # the frames it labels by default: the nearest size that, mirrored by 92 a side, is an
+                           # input (so frames resized to it show objects at the training scale)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,7 @@ def test_border_margin_is_what_a_valid_unet_loses():
 @pytest.mark.parametrize("backend", ["torch-cpu", "onnxruntime"])
 def test_cpu_backends_label_the_whole_frame(valid_ckpt, backend):
     b = engine.load(valid_ckpt, backend=backend, precision="fp32", max_batch=4)
-    assert b.input_size == b.output_size == FRAME_SIZE      # the checkpoint's output size, by default
+    assert b.input_size == b.output_size == FRAME_SIZE      # by default
     frames = sample_frames(FRAME_SIZE, 3)
     labels = b(frames)
     assert labels.dtype == torch.uint8 and tuple(labels.shape) == (3, *FRAME_SIZE)
@@ -97,7 +99,7 @@ def test_run_writes_masks_of_the_frames_size_scored_as_eval_native(valid_ckpt, c
     assert len(written) == 12
     assert all(cv2.imread(str(p), cv2.IMREAD_UNCHANGED).shape == (240, 320) for p in written)
     # aligned with the frame (not the centre's labels stretched over it): as the pipeline scales the frame
-    # to 100x132 and the labels back
+    # to 276x308 and the labels back
     frame = cv2.cvtColor(cv2.imread(str(sorted((carla_dir / "CameraRGB").iterdir())[0])), cv2.COLOR_BGR2RGB)
     small = torch.from_numpy(cv2.resize(frame, FRAME_SIZE[::-1], interpolation=cv2.INTER_AREA)).permute(2, 0, 1)
     want = cv2.resize(reference_labels(valid_ckpt, small[None])[0].numpy(), (320, 240),
@@ -119,7 +121,7 @@ def test_eval_and_its_grid(valid_ckpt, carla_dir, tmp_path, native):
     assert result["frames"] == 12 and result["scored_at"] == ("native" if native else "284x316")
     assert 0 <= result["pixel_accuracy"] <= 1
     # rows of input | ground truth | prediction, each the centre the prediction covers
-    assert cv2.imread(str(grid)).shape == (4 * FRAME_SIZE[0], 3 * FRAME_SIZE[1], 3)
+    assert cv2.imread(str(grid)).shape == (4 * OUT_SIZE[0], 3 * OUT_SIZE[1], 3)
     assert np.isfinite(result["miou"])
 
 

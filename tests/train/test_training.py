@@ -227,6 +227,8 @@ def test_cli_user_errors_are_one_line(carla_dir, capsys):
     ("batch_size: [", "not valid YAML at line 2, column 1"),
     ("- 1", "must be a mapping of settings"),
     ("loss: dice", "loss is 'dice' but must be ce or ce\\+lovasz"),
+    ("lr: .inf", "lr is inf but must be a number > 0"),
+    ("same_scene: .nan", "same_scene is nan but must be a number >= 0"),
     ("{model: unet_tiny, input_size: [48, 64], crop: [96, 96]}", r"crop \[96, 96\] is larger than input_size"),
 ])
 def test_bad_training_configs_are_one_line(carla_dir, tmp_path, capsys, text, match):
@@ -290,3 +292,17 @@ def test_every_training_config_builds_its_model(name):
     check_input_size(model.config, *settings["input_size"])
     if settings["crop"]:
         check_input_size(model.config, *settings["crop"])
+
+
+def test_a_run_from_before_checkpoints_kept_the_split_resumes_only_on_its_split_json(carla_dir, tiny_config, tmp_path):
+    out = tmp_path / "run"
+    train(carla_dir, out, config=tiny_config, epochs=1)
+    state = load_checkpoint(out / "last.pt")
+    del state["split"]                                     # as an older segpipe wrote it
+    save_checkpoint(state, out / "last.pt")
+    split = json.loads((out / "split.json").read_text())
+    (out / "split.json").write_text(json.dumps({"train": split["val"], "val": split["train"]}))
+    with pytest.raises(InvalidInputError, match="split differently from when .* started"):
+        train(carla_dir, out, config=tiny_config, epochs=2, resume=True)
+    (out / "split.json").write_text(json.dumps(split))
+    assert train(carla_dir, out, config=tiny_config, epochs=2, resume=True)["epoch"] >= 0
