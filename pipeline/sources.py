@@ -242,10 +242,10 @@ class VideoSource:
     def frames(self):
         """Frames as RGB at a fixed (upright) size, with their pts; frames without one get the last + 1/fps.
 
-        Each frame's index is its place in the source: where lost frames are counted (not MP4/MOV, not
-        cameras) and the pts stay on the frame grid, its pts tells it, so frames missing before it leave
-        their numbers unused (also when a damaged stream's decoder gives frames out of order); otherwise it
-        is its order plus the frames skipped so far.
+        Each frame's index is its place in the source: where frames can be missing (lost frames are counted:
+        not MP4/MOV, not cameras; or packets did not decode) and the pts stay on the frame grid, its pts
+        tells it, so frames missing before it leave their numbers unused (also when a damaged stream's
+        decoder gives frames out of order); otherwise it is its order plus the frames skipped so far.
 
         At the end of the stream (the decoder flushed), every packet should have given a frame: those that
         did not are counted, and so are the frames whose packets never came (``PtsGaps``)."""
@@ -256,7 +256,7 @@ class VideoSource:
         max_jump = MAX_GAP_S / tb                           # in pts; and in frames:
         max_skip = MAX_GAP_S * self.info.fps
         n, first_pts, last_pts, max_pts = 0, None, None, None
-        regular = self._gaps is not None    # pts on one frame grid give the index (where gaps are counted)
+        regular = True                  # pts on one frame grid (constant rate): they can give the index
         base, top, recent = 0, -1, collections.deque(maxlen=RECENT_INDICES)
         decoded = self._decoded if self._first is None else itertools.chain([self._first], self._decoded)
         self._first = None
@@ -271,7 +271,8 @@ class VideoSource:
                 gap = round(delta / per_frame)
                 if gap < 1 or abs(delta - gap * per_frame) > tolerance or delta > max_jump:
                     regular = False     # off the frame grid (variable frame rate), or a discontinuity
-            index = base + round((pts - first_pts) / per_frame) if regular else None
+            by_pts = regular and (self._gaps is not None or self.undecodable)   # where frames can be missing
+            index = base + round((pts - first_pts) / per_frame) if by_pts else None
             if index is None or index in recent or not top - RECENT_INDICES < index <= top + max_skip:
                 index = max(top + 1, n + self.skipped)      # by order (also after a pts discontinuity)
             recent.append(index)
