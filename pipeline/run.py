@@ -209,7 +209,7 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     if pipe.drops or source.skipped:                 # never silent: say where frames went
         where = ", ".join(f"{q.drops} at {q.name} ({q.policy})" for q in pipe.queues if q.drops)
         withheld, lost = getattr(source, "withheld", 0), getattr(source, "lost", 0)
-        damaged_packets = source.skipped - withheld - lost
+        damaged_packets = source.skipped - withheld - lost     # undecodable packets (images: unreadable files)
         parts = [f"{damaged_packets} damaged" if damaged_packets else "",
                  f"{withheld} {'that depend on them' if damaged_packets else 'the decoder did not give back'}"
                  if withheld else "",

@@ -268,8 +268,7 @@ class VideoSource:
                 first_pts, base, self._interlaced = pts, self.skipped, bool(frame.interlaced_frame)
             elif regular and pts > max_pts:             # (a damaged stream's decoder may give some late)
                 delta = pts - max_pts
-                gap = round(delta / per_frame)
-                if gap < 1 or abs(delta - gap * per_frame) > tolerance or delta > max_jump:
+                if frame_steps(delta, per_frame, tolerance) is None or delta > max_jump:
                     regular = False     # off the frame grid (variable frame rate), or a discontinuity
             by_pts = regular and (self._gaps is not None or self.undecodable)   # where frames can be missing
             index = base + round((pts - first_pts) / per_frame) if by_pts else None
@@ -388,14 +387,20 @@ class PtsGaps:
         if delta > self.max_gap:
             self.jump_s = max(self.jump_s, float(delta * self.time_base))
             return
-        frames = round(delta / self.step)
-        if frames < 1 or abs(delta - frames * self.step) > self.tolerance:
+        frames = frame_steps(delta, self.step, self.tolerance)
+        if frames is None:
             self.regular = False
         elif frames == 1:
             self.steps += 1
         else:
             self.jumps += 1
             self.missing += frames - 1
+
+
+def frame_steps(delta, step, tolerance) -> int | None:
+    """How many frames of ``step`` a pts ``delta`` spans (1: the next frame), or None off the frame grid."""
+    frames = round(delta / step)
+    return frames if frames >= 1 and abs(delta - frames * step) <= tolerance else None
 
 
 def is_mov(container) -> bool:

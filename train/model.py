@@ -34,15 +34,16 @@ class UNetConfig:
                 raise InvalidInputError(f"model option {name} is {value!r} but must be {valid}")
 
 
-def _int(lo: int):
+def is_int(lo: int):
+    """A check for an int >= ``lo`` (not a bool), for config tables."""
     return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
 
 
 OPTION_CHECKS = {   # field: (test, what a valid value is)
-    "num_classes": (_int(2), "an integer >= 2, e.g. 23"),
-    "in_channels": (_int(1), "an integer >= 1, e.g. 3"),
-    "base_filters": (_int(1), "an integer >= 1, e.g. 32"),
-    "depth": (_int(1), "an integer >= 1, e.g. 4"),
+    "num_classes": (is_int(2), "an integer >= 2, e.g. 23"),
+    "in_channels": (is_int(1), "an integer >= 1, e.g. 3"),
+    "base_filters": (is_int(1), "an integer >= 1, e.g. 32"),
+    "depth": (is_int(1), "an integer >= 1, e.g. 4"),
     "dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
                 "a number with 0 <= dropout < 1, e.g. 0.3"),
     "batch_norm": (lambda v: isinstance(v, bool), "true or false"),

@@ -24,7 +24,7 @@ from train.distributed import World, all_reduce_sum
 from train.data import SAME_SCENE, FrameSet, class_frequencies, find_pairs, split_by_runs
 from train.errors import InputNotFoundError, InvalidInputError
 from train.metrics import ConfusionMatrix, class_weights_from_frequencies, lovasz_softmax, pixel_cross_entropy
-from train.model import center_crop, check_input_size, config_to_dict, create_model
+from train.model import center_crop, check_input_size, config_to_dict, create_model, is_int
 from train.paths import read_yaml, writable_folder
 from train.precision import autocast_dtype
 
@@ -149,17 +149,13 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "precision": "--precision", "init_weights": "--init"}
 
 
-def _int(lo):
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
-
-
 def _num(lo, strict=False):
     return lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                       and (v > lo if strict else v >= lo))
 
 
 def _size(v):
-    return isinstance(v, (list, tuple)) and len(v) == 2 and all(_int(1)(x) for x in v)
+    return isinstance(v, (list, tuple)) and len(v) == 2 and all(is_int(1)(x) for x in v)
 
 
 CHECKS = {   # key: (test, what a valid value is)
@@ -167,8 +163,8 @@ CHECKS = {   # key: (test, what a valid value is)
     "model_options": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
                       "a mapping of option names, e.g. {base_filters: 32}"),
     "input_size": (_size, "[height, width], e.g. [144, 192]"),
-    "epochs": (_int(1), "an integer >= 1"),
-    "batch_size": (_int(1), "an integer >= 1"),
+    "epochs": (is_int(1), "an integer >= 1"),
+    "batch_size": (is_int(1), "an integer >= 1"),
     "lr": (_num(0, strict=True), "a number > 0, e.g. 0.003"),
     "weight_decay": (_num(0), "a number >= 0"),
     "class_weights": (lambda v: v in ("inverse_sqrt", "none"), "inverse_sqrt or none"),
@@ -179,11 +175,11 @@ CHECKS = {   # key: (test, what a valid value is)
     "crop": (lambda v: v is None or _size(v), "null or [height, width]"),
     "zoom": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_num(0, True)(x) for x in v)
              and v[0] <= v[1], "[low, high] with 0 < low <= high, e.g. [1.0, 1.6]"),
-    "val_every": (_int(2), "an integer >= 2 (every Nth run of frames is validation)"),
-    "run_gap": (_int(1), "an integer >= 1"),
+    "val_every": (is_int(2), "an integer >= 2 (every Nth run of frames is validation)"),
+    "run_gap": (is_int(1), "an integer >= 1"),
     "same_scene": (_num(0), "a number >= 0 (0 joins runs by frame numbers only)"),
     "precision": (lambda v: v in ("auto", "fp32", "bf16", "fp16"), "auto, fp32, bf16 or fp16"),
-    "seed": (_int(0), "an integer >= 0"),
+    "seed": (is_int(0), "an integer >= 0"),
     "init_weights": (lambda v: v is None or isinstance(v, str), "null or a checkpoint path"),
 }
 
