@@ -4,7 +4,7 @@ H.264 (libx264, yuv420p) by default (``codec="auto"``: VP9 for .webm, which cann
 the input's timing and frame rate. AVI (a fixed-rate container) and encoders that cannot hold the source's
 time base (mpeg4: denominators up to 65535, not a TS's 1/90000) get one tick per frame (1/fps) instead, the
 pts rescaled into it. Where the input's timestamps go back (files joined end to end, a looped file), the
-output continues them one frame after the last, with a warning; a frame late by a frame or less (a damaged
+output continues them one frame after the last, with a warning; a single frame that comes late (a damaged
 stream's decoder) goes just after the last, and the frames after it keep their times. Sizes a chroma-subsampled format cannot
 hold (odd width or height for yuv420p) are padded by one row/column (edge replicated).
 
@@ -56,7 +56,6 @@ CODEC_DEFAULTS = {                # encoders whose defaults suit neither live vi
 FRAGMENTED_MUXERS = {"mp4", "mov"}      # FFmpeg's names for the formats that hold their index at the end
 FRAGMENTED_CODECS = {"h264"}            # checked; FFmpeg 8.1 cannot mux HEVC fragments from a flat first frame
 FIXED_RATE_MUXERS = {"avi"}             # a frame per tick of the time base: any other makes the rate wrong
-JOIN_FRAMES = 1                         # timestamps back by more frames start a new recording (fewer: a late frame)
 
 
 def fragmented_options(fragment_s: float) -> dict:
@@ -158,7 +157,8 @@ class Encode(Stage):
         self.stream_time_base = self.time_base   # set by preflight: 1/fps where the source's cannot be written
         self._pending: dict[int, float] = {}     # pts (as encoded) -> t_decoded of frames inside the encoder
         self._shift = Fraction(0)                # s added to the source's times since they went back
-        self._last_t: Fraction | None = None     # the last frame's time in the output, in s
+        self._last_t: Fraction | None = None     # the latest frame's time in the output, in s
+        self._back = None                        # the frame before went back: (its time, where it went, last)
         self._last_pts = None
         self._stepped_back = False               # the input's timestamps went back (warned once)
         self._flushed = False
@@ -273,7 +273,7 @@ class Encode(Stage):
         try:
             container = av.open(str(path), "w", options=muxer_options)
         except (av.FFmpegError, OSError, ValueError):
-            raise InvalidInputError(f"{self.flag} {self.path}: FFmpeg cannot write {self.path.suffix} files: use .mp4 "
+            raise InvalidInputError(f"{self.flag} {self.path}: FFmpeg cannot write {self.holder}: use .mp4 "
                                     f"or .mkv (or .mov, .avi, .webm)") from None
         try:
             stream = self._add_stream(container)
@@ -301,13 +301,19 @@ class Encode(Stage):
                 if audio is not None:     # the trailer describes the sound too, and can refuse it
                     raise InvalidInputError(f"cannot finish a file with this sound ({e})") from None
 
+    holds_any = "use .mkv, which holds any codec, or another --codec"
+
+    @property
+    def holder(self) -> str:
+        """What the output is, in messages (``.webm files``)."""
+        return f"{self.path.suffix} files"
+
     def _add_stream(self, container):
         try:
             stream = container.add_stream(self.codec, rate=self.fps)
         except (av.FFmpegError, ValueError) as e:
             if "does not support" in str(e):
-                raise InvalidInputError(f"{self.path.suffix} files cannot hold {self.codec} ({e}): use .mkv, "
-                                        f"which holds any codec, or another --codec") from None
+                raise InvalidInputError(f"{self.holder} cannot hold {self.codec} ({e}): {self.holds_any}") from None
             raise InvalidInputError(f"cannot encode with {self.codec!r} ({e}): use e.g. --codec libx264, "
                                     f"libx265, libvpx-vp9 or mpeg4") from None
         stream.width, stream.height = self.size
@@ -352,20 +358,26 @@ class Encode(Stage):
             vf = av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
         else:                             # default) is several times cheaper than the encoder's conversion
             vf = av.VideoFrame.from_ndarray(image, format="rgb24")
-        t = frame.pts * frame.time_base + self._shift
-        if self._last_t is not None and t < self._last_t - JOIN_FRAMES / self.fps:   # joined files, a loop
-            if not self._stepped_back:                       # once: a looped file goes back at every loop
-                log.warning("the input's timestamps went back at frame %d (to %.3f s after %.3f s): the output "
-                            "continues them one frame later", frame.index, float(t - self._shift),
-                            float(self._last_t - self._shift))
-            self._stepped_back = True
-            step = self._last_t + 1 / self.fps - t          # one frame after the last, for all that follow
-            self._shift += step
-            t += step
+        source_t = frame.pts * frame.time_base
+        t = source_t + self._shift
+        if self._last_t is not None and t < self._last_t - 1 / self.fps:     # back by more than a frame
+            if self._back is not None and source_t > self._back[0]:    # and the next too: a new recording
+                self._shift = self._back[1] - self._back[0]             # (joined files, a loop) goes on from
+                t = source_t + self._shift                              # where its first frame was put
+                if not self._stepped_back:                              # once: a looped file goes back at
+                    log.warning("the input's timestamps went back at frame %d (to %.3f s after %.3f s): the "
+                                "output continues them one frame later", frame.index - 1, float(self._back[0]),
+                                float(self._back[2]))                   # every loop
+                self._stepped_back, self._back = True, None
+            else:             # a late frame (a damaged stream's decoder), or a new recording's first: next
+                self._back = (source_t, self._last_t + 1 / self.fps, self._last_t - self._shift)
+                t = self._back[1]
+        else:
+            self._back = None
         pts = round(t / self.stream_time_base)     # exact in the source's time base
         if self._last_pts is not None and pts <= self._last_pts:   # a late frame, or two in a tick of 1/fps
             pts = self._last_pts + 1               # (the encoder needs rising pts; the rest keep their times)
-        self._last_t, self._last_pts = t, pts
+        self._last_t, self._last_pts = t if self._last_t is None else max(t, self._last_t), pts
         vf.pts, vf.time_base = pts, self.stream_time_base
         self._pending[pts] = frame.t_decoded
         with self._writing():

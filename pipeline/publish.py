@@ -63,6 +63,12 @@ class Publish(Encode):
                    pix_fmt=settings.pix_fmt, preset=settings.preset, tune=settings.tune, crf=settings.crf,
                    threads=settings.threads, options=settings.options)
 
+    holds_any = "use --codec libx264"
+
+    @property
+    def holder(self) -> str:
+        return f"{self.muxer} streams"
+
     def preflight(self) -> None:
         self.path = self.url                                   # what messages name (Path() would mangle it)
         with tempfile.TemporaryDirectory(prefix="segpipe-probe-") as tmp:

@@ -322,7 +322,8 @@ def _closed(out, masks, frames: int | None = None) -> str:
     """What the outputs hold after a stop or a failure."""
     parts = []
     if is_url(out):
-        parts.append(f"the {plural(frames, 'frame')} done were sent to {out}" if frames is not None
+        parts.append(f"nothing was sent to {out}" if frames == 0 else
+                     f"the {plural(frames, 'frame')} done were sent to {out}" if frames is not None
                      else f"what was processed was sent to {out}")
     elif out is not None:
         if Path(out).exists():

@@ -42,6 +42,7 @@ from train.errors import InputNotFoundError, InvalidInputError, MediaError, Unre
 log = logging.getLogger("segpipe.pipeline")
 
 LIVE_SCHEMES = {"rtsp", "rtsps", "rtmp", "rtmps", "udp", "rtp", "srt", "tcp"}
+LOSSY_SCHEMES = {"rtsp", "rtsps", "udp", "rtp", "srt"}    # may carry media over datagrams: packets can be lost
 TS_PACKET_SIZES = (188, 192, 204)     # MPEG-TS, M2TS (Blu-ray, AVCHD), TS with Reed-Solomon bytes (DVB)
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 MAX_SKIP_WARNINGS = 3      # undecodable packets listed one by one; the rest are counted
@@ -176,8 +177,10 @@ class VideoSource:
         self.exact_frames = int(stream.frames) or None       # what the container says (MP4), if it does
         self._step = 1 / (fps * time_base)                   # pts per frame, exactly
         mov = is_mov(self.container)
-        # an MP4's index lists every frame, so a pts gap there is its timing, not a loss; a camera's pts are its clock
-        self._gaps = None if mov or kind == "camera" else PtsGaps(self._step, time_base)
+        # only a transport stream or a datagram protocol loses packets on the way; elsewhere (an MKV made
+        # with frames left out, a camera's clock) a pts gap is the video's own timing
+        lossy = self.container.format.name == "mpegts" or scheme in LOSSY_SCHEMES
+        self._gaps = PtsGaps(self._step, time_base) if lossy and not mov else None
         self._interlaced = False
         frames = self.exact_frames
         self.duration_s = promised_seconds(self.container, stream)  # for noticing a file that ends early
@@ -265,7 +268,8 @@ class VideoSource:
             if pts is None:
                 pts = 0 if last_pts is None else last_pts + step
             if first_pts is None:
-                first_pts, base, self._interlaced = pts, self.skipped, bool(frame.interlaced_frame)
+                # frames before this one that did not decode (gaps the read-ahead saw come after it)
+                first_pts, base, self._interlaced = pts, self.undecodable, bool(frame.interlaced_frame)
             elif regular and pts > max_pts:             # (a damaged stream's decoder may give some late)
                 delta = pts - max_pts
                 if frame_steps(delta, per_frame, tolerance) is None or delta > max_jump:

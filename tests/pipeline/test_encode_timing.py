@@ -67,7 +67,9 @@ def test_a_late_frame_does_not_delay_the_frames_after_it(tmp_path, caplog):
     times (and stay in step with the sound)."""
     with caplog.at_level(logging.WARNING, "segpipe.pipeline"):
         encode_pts(tmp_path, [0, 50, 100, 200, 150, 250, 300])
-    assert probe(tmp_path / "out.mkv")["pts"] == [0, 50, 100, 200, 201, 250, 300]
+        assert probe(tmp_path / "out.mkv")["pts"] == [0, 50, 100, 200, 201, 250, 300]
+        encode_pts(tmp_path, [0, 50, 100, 150, 200, 250, 300, 350, 50, 400, 450])       # 7 frames late
+        assert probe(tmp_path / "out.mkv")["pts"] == [0, 50, 100, 150, 200, 250, 300, 350, 400, 401, 450]
     assert "went back" not in caplog.text
 
 

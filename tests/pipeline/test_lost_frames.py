@@ -85,6 +85,7 @@ def test_every_frame_after_a_loss_keeps_its_place(tmp_path, settings, first, las
     ("late.mkv", {"pts": [1000 + 50 * i for i in range(FRAMES)], "time_base": Fraction(1, 1000)}),  # not at 0
     ("vfr.ts", {"pts": [0, 50, 100, 300, 350, 700, 710, 720, 1000, 1500], "time_base": Fraction(1, 1000)}),
     ("vfr.mkv", {"pts": [0, 50, 100, 300, 350, 700, 710, 720, 1000, 1500], "time_base": Fraction(1, 1000)}),
+    ("decimated.mkv", {"pts": [50 * i for i in range(FRAMES) if i % 10 != 5], "time_base": Fraction(1, 1000)}),
 ])
 def test_clean_streams_drop_nothing(tmp_path, settings, caplog, name, kw):
     frames = len(kw.get("pts", range(FRAMES)))
