@@ -46,6 +46,8 @@ def network_muxer(url: str) -> str:
 
 
 class Publish(Encode):
+    """Encode, sent to ``url`` (see the module's docstring)."""
+    holds_any = "use --codec libx264"          # what to do when the stream's format refuses a codec
 
     def __init__(self, url: str, width: int, height: int, fps, time_base, *, live: bool, options: dict | None = None,
                  **encode_options):
@@ -62,8 +64,6 @@ class Publish(Encode):
         return cls(url, width, height, info.fps, info.time_base, live=info.live, codec=settings.codec,
                    pix_fmt=settings.pix_fmt, preset=settings.preset, tune=settings.tune, crf=settings.crf,
                    threads=settings.threads, options=settings.options)
-
-    holds_any = "use --codec libx264"
 
     @property
     def holder(self) -> str:
