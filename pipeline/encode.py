@@ -171,14 +171,15 @@ class Encode(Stage):
 
     @classmethod
     def from_settings(cls, path, width: int, height: int, info, settings, threads: int | None = None,
-                      audio: bool = False) -> Encode:
+                      audio: bool = False, **extra) -> Encode:
         """An encoder for a source's timing (``info``: fps, time_base) with the ``encode:`` settings;
         ``audio``: copy the source's sound too (files only, and only if ``encode.audio``)."""
         copy = audio and settings.audio
         encoder = cls(path, width, height, info.fps, info.time_base, codec=settings.codec, pix_fmt=settings.pix_fmt,
                       preset=settings.preset, tune=settings.tune, crf=settings.crf,
                       threads=settings.threads if threads is None else threads, options=settings.options,
-                      fragment_s=settings.fragment_s, audio=info.path if copy and info.kind == "file" else None)
+                      fragment_s=settings.fragment_s, audio=info.path if copy and info.kind == "file" else None,
+                      **extra)
         if copy and info.kind != "file":
             encoder.sound = ("none in the input" if info.kind in ("images", "arrays") else
                              f"not copied: only a file's sound is copied, not a {info.kind}'s")
@@ -227,17 +228,17 @@ class Encode(Stage):
         try:
             if audio.track is None:
                 return
-            if self.path.suffix.lower() == ".avi":     # AVI delays H.264 by a frame on reading, not the sound
+            if self.probe_suffix.lower() == ".avi":    # AVI delays H.264 by a frame on reading, not the sound
                 self.sound = "not copied: .avi files cannot keep it in step"
                 log.warning("the input's sound cannot be kept in step in .avi files, so %s is silent: write "
                             ".mp4 or .mkv to keep it, or pass --no-audio", self.path)
                 return
             with tempfile.TemporaryDirectory(prefix="segpipe-probe-") as tmp:
-                self._probe(Path(tmp) / f"probe{self.path.suffix}", self.muxer_options, audio)
+                self._probe(Path(tmp) / f"probe{self.probe_suffix}", self.muxer_options, audio)
         except (InvalidInputError, av.FFmpegError, ValueError):    # ValueError: a format that cannot hold it
-            self.sound = f"not copied: {self.path.suffix} files cannot hold {audio.codec}"
-            log.warning("the input's sound (%s) cannot go into %s files, so %s is silent: write .mkv to keep "
-                        "it, or pass --no-audio", audio.codec, self.path.suffix, self.path)
+            self.sound = f"not copied: {self.holder} cannot hold {audio.codec}"
+            log.warning("the input's sound (%s) cannot go into %s, so %s is silent: write .mkv to keep "
+                        "it, or pass --no-audio", audio.codec, self.holder, self.path)
             return
         finally:
             audio.close()
@@ -308,6 +309,11 @@ class Encode(Stage):
         """What the output is, in messages (``.webm files``)."""
         return f"{self.path.suffix} files"
 
+    @property
+    def probe_suffix(self) -> str:
+        """A file name's ending that muxes as the output does (for the probe files)."""
+        return self.path.suffix
+
     def _add_stream(self, container):
         try:
             stream = container.add_stream(self.codec, rate=self.fps)
@@ -336,6 +342,10 @@ class Encode(Stage):
         except (av.FFmpegError, OSError, ValueError) as e:
             raise MediaError(f"cannot write {self.path}: {getattr(e, 'strerror', None) or e} (does the folder "
                              f"exist and can it be written?)") from None
+        self._add_tracks()
+
+    def _add_tracks(self) -> None:
+        """The video stream, and the sound copied from the input where preflight found it can go in."""
         self.stream = self._add_stream(self.container)
         if self.audio_source is not None:
             try:

@@ -7,7 +7,8 @@
 The encoder is Encode's, with a key frame every second so a viewer can join at any time. A file goes out
 at its own frame rate, as a camera's would (a player fed faster than real time only buffers); a live
 source goes out as its frames come (so for a file, the statistics' encode time and latency include that
-pacing). Only the video is sent. The encoder settings are tried on a local
+pacing). A file's sound goes with it, copied as it is, where the stream's format holds it (MPEG-TS and FLV
+hold AAC and MP3). The encoder settings are tried on a local
 file of the same kind before any work; the server is reached when the run starts, and a refused or lost
 connection stops the run with the URL and the reason.
 """
@@ -50,35 +51,36 @@ class Publish(Encode):
     holds_any = "use --codec libx264"          # what to do when the stream's format refuses a codec
 
     def __init__(self, url: str, width: int, height: int, fps, time_base, *, live: bool, options: dict | None = None,
-                 **encode_options):
+                 fragment_s: float = 0, **encode_options):
         self.url, self.live = url, live
         self.muxer = network_muxer(url)
         gop = {"g": str(max(1, round(float(fps))))}            # a key frame a second: viewers join at once
         super().__init__(url, width, height, fps, time_base, options={**gop, **(options or {})}, fragment_s=0,
-                         audio=None, **encode_options)
-        self.sound = "not sent: network outputs carry the video only"
+                         **encode_options)                     # (fragments are for files)
         self._clock: float | None = None                       # wall time at which the source's time 0 is due
 
     @classmethod
-    def from_settings(cls, url: str, width: int, height: int, info, settings) -> Publish:
-        return cls(url, width, height, info.fps, info.time_base, live=info.live, codec=settings.codec,
-                   pix_fmt=settings.pix_fmt, preset=settings.preset, tune=settings.tune, crf=settings.crf,
-                   threads=settings.threads, options=settings.options)
+    def from_settings(cls, url: str, width: int, height: int, info, settings, **kwargs) -> Publish:
+        return super().from_settings(url, width, height, info, settings, audio=True, live=info.live, **kwargs)
 
     @property
     def holder(self) -> str:
         return f"{self.muxer} streams"
 
+    @property
+    def probe_suffix(self) -> str:
+        return PROBE_SUFFIX[self.muxer]
+
     def preflight(self) -> None:
         self.path = self.url                                   # what messages name (Path() would mangle it)
         with tempfile.TemporaryDirectory(prefix="segpipe-probe-") as tmp:
-            self._probe_time_base(Path(tmp) / f"probe{PROBE_SUFFIX[self.muxer]}", {})
+            self._probe_time_base(Path(tmp) / f"probe{self.probe_suffix}", {})
 
     def setup(self) -> None:
         try:   # the header goes out now: a server that refuses is an error before the first frame
             self.container = av.open(self.url, "w", format=self.muxer, options=MUXER_OPTIONS.get(self.muxer, {}),
                                      timeout=CONNECT_TIMEOUT_S)
-            self.stream = self._add_stream(self.container)
+            self._add_tracks()
             self.container.start_encoding()
         except (av.FFmpegError, OSError, ValueError) as e:
             unreachable = getattr(e, "errno", None) in UNREACHABLE

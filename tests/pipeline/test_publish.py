@@ -16,13 +16,17 @@ RECEIVER = textwrap.dedent("""
     import json, sys, av
     url, options = sys.argv[1], json.loads(sys.argv[2])
     c = av.open(url, options=options, timeout=15)
-    frames = []
+    frames, sound = [], 0
     try:
-        for f in c.decode(video=0):
-            frames.append((f.width, f.height, None if f.time is None else round(f.time, 3)))
+        for packet in c.demux():
+            for f in packet.decode():
+                if packet.stream.type == "video":
+                    frames.append((f.width, f.height, None if f.time is None else round(f.time, 3)))
+                else:
+                    sound += f.samples
     except av.FFmpegError:
         pass                      # UDP: no end of stream, the read times out after the last packet
-    print(json.dumps(frames))
+    print(json.dumps({"frames": frames, "sound_s": sound / 48000}))
 """)
 
 
@@ -47,7 +51,7 @@ def stub_model(monkeypatch):
 
 @pytest.mark.parametrize("scheme", ["udp", "rtsp"])
 def test_a_file_is_streamed_at_its_own_rate(tmp_path, stub_model, scheme):
-    clip = write_clip(tmp_path / "clip.mp4", frames=20, rate=20)       # 1 s of video
+    clip = write_clip(tmp_path / "clip.mp4", frames=20, rate=20, audio="aac")       # 1 s of video, with sound
     if scheme == "udp":
         port = free_port(socket.SOCK_DGRAM)
         rx = receive(f"udp://127.0.0.1:{port}?timeout=2000000", {})
@@ -59,13 +63,15 @@ def test_a_file_is_streamed_at_its_own_rate(tmp_path, stub_model, scheme):
     t0 = time.monotonic()
     assert main(["run", str(clip), "--out", url, "--no-progress", "--stats", str(tmp_path / "s.json")]) == 0
     wall = time.monotonic() - t0
-    frames = json.loads(rx.communicate(timeout=30)[0])
+    got = json.loads(rx.communicate(timeout=30)[0])
+    frames = got["frames"]
     assert wall > 0.9                                                  # paced: not 20 frames in a burst
     assert len(frames) == 20 and {(w, h) for w, h, _ in frames} == {(96, 64)}
     times = [t for _, _, t in frames if t is not None]      # RTSP: the first frame comes before its clock
     assert len(times) >= 19 and all(abs(b - a - 0.05) < 0.002 for a, b in zip(times, times[1:]))   # 1/20 s
     stats = json.loads((tmp_path / "s.json").read_text())
-    assert stats["frames"] == 20 and stats["dropped"] == 0 and stats["audio"].startswith("not sent")
+    assert stats["frames"] == 20 and stats["dropped"] == 0 and stats["audio"] == "copied (aac)"
+    assert got["sound_s"] > 0.8                                          # the sound went with it
     assert not list(tmp_path.glob("*.settings.yaml"))                # nothing beside a stream
 
 
