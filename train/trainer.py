@@ -51,6 +51,7 @@ DEFAULTS = {
     "precision": "auto",               # fp16 mixed precision on CUDA, fp32 on the CPU; or fp32 / bf16 / fp16
     "seed": 0,
     "init_weights": None,              # start from this checkpoint's weights (fine-tuning)
+    "rare_class_sampling": 0,          # T > 0: draw a class by exp((1 - share) / T), then a frame holding it
 }
 
 
@@ -74,6 +75,18 @@ def crop_masks(masks: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """The masks' centre at the logits' size: an unpadded ("valid") U-Net's output covers the centre of its
     input, as in the paper's overlap-tile scheme (a no-op with same padding)."""
     return center_crop(masks, logits.shape[-2:])
+
+
+def rare_class_draws(presence: torch.Tensor, frequencies: torch.Tensor, temperature: float, count: int,
+                     generator: torch.Generator) -> torch.Tensor:
+    """``count`` frame indices drawn as DAFormer's rare-class sampling does: a class with probability
+    ~ exp((1 - its pixel share) / T) among the classes some frame holds, then a frame that holds it."""
+    held = presence.any(0)
+    p = torch.where(held, torch.exp((1 - frequencies) / temperature - (1 - frequencies[held]).max() / temperature), 0)
+    classes = torch.multinomial(p.float(), count, replacement=True, generator=generator)
+    frames = [torch.nonzero(presence[:, c]).flatten() for c in range(presence.shape[1])]
+    pick = torch.rand(count, generator=generator)
+    return torch.stack([frames[c][int(r * len(frames[c]))] for c, r in zip(classes.tolist(), pick.tolist())])
 
 
 def warmup_cosine(total_steps: int, warmup: float = 0.1):
@@ -181,6 +194,7 @@ CHECKS = {   # key: (test, what a valid value is)
     "precision": (lambda v: v in ("auto", "fp32", "bf16", "fp16"), "auto, fp32, bf16 or fp16"),
     "seed": (is_int(0), "an integer >= 0"),
     "init_weights": (lambda v: v is None or isinstance(v, str), "null or a checkpoint path"),
+    "rare_class_sampling": (_num(0), "0 (off) or a temperature > 0, e.g. 0.01"),
 }
 
 
@@ -298,9 +312,11 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
     val_set = FrameSet(val_pairs, size, num_classes=num_classes)
 
     weights = None
+    frequencies = class_frequencies(train_set.masks, num_classes)
     if cfg["class_weights"] == "inverse_sqrt":
-        weights = class_weights_from_frequencies(class_frequencies(train_set.masks, num_classes),
-                                                 max_weight=cfg["class_weight_max"]).to(dev)
+        weights = class_weights_from_frequencies(frequencies, max_weight=cfg["class_weight_max"]).to(dev)
+    presence = torch.stack([torch.bincount(m.flatten().long(), minlength=num_classes) > 0 for m in train_set.masks]) \
+        if cfg["rare_class_sampling"] else None
 
     if cfg["init_weights"]:
         init, _ = load_model(cfg["init_weights"])
@@ -344,6 +360,10 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
         sampler.set_epoch(epoch)
         generator.manual_seed(cfg["seed"] + 1000 * epoch + world.rank)  # augmentation differs per rank
         indices = torch.tensor(list(sampler))
+        if cfg["rare_class_sampling"]:      # the same draws on every rank (seeded by epoch), this rank's share
+            draws = rare_class_draws(presence, frequencies, cfg["rare_class_sampling"], len(train_set),
+                                     torch.Generator().manual_seed(cfg["seed"] + epoch))
+            indices = draws[world.rank::world.size]
         stats = train_one_epoch(net, train_set, optimizer, scheduler, cfg, dev, normalize, weights, generator,
                                 indices, world, scaler, epoch, amp_dtype)
         cm, val_loss = evaluate(model, val_set, dev, normalize, num_classes, class_weights=weights, world=world)

@@ -306,3 +306,19 @@ def test_a_run_from_before_checkpoints_kept_the_split_resumes_only_on_its_split_
         train(carla_dir, out, config=tiny_config, epochs=2, resume=True)
     (out / "split.json").write_text(json.dumps(split))
     assert train(carla_dir, out, config=tiny_config, epochs=2, resume=True)["epoch"] >= 0
+
+
+def test_rare_class_sampling_draws_frames_that_hold_rare_classes(carla_dir, tiny_config, tmp_path):
+    from train.trainer import rare_class_draws
+
+    presence = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 0, 1], [1, 0, 1]], dtype=torch.bool)
+    shares = torch.tensor([0.90, 0.06, 0.04], dtype=torch.float64)
+    draws = rare_class_draws(presence, shares, 0.05, 2000, torch.Generator().manual_seed(0))
+    counts = torch.bincount(draws, minlength=4)
+    assert counts[1] == 0 and counts[2] > 0 and counts[3] > 0       # frame 1 holds only the common class
+    assert counts[2] + counts[3] > counts[0]                           # the rarest class's frames come most
+    config = yaml.safe_load(tiny_config.read_text())
+    config["train"].update(rare_class_sampling=0.01, epochs=2)
+    tiny_config.write_text(yaml.safe_dump(config))
+    train(carla_dir, tmp_path / "run", config=tiny_config)             # trains with it
+    assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 2
