@@ -8,9 +8,9 @@ The encoder is Encode's, with a key frame every second so a viewer can join at a
 at its own frame rate, as a camera's would (a player fed faster than real time only buffers); a live
 source goes out as its frames come (so for a file, the statistics' encode time and latency include that
 pacing). A file's sound goes with it, copied as it is, where the stream's format holds it (MPEG-TS and FLV
-hold AAC and MP3). The encoder settings are tried on a local
-file of the same kind before any work; the server is reached when the run starts, and a refused or lost
-connection stops the run with the URL and the reason.
+hold AAC and MP3). The encoder settings are tried on a local file of the same kind before any work; the
+server is reached when the run starts, and a refused or lost connection stops the run with the URL and
+the reason.
 """
 from __future__ import annotations
 
