@@ -156,6 +156,7 @@ class Encode(Stage):
         self.sound = "off" if audio is None else "none in the input"
         self.stream_time_base = self.time_base   # set by preflight: 1/fps where the source's cannot be written
         self._pending: dict[int, float] = {}     # pts (as encoded) -> t_decoded of frames inside the encoder
+        self._frame_s = 1 / self.fps             # one frame's duration, s (exact)
         self._shift = Fraction(0)                # s added to the source's times since they went back
         self._last_t: Fraction | None = None     # the latest frame's time in the output, in s
         self._back = None                        # the frame before went back: (its time, where it went, last)
@@ -370,7 +371,7 @@ class Encode(Stage):
             vf = av.VideoFrame.from_ndarray(image, format="rgb24")
         source_t = frame.pts * frame.time_base
         t = source_t + self._shift
-        if self._last_t is not None and t < self._last_t - 1 / self.fps:     # back by more than a frame
+        if self._last_t is not None and t < self._last_t - self._frame_s:     # back by more than a frame
             if self._back is not None and source_t > self._back[0]:    # and the next too: a new recording
                 self._shift = self._back[1] - self._back[0]             # (joined files, a loop) goes on from
                 t = source_t + self._shift                              # where its first frame was put
@@ -380,7 +381,7 @@ class Encode(Stage):
                                 float(self._back[2]))                   # every loop
                 self._stepped_back, self._back = True, None
             else:             # a late frame (a damaged stream's decoder), or a new recording's first: next
-                self._back = (source_t, self._last_t + 1 / self.fps, self._last_t - self._shift)
+                self._back = (source_t, self._last_t + self._frame_s, self._last_t - self._shift)
                 t = self._back[1]
         else:
             self._back = None
@@ -393,7 +394,7 @@ class Encode(Stage):
         with self._writing():
             self._mux(self.stream.encode(vf))
             if self.audio is not None:      # the sound up to the end of this frame
-                self.audio.mux_until(self.container, float(frame.pts * frame.time_base + 1 / self.fps))
+                self.audio.mux_until(self.container, float(source_t + self._frame_s))
         return None
 
     @contextlib.contextmanager

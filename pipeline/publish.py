@@ -24,6 +24,7 @@ import av
 
 from pipeline.encode import Encode
 from train.errors import InvalidInputError, MediaError
+from train.paths import URL_SCHEME
 
 MUXERS = {"rtsp": "rtsp", "rtmp": "flv", "rtmps": "flv", "udp": "mpegts", "tcp": "mpegts", "srt": "mpegts"}
 MUXER_OPTIONS = {"rtsp": {"rtsp_transport": "tcp"}}   # TCP: no lost packets, through firewalls
@@ -34,7 +35,7 @@ MAX_WAIT_S = 1.0        # a jump ahead in a file's timestamps longer than this i
 
 
 def is_url(out) -> bool:
-    return isinstance(out, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", out) is not None
+    return isinstance(out, str) and re.match(URL_SCHEME + "//", out) is not None
 
 
 def network_muxer(url: str) -> str:

@@ -246,7 +246,7 @@ class VideoSource:
         """Frames as RGB at a fixed (upright) size, with their pts; frames without one get the last + 1/fps.
 
         Each frame's index is its place in the source: where frames can be missing (lost frames are counted:
-        not MP4/MOV, not cameras; or packets did not decode) and the pts stay on the frame grid, its pts
+        MPEG-TS and datagram protocols; or packets did not decode) and the pts stay on the frame grid, its pts
         tells it, so frames missing before it leave their numbers unused (also when a damaged stream's
         decoder gives frames out of order); otherwise it is its order plus the frames skipped so far.
 

@@ -12,6 +12,8 @@ import yaml
 
 from train.errors import InvalidInputError
 
+URL_SCHEME = r"[A-Za-z][A-Za-z0-9+.-]+:"      # rtsp:, udp:, s3: ... (one letter would be a Windows drive)
+
 
 def read_yaml(path: Path):
     """The YAML document in ``path`` ({} when empty); a syntax error is one line with its place."""
@@ -60,6 +62,6 @@ def writable_folder(folder: str | Path, flag: str, target=None) -> Path:
 
 def local_only(path: str | Path, flag: str) -> None:
     """Outputs are local files: a URL (which Path would turn into folders named like ``udp:``) is refused."""
-    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(path)):      # Path("udp://h:1") reads udp:/h:1
+    if re.match(URL_SCHEME + "/", str(path)):      # Path("udp://h:1") reads udp:/h:1
         raise InvalidInputError(f"{flag} {path} is a URL, and {flag} names a local file or folder: name a local "
                                 f"path (segpipe run --out streams video to rtsp://, udp:// ... URLs)")
