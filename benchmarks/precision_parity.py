@@ -49,7 +49,7 @@ def main(argv=None) -> int:
             continue  # asked for reduced precision, ran FP32: already measured
         seen.add((b.name, b.precision))
         cm, labels = ConfusionMatrix(len(ckpt["class_names"])), []
-        for images, masks in frames.batches(8, shuffle=False, augment=False):
+        for images, masks in frames.batches(8, augment=False):
             pred = b(images.to(b.device)).cpu()
             cm.update(pred, masks)
             labels.append(pred)

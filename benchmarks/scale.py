@@ -76,11 +76,9 @@ class CpuShare:
 
 def stage_costs(video: str, frames: int = 200, backend: str = "auto") -> dict:
     """CPU milliseconds per frame of each stage alone, everything at one thread; bytes per frame."""
-    from pipeline.colourise import Colourise
     from pipeline.decode import Decode
     from pipeline.encode import Encode
-    from pipeline.infer import Infer
-    from pipeline.preprocess import Preprocess
+    from pipeline.graph import model_stages
     from pipeline.queues import EOS
     from pipeline.run import apply_threads, load_backend
     from pipeline.sources import open_source
@@ -107,13 +105,11 @@ def stage_costs(video: str, frames: int = 200, backend: str = "auto") -> dict:
     frames = len(got)
     ms["decode"] = round((time.thread_time() - t) * 1000 / frames, 3)
     decode.teardown()
-    timed("preprocess", Preprocess(model.input_size, model.device, s.preprocess.interpolation).process, got)
-    infer = Infer(model, s.infer.batch)
+    pre, infer, colour = model_stages(model, s)
+    timed("preprocess", pre.process, got)
     import dataclasses
     infer.process([dataclasses.replace(f) for f in got[:infer.batch]])  # warm-up (on copies)
     timed("infer", infer.process, [got[i:i + infer.batch] for i in range(0, frames, infer.batch)])
-    colour = Colourise(model.palette, model.class_names, model.device, view=s.colourise.view,
-                       alpha=s.colourise.alpha)
     colour.setup()
     timed("colourise", colour.process, got)
     with tempfile.TemporaryDirectory() as tmp:

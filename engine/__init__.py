@@ -6,9 +6,14 @@
 """
 import importlib
 
-_EXPORTS = {"Backend": "engine.backend", "ModelInfo": "engine.backend", "BACKENDS": "engine.loader",
-            "PRECISIONS": "engine.loader", "PARITY_MIN_AGREEMENT": "engine.loader", "load": "engine.loader"}
-__all__ = list(_EXPORTS)
+# Here, not in engine.loader, so command-line parsers can offer them without loading torch.
+BACKENDS = ("auto", "tensorrt", "torch-tensorrt", "torch-cuda", "cpu", "torch-cpu", "onnxruntime")
+CPU_BACKENDS = ("cpu", "torch-cpu", "onnxruntime")
+PRECISIONS = ("fp16", "fp32")  # fp16: reduced precision where it is fast (BF16 on the CPU), parity-checked
+
+_EXPORTS = {"Backend": "engine.backend", "ModelInfo": "engine.backend", "PARITY_MIN_AGREEMENT": "engine.loader",
+            "load": "engine.loader"}
+__all__ = ["BACKENDS", "CPU_BACKENDS", "PRECISIONS", *_EXPORTS]
 
 
 def __getattr__(name: str):

@@ -32,15 +32,15 @@ class Backend:
     name = "backend"
     channels_last = False       # runs NHWC: the pipeline then stacks its frames straight into that layout
 
-    def __init__(self, info: ModelInfo, device: torch.device, precision: str, max_batch: int, min_batch: int = 1):
-        if not 1 <= min_batch <= max_batch:
-            raise InvalidInputError(f"batch range {min_batch}..{max_batch} is empty: use --max-batch >= {min_batch}")
+    def __init__(self, info: ModelInfo, device: torch.device, precision: str, max_batch: int):
+        if max_batch < 1:
+            raise InvalidInputError(f"batch range 1..{max_batch} is empty: use --max-batch >= 1")
         self.info = info
         self.device = torch.device(device)
         self.precision = precision
         self.input_size = tuple(info.input_size)
         self.output_size = tuple(info.output_size)
-        self.min_batch, self.max_batch = int(min_batch), int(max_batch)
+        self.max_batch = int(max_batch)
         self.class_names = list(info.class_names)
         self.palette = info.palette
         self.reason = ""            # why engine.load picked this backend (for logs and bench rows)
@@ -63,8 +63,8 @@ class Backend:
             raise InvalidInputError(f"{self.name} expects frames of shape (N, 3, {h}, {w}), got {tuple(frames.shape)}: "
                                     f"resize to {h}x{w} (or load the engine with input_size=...)")
         n = frames.shape[0]
-        if not self.min_batch <= n <= self.max_batch:
-            raise InvalidInputError(f"batch of {n} is outside this engine's range {self.min_batch}..{self.max_batch}: "
+        if not 1 <= n <= self.max_batch:
+            raise InvalidInputError(f"batch of {n} is outside this engine's range 1..{self.max_batch}: "
                                     f"split the batch or load with max_batch={max(n, self.max_batch)}")
         if frames.device != self.device:
             raise InvalidInputError(f"frames are on {frames.device} but {self.name} runs on {self.device}: "
@@ -73,4 +73,4 @@ class Backend:
     def __repr__(self) -> str:
         h, w = self.input_size
         return (f"{type(self).__name__}(name={self.name!r}, device={str(self.device)!r}, precision={self.precision!r}, "
-                f"input_size={h}x{w}, batch={self.min_batch}..{self.max_batch})")
+                f"input_size={h}x{w}, batch=1..{self.max_batch})")

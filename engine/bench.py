@@ -13,6 +13,7 @@ import time
 import torch
 from torch import nn
 
+from engine import CPU_BACKENDS, PRECISIONS
 from engine.frames import sample_frames
 from train.errors import BackendUnavailableError
 from train.model import border_margin
@@ -81,7 +82,7 @@ def roofline_ms(cost: dict, peak_tflops: float, peak_gb_s: float, precision: str
 
 
 def _default_plan(backends, precisions) -> list[tuple[str, str]]:
-    from engine.loader import CPU_BACKENDS, tensorrt_available
+    from engine.loader import tensorrt_available
     if backends is None:
         if torch.cuda.is_available():
             backends = (["tensorrt"] if tensorrt_available() else []) + ["torch-cuda"]
@@ -91,7 +92,7 @@ def _default_plan(backends, precisions) -> list[tuple[str, str]]:
     for b in backends:
         # GPUs run FP16; on the CPU "fp16" means torch-cpu BF16, worth a row only where BF16 is native
         reduced = b not in CPU_BACKENDS or (b in ("torch-cpu", "cpu") and cpu_has_native_bf16())
-        for p in precisions or ["fp16", "fp32"]:
+        for p in precisions or PRECISIONS:
             if p == "fp32" or reduced:
                 plan.append((b, p))
     return plan

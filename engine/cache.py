@@ -68,7 +68,6 @@ def engine_key(*, onnx_sha256: str, trt_version: str, gpu_name: str, compute_cap
 class Lookup:
     """Result of a cache lookup: ``path`` is set on a verified hit, ``reason`` says why not otherwise."""
     path: Path | None
-    meta_path: Path
     reason: str
 
     @property
@@ -86,18 +85,18 @@ def lookup(key: dict, suffix: str, root: Path | None = None) -> Lookup:
     """Find the artefact for ``key`` and verify it; never raises for a bad entry (it is a miss)."""
     artifact, meta_path = _paths(key, suffix, root)
     if not meta_path.exists():
-        return Lookup(None, meta_path, "no cached entry for this key")
+        return Lookup(None, "no cached entry for this key")
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError):
-        return Lookup(None, meta_path, f"{meta_path.name} is unreadable")
+        return Lookup(None, f"{meta_path.name} is unreadable")
     if meta.get("key") != key:
-        return Lookup(None, meta_path, f"{meta_path.name} was written for a different key")
+        return Lookup(None, f"{meta_path.name} was written for a different key")
     if not artifact.exists():
-        return Lookup(None, meta_path, f"{artifact.name} is missing")
+        return Lookup(None, f"{artifact.name} is missing")
     if artifact.stat().st_size != meta.get("bytes") or file_sha256(artifact) != meta.get("sha256"):
-        return Lookup(None, meta_path, f"{artifact.name} does not match its recorded SHA-256 (truncated or replaced)")
-    return Lookup(artifact, meta_path, "verified")
+        return Lookup(None, f"{artifact.name} does not match its recorded SHA-256 (truncated or replaced)")
+    return Lookup(artifact, "verified")
 
 
 def store(key: dict, data: bytes, suffix: str, root: Path | None = None, **meta) -> Path:

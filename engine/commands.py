@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-BACKEND_CHOICES = ("auto", "tensorrt", "torch-tensorrt", "torch-cuda", "cpu", "torch-cpu", "onnxruntime")
+from engine import BACKENDS, PRECISIONS
 
 
 def register(sub, formatter) -> None:
@@ -37,8 +37,8 @@ def register(sub, formatter) -> None:
                               "  segpipe build --backend tensorrt --max-batch 16\n"
                               "  segpipe build --backend tensorrt --size 480x640 --weights runs/train/best.pt\n"
                               "  segpipe build --force                           ignore the cache and rebuild")
-    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help="which backend to prepare")
-    p.add_argument("--precision", default="fp16", choices=["fp16", "fp32"], help="fp16: reduced precision where it is fast and matches FP32 (FP16 on GPUs, BF16 on CPUs "
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="which backend to prepare")
+    p.add_argument("--precision", default="fp16", choices=PRECISIONS, help="fp16: reduced precision where it is fast and matches FP32 (FP16 on GPUs, BF16 on CPUs "
                         "with native BF16), else FP32")
     p.add_argument("--max-batch", type=int, default=8, help="largest batch the engine accepts")
     p.add_argument("--size", metavar="HxW", help="input size (default: the checkpoint's)")
@@ -103,7 +103,7 @@ def run_build(args) -> int:
     b = engine.load(args.weights, backend=args.backend, precision=args.precision, device=args.device,
                     max_batch=args.max_batch, input_size=args.size, rebuild=args.force)
     h, w = b.input_size
-    print(f"ready: {b.name} {b.precision} on {b.device} at {h}x{w}, batch {b.min_batch}..{b.max_batch} ({b.reason})")
+    print(f"ready: {b.name} {b.precision} on {b.device} at {h}x{w}, batch 1..{b.max_batch} ({b.reason})")
     key = getattr(b, "key", None)
     if key:
         print(f"engine key {cache.key_digest(key)}: {json.dumps(key, sort_keys=True)}")

@@ -11,13 +11,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import statistics
 import time
 
 import numpy as np
 import torch
 
-from engine import cache
+from engine import BACKENDS, CPU_BACKENDS, PRECISIONS, cache
 from engine.backend import Backend, ModelInfo
 from engine.frames import label_agreement, sample_frames
 from engine.fused import fused_segmenter
@@ -29,9 +30,6 @@ from train.precision import cpu_has_native_bf16
 
 log = logging.getLogger("segpipe.engine")
 
-BACKENDS = ("auto", "tensorrt", "torch-tensorrt", "torch-cuda", "cpu", "torch-cpu", "onnxruntime")
-CPU_BACKENDS = ("cpu", "torch-cpu", "onnxruntime")
-PRECISIONS = ("fp16", "fp32")  # fp16: reduced precision where it is fast (BF16 on the CPU), parity-checked
 PARITY_MIN_AGREEMENT = 0.995  # FP16/BF16 labels vs FP32 labels on the shipped CARLA frames
 TRT_INSTALL_HINT = "pip install 'segpipe[trt]' on a machine with an NVIDIA GPU"
 
@@ -163,8 +161,8 @@ def load(weights=None, backend: str = "auto", precision: str = "fp16", device=No
 def _announce(backend: Backend, why: str) -> Backend:
     backend.reason = why
     h, w = backend.input_size
-    log.info("inference: %s %s on %s at %dx%d, batch %d..%d: %s", backend.name, backend.precision, _device_name(backend.device),
-             h, w, backend.min_batch, backend.max_batch, why)
+    log.info("inference: %s %s on %s at %dx%d, batch 1..%d: %s", backend.name, backend.precision, _device_name(backend.device),
+             h, w, backend.max_batch, why)
     return backend
 
 
@@ -190,10 +188,9 @@ def _build_cpu(name: str, model, info: ModelInfo, max_batch: int, precision: str
         if precision == "fp32":
             return backend
         return _parity_checked(backend, model, info, lambda: TorchCPUBackend(model, info, max_batch))
-    from engine.onnx_export import cached_onnx
+    from engine.onnx_export import model_onnx
     from engine.onnxruntime_backend import OnnxRuntimeBackend
-    onnx_path = cached_onnx(fused_segmenter(model, info.normalize), info.sha256, info.input_size)
-    return OnnxRuntimeBackend(onnx_path, info, max_batch)
+    return OnnxRuntimeBackend(model_onnx(model, info), info, max_batch)
 
 
 def cpu_choice_key(info: ModelInfo, threads: int, batch: int, precision: str = "fp32") -> dict:
@@ -229,11 +226,17 @@ def _fastest_cpu(model, info: ModelInfo, max_batch: int, precision: str = "fp32"
     return candidates[winner], _race_reason(ms, ran, batch, f"{cpu_threads()} threads; measured now, cached")
 
 
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity mask), not all the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def machine_busy() -> str | None:
     """Why the machine is too busy for a fair timing (every core in use, by the 1-minute load), or None."""
-    import os
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = cpu_count()
     try:
         load = os.getloadavg()[0]
     except OSError:
@@ -300,7 +303,7 @@ def _parity_checked(backend: Backend, model, info: ModelInfo, build_fp32) -> Bac
 
 def precision_agreement(backend: Backend, model, info: ModelInfo) -> float:
     """Label agreement of ``backend`` with the unfused FP32 PyTorch model on the shipped CARLA frames."""
-    n = max(backend.min_batch, min(4, backend.max_batch))
+    n = min(4, backend.max_batch)
     frames = sample_frames(info.input_size, n).to(backend.device)
     reference = fused_segmenter(model, info.normalize, fold_bn=False).to(backend.device)
     with torch.inference_mode():

@@ -20,7 +20,8 @@ import onnx
 import torch
 
 from engine import cache
-from engine.fused import FusedSegmenter
+from engine.backend import ModelInfo
+from engine.fused import FusedSegmenter, fused_segmenter
 from engine.frames import label_agreement, sample_frames
 from train.errors import ExportError, InvalidInputError
 
@@ -125,3 +126,8 @@ def cached_onnx(net: FusedSegmenter, checkpoint_sha256: str, size: tuple[int, in
     agree, diff = check_export(net, data, size)
     return cache.store(key, data, ".onnx", label_agreement=agree, logits_max_abs_diff=diff,
                        build_seconds=round(time.perf_counter() - t0, 2))
+
+
+def model_onnx(model: torch.nn.Module, info: ModelInfo) -> Path:
+    """``cached_onnx`` of ``model`` fused with its normalisation, at the size ``info`` runs."""
+    return cached_onnx(fused_segmenter(model, info.normalize), info.sha256, info.input_size)

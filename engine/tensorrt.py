@@ -19,7 +19,7 @@ import torch
 from engine import cache
 from engine.backend import Backend, ModelInfo
 from engine.fused import fused_segmenter
-from engine.onnx_export import INPUT_NAME, OUTPUT_NAME, cached_onnx
+from engine.onnx_export import INPUT_NAME, OUTPUT_NAME, cached_onnx, model_onnx
 from train.errors import BackendUnavailableError
 
 import tensorrt as trt  # noqa: E402  (the loader checked it is installed)
@@ -104,7 +104,7 @@ def _build(onnx_bytes: bytes, info: ModelInfo, device: torch.device, precision: 
 def ensure_engine(model, info: ModelInfo, device: torch.device, precision: str, max_batch: int,
                   force: bool = False) -> tuple[bytes, dict, bool]:
     """The engine plan for this key: from the cache (verified) or built now, loudly. Returns (plan, key, built)."""
-    onnx_path = cached_onnx(fused_segmenter(model, info.normalize), info.sha256, info.input_size)
+    onnx_path = model_onnx(model, info)
     key = key_for(info, cache.file_sha256(onnx_path), device, precision, max_batch)
     hit = cache.lookup(key, ".engine")
     if hit.hit and not force:
@@ -180,7 +180,8 @@ def _torch_tensorrt(model, info: ModelInfo, device: torch.device, precision: str
                     force: bool = False) -> Backend:
     import torch_tensorrt
 
-    onnx_path = cached_onnx(fused_segmenter(model, info.normalize), info.sha256, info.input_size)
+    net = fused_segmenter(model, info.normalize)     # keyed by its ONNX export, compiled on a miss
+    onnx_path = cached_onnx(net, info.sha256, info.input_size)
     key = key_for(info, cache.file_sha256(onnx_path), device, precision, max_batch,
                   builder=f"torch-tensorrt/{torch_tensorrt.__version__}")
     h, w = info.input_size
@@ -190,7 +191,6 @@ def _torch_tensorrt(model, info: ModelInfo, device: torch.device, precision: str
         return TorchTensorRTBackend(torch.export.load(str(hit.path)).module(), info, device, precision, max_batch, key)
     log.warning("compiling with torch-tensorrt (dynamo, %s) for %s at %dx%d, batch 1..%d, because %s",
                 precision.upper(), info.name, h, w, max_batch, "--force was given" if force else hit.reason)
-    net = fused_segmenter(model, info.normalize)
     if precision == "fp16":
         net.model.half()
     net = net.to(device)

@@ -67,8 +67,8 @@ class TorchCUDABackend(Backend):
         self._graphs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.cuda.CUDAGraph]] = {}
 
     def warmup(self, batches=None) -> None:
-        """Capture the graphs for ``batches`` now (default: min and max batch) instead of on first use."""
-        for n in batches or sorted({self.min_batch, self.max_batch}):
+        """Capture the graphs for ``batches`` now (default: batch 1 and max batch) instead of on first use."""
+        for n in batches or sorted({1, self.max_batch}):
             self._graph(n)
 
     def _graph(self, n: int):

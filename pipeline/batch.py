@@ -25,7 +25,6 @@ The summary (``summarise``; ``--stats FILE`` writes it)::
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import sys
@@ -34,6 +33,8 @@ from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from engine import CPU_BACKENDS
+from engine.loader import cpu_count
 from pipeline.signals import SigTerm, sigterm_raises
 from pipeline.stage import Stage
 from train.data import IMAGE_EXTENSIONS
@@ -45,7 +46,7 @@ from train.errors import (
     TerminatedError,
     plural,
 )
-from train.paths import writable_file, writable_folder
+from train.paths import writable_file, writable_folder, write_json
 
 log = logging.getLogger("segpipe.batch")
 
@@ -182,17 +183,8 @@ def plan_jobs(inputs: list[str], out_dir=None, masks_dir=None, ext: str = ".mp4"
 
 # ------------------------------------------------------------------------------ one worker
 
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def uses_gpu_backend(settings) -> bool:
     """The backend can run on a GPU (this machine may have none: Ray actors' nodes may)."""
-    from engine.loader import CPU_BACKENDS
-
     s = settings.infer
     return s.backend not in CPU_BACKENDS and str(s.device or "cuda").startswith("cuda")
 
@@ -408,10 +400,7 @@ def format_summary(summary: dict) -> str:
 
 
 def write_summary(summary: dict, path) -> None:
-    try:
-        Path(path).write_text(json.dumps(summary, indent=2, default=str))
-    except OSError as e:
-        log.warning("could not write the summary to %s: %s", path, e.strerror or e)
+    write_json(path, summary, "the summary", log)
 
 
 # ------------------------------------------------------------------------------ local processes

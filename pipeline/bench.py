@@ -17,12 +17,9 @@ import time
 from pathlib import Path
 
 from engine.sizes import format_size
-from pipeline.colourise import Colourise
 from pipeline.decode import Decode
 from pipeline.encode import Encode
-from pipeline.graph import output_size
-from pipeline.infer import Infer
-from pipeline.preprocess import Preprocess
+from pipeline.graph import model_stages, output_size
 from pipeline.queues import EOS
 from pipeline.run import apply_threads, load_backend, run
 from pipeline.settings import Settings, load_settings
@@ -30,17 +27,12 @@ from pipeline.sources import open_source
 from train.errors import InvalidInputError
 
 CACHE = 64          # decoded frames kept for the stage-alone measurements
-STAGES = ("decode", "preprocess", "infer", "colourise", "encode")
 
 
-def _stages(source, backend, s: Settings, out: Path, batch: int):
+def _stages(source, backend, s: Settings, out: Path, batch: int | None = None):
     info = source.info
     width, height = output_size(info.width, info.height, s.colourise.view)
-    return (Preprocess(backend.input_size, backend.device, s.preprocess.interpolation),
-            Infer(backend, batch, s.infer.max_wait_ms),
-            Colourise(backend.palette, backend.class_names, backend.device, view=s.colourise.view,
-                      alpha=s.colourise.alpha, legend=s.colourise.legend),
-            Encode.from_settings(out, width, height, info, s.encode))
+    return (*model_stages(backend, s, batch=batch), Encode.from_settings(out, width, height, info, s.encode))
 
 
 def _batches(cache, tensors, n: int, batch: int):
@@ -83,8 +75,8 @@ def bench_video(video, settings: Settings | None = None, frames: int | None = No
         if not count:
             raise InvalidInputError(f"{video} has no frames to bench")
         n = count
-        batch = Infer(backend, settings.infer.batch).batch
-        pre, infer, colour, enc = _stages(probe, backend, settings, tmp / "encode.mp4", batch)
+        pre, infer, colour, enc = _stages(probe, backend, settings, tmp / "encode.mp4")
+        batch = infer.batch                 # the settings' batch, clamped to the backend's max_batch
         for stage in (pre, infer, colour, enc):
             stage.setup()
         work = [cache[i % len(cache)] for i in range(n)]

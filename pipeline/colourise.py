@@ -63,9 +63,7 @@ class Colourise(Stage):
         return np.flatnonzero(np.bincount(labels.ravel(), minlength=len(self.class_names))) if self.legend else None
 
     def _gpu(self, frame):
-        image = frame.image_dev if frame.image_dev is not None else \
-            torch.from_numpy(frame.image).to(self.device, non_blocking=True)
-        host = to_host(self.compose(image, frame.labels))
+        host = to_host(self.compose(frame.image_dev, frame.labels))   # image_dev: uploaded by Preprocess
         frame.output = host.pop(0)
         if self.keep_labels:
             frame.labels_full = host.pop(0)

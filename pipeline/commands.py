@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+from engine import PRECISIONS
+
 RUN_EPILOG = """examples:
   segpipe run drive.mp4 --out seg.mp4                       overlay with the shipped model
   segpipe run drive.mp4 --out seg.mp4 --view side-by-side --legend --stats stats.json
@@ -68,7 +70,7 @@ def register(sub, formatter) -> None:
     p.add_argument("--weights", help="checkpoint (default: the shipped model)")
     p.add_argument("--backend", help=f"inference backend: auto, torch-cpu, onnxruntime, torch-cuda, tensorrt ... "
                                      f"(config: {d.infer.backend})")
-    p.add_argument("--precision", choices=["fp16", "fp32"],
+    p.add_argument("--precision", choices=PRECISIONS,
                    help=f"fp16: reduced precision where it is fast and matches FP32 (FP16 on GPUs, BF16 on CPUs "
                         f"with native BF16); fp32: full (config: {d.infer.precision})")
     p.add_argument("--device", help="cpu, cuda or cuda:N (config: the backend's choice)")

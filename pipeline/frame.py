@@ -11,7 +11,8 @@ import torch
 @dataclass(eq=False, slots=True)
 class Frame:
     index: int                  # position in the source (undecodable frames keep their number)
-    pts: int | None             # presentation timestamp in ``time_base`` units, as the source gave it
+    pts: int | None             # presentation timestamp in ``time_base`` units; every source here gives one (a
+                                # decoded frame without one gets the last + 1/fps); a caller's own may not
     time_base: Fraction
     image: np.ndarray           # (H, W, 3) uint8 RGB at the source's resolution, on the host
     t_decoded: float            # time.perf_counter() when it left the decoder (latency starts here)

@@ -32,6 +32,17 @@ def output_size(width: int, height: int, view: str) -> tuple[int, int]:
     return (2 * width if view == "side-by-side" else width), height
 
 
+def model_stages(backend, settings: Settings, *, batch: int | None = None,
+                 keep_labels: bool = False) -> tuple[Preprocess, Infer, Colourise]:
+    """The stages around the model: resize to its input, batched inference, colours over the input.
+    ``batch``: frames per inference call (default ``infer.batch``; Infer clamps it to the backend's)."""
+    s = settings
+    return (Preprocess(backend.input_size, backend.device, s.preprocess.interpolation),
+            Infer(backend, s.infer.batch if batch is None else batch, s.infer.max_wait_ms),
+            Colourise(backend.palette, backend.class_names, backend.device, view=s.colourise.view,
+                      alpha=s.colourise.alpha, legend=s.colourise.legend, keep_labels=keep_labels))
+
+
 def build_pipeline(source, backend, settings: Settings, *, masks: str | Path | None = None,
                    sinks: list[Stage] = (), encode: Stage | None = None, decode: Stage | None = None,
                    model_policy: str | None = None) -> Pipeline:
@@ -44,8 +55,6 @@ def build_pipeline(source, backend, settings: Settings, *, masks: str | Path | N
     the queue in front of the model (live: ``drop-oldest``, so the model never works on a stale frame)."""
     s, info = settings, source.info
     decode = decode if decode is not None else Decode(source, s.decode.max_frames, s.decode.stall_timeout_s)
-    preprocess = Preprocess(backend.input_size, backend.device, s.preprocess.interpolation)
-    infer = Infer(backend, s.infer.batch, s.infer.max_wait_ms)
     outputs: list[Stage] = []
     if masks is not None:
         outputs.append(MaskWriter(masks, compression=s.encode.png_compression))
@@ -54,9 +63,7 @@ def build_pipeline(source, backend, settings: Settings, *, masks: str | Path | N
         outputs.append(encode)
     if not outputs:
         raise ValueError("build_pipeline needs an output: masks, a sink or an encoder")
-    colourise = Colourise(backend.palette, backend.class_names, backend.device, view=s.colourise.view,
-                          alpha=s.colourise.alpha, legend=s.colourise.legend,
-                          keep_labels=any(out.wants_labels for out in outputs))
+    preprocess, infer, colourise = model_stages(backend, s, keep_labels=any(out.wants_labels for out in outputs))
 
     capacity, inner = s.queues.capacity, s.queues.downstream_policy
     pipe = Pipeline("segment")

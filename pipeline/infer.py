@@ -23,9 +23,6 @@ class Infer(Stage):
             x = torch.stack([f.tensor.permute(1, 2, 0) for f in frames]).permute(0, 3, 1, 2)
         else:
             x = torch.stack([f.tensor for f in frames])        # (N, 3, h, w) uint8, contiguous
-        n = len(frames)
-        if n < self.backend.min_batch:                         # fixed-batch engines: pad with the last frame
-            x = torch.cat([x, x[-1:].expand(self.backend.min_batch - n, -1, -1, -1)])
         labels = self.backend(x)
         for frame, lab in zip(frames, labels):
             frame.labels = lab

@@ -21,7 +21,6 @@ sinks), wired for latency instead of completeness::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import time
@@ -30,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from engine import PRECISIONS
 from pipeline.settings import VIEWS, LiveSettings   # its defaults: the live section of configs/pipeline.yaml
 from pipeline.signals import signals_handled
 from train.errors import InvalidInputError
-from train.paths import writable_file
+from train.paths import writable_file, write_json
 
 log = logging.getLogger("segpipe.live")
 
@@ -70,7 +70,7 @@ def register(sub, formatter) -> None:
     p.add_argument("--loop", action="store_true", help="start a file again at its end")
     p.add_argument("--weights", help="checkpoint (default: the shipped model)")
     p.add_argument("--backend", help="inference backend: auto, torch-cpu, onnxruntime, torch-cuda, tensorrt ...")
-    p.add_argument("--precision", choices=["fp16", "fp32"], help="asked of the backend")
+    p.add_argument("--precision", choices=PRECISIONS, help="asked of the backend")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
     p.add_argument("--batch", type=int, help="frames per inference call, at most (default: 1, lowest latency)")
     p.add_argument("--size", metavar="HxW", help="model input size, e.g. 288x384 (default: the checkpoint's, turned for a portrait source)")
@@ -167,7 +167,7 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
     from pipeline.hud import LiveState
     from pipeline.live_source import LiveDecode, LiveSource, Reconnect
     from pipeline.record import Record
-    from pipeline.run import apply_threads, load_backend, write_run_settings
+    from pipeline.run import apply_threads, is_input, load_backend, write_run_settings
     from pipeline.server import FrameHub, LiveServer, Serve, parse_address
     from pipeline.settings import load_settings
     from pipeline.sources import open_source
@@ -181,7 +181,7 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
     reconnect = Reconnect(live.reconnect_attempts, live.reconnect_backoff_s, live.reconnect_backoff_max_s)
     if record is not None:
         record = writable_file(record, "--record", "live.mp4")
-        if isinstance(src, (str, Path)) and Path(src).exists() and record.resolve() == Path(src).resolve():
+        if is_input(record, src):
             raise InvalidInputError(f"--record {record} is the input itself: write to another file")
     if stats_path is not None:
         stats_path = writable_file(stats_path, "--stats", "live.json")
@@ -270,10 +270,7 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
             server.stop()
         stats = live_stats(pipe, time.perf_counter() - t0, backend, source, state, view)
         if stats_path is not None:
-            try:
-                stats_path.write_text(json.dumps(stats, indent=2))
-            except OSError as e:
-                log.warning("could not write the statistics to %s: %s", stats_path, e.strerror or e)
+            write_json(stats_path, stats, "the statistics", log)
     if source.error is not None:
         raise source.error
     return stats

@@ -1,9 +1,9 @@
 """Preprocess: resize each frame to the model's input size as uint8 CHW on the backend's device.
 
-CPU: cv2.resize (INTER_AREA) then a CHW view; the inference stage's stack makes the one copy, in the
-layout its backend runs (NHWC for PyTorch).
+CPU: cv2.resize (``preprocess.interpolation``: INTER_AREA or INTER_LINEAR) then a CHW view; the
+inference stage's stack makes the one copy, in the layout its backend runs (NHWC for PyTorch).
 GPU: the full-resolution uint8 frame is uploaded once (kept for the colouriser's overlay) and resized
-there with torch interpolate. Normalisation is inside the backend.
+there with torch interpolate (area or bilinear, as on the CPU). Normalisation is inside the backend.
 """
 from __future__ import annotations
 

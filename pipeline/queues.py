@@ -101,13 +101,6 @@ class BoundedQueue:
             self._not_full.notify()
             return item
 
-    def wait(self, timeout_s: float) -> bool:
-        """Wait until an item is there (without taking it) or ``timeout_s`` passes; True if one is."""
-        with self._lock:
-            if not self._items:
-                self._not_empty.wait(timeout_s)
-            return bool(self._items)
-
     def get_batch(self, max_items: int, max_wait_s: float) -> list:
         """Up to ``max_items`` items: waits for the first, then at most ``max_wait_s`` for the rest.
 

@@ -24,7 +24,6 @@ that exists is playable; one with no frame in it is removed) and the message say
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -46,7 +45,7 @@ from pipeline.settings import Settings, load_settings, save_settings
 from pipeline.signals import SigTerm, signals_raise
 from pipeline.sources import is_arrays, open_source
 from train.errors import InvalidInputError, MediaError, PartialInputError, SegpipeError, TerminatedError, plural
-from train.paths import writable_file, writable_folder
+from train.paths import writable_file, writable_folder, write_json
 
 log = logging.getLogger("segpipe.pipeline")
 
@@ -143,26 +142,7 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
         source.close()
         raise
 
-    bar = None
-    if progress and sys.stderr.isatty():
-        from tqdm import tqdm
-        bar = tqdm(total=total, unit="frame", desc="segment", dynamic_ncols=True, file=sys.stderr,
-                   smoothing=0.1)
-    next_log = [time.perf_counter() + PROGRESS_LOG_S]
-
-    def tick():
-        if bar is not None:
-            bar.update(pipe.sink.delivered - bar.n)
-            if pipe.drops or source.skipped:
-                bar.set_postfix(dropped=pipe.drops + source.skipped, refresh=False)
-        elif progress and time.perf_counter() >= next_log[0]:     # a log file: a line now and then, not \r
-            next_log[0] += PROGRESS_LOG_S
-            done = pipe.sink.delivered
-            log.info("segment: %d%s frames, %.1f fps, dropped %d", done, f"/{total}" if total else "",
-                     done / (time.perf_counter() - t0), pipe.drops + source.skipped)
-        if monitor is not None:
-            monitor(pipe)
-
+    tick, end_progress = _progress(pipe, source, total, progress, monitor)
     t0 = time.perf_counter()
     failure: BaseException | None = None
     try:
@@ -173,9 +153,7 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     except (KeyboardInterrupt, SegpipeError) as e:
         failure = e
     finally:
-        tick()
-        if bar is not None:
-            bar.close()
+        end_progress()
     wall = time.perf_counter() - t0
 
     if isinstance(failure, PartialInputError) and pipe.sink.delivered == 0:
@@ -192,13 +170,11 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     if writer is not None:
         stats["audio"] = writer.sound
     if stats_path is not None:
-        try:
-            Path(stats_path).write_text(json.dumps(stats, indent=2))
-        except OSError as e:
-            log.warning("could not write the statistics to %s: %s", stats_path, e.strerror or e)
+        write_json(stats_path, stats, "the statistics", log)
     if isinstance(out, Path) and not out.exists():   # no video (nothing encoded): no settings for it
         settings_path(out).unlink(missing_ok=True)
-    done = "; " + _closed(out, masks, stats["frames"]) if out is not None or masks is not None else ""  # segment()
+    # no file outputs (segment(), sinks only): nothing to say about them
+    done = "; " + _closed(out, masks, stats["frames"]) if out is not None or masks is not None else ""
     if isinstance(failure, KeyboardInterrupt):
         log.warning("interrupted after %d frames%s", stats["frames"], done)
         raise failure
@@ -206,7 +182,51 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
         failure.args = (f"{failure}{done}",)        # the same error, saying what the output holds
         raise failure
 
-    if pipe.drops or source.skipped:                 # never silent: say where frames went
+    _warn_losses(pipe, source, stats["frames"], frames_in, damaged)
+    if source.error is not None and frames_in == 0:
+        hint = " (an MP4 over HTTP needs a server with range requests, or one written with " \
+               "-movflags +faststart)" if info.name.startswith("http") else ""
+        raise MediaError(f"could not read a frame from {info.name}: {source.error}{hint}{done}")
+    if source.error is not None:
+        raise PartialInputError(f"{info.name} ended early: {frames_in} frames were read ({source.error}){done}")
+    return stats
+
+
+def _progress(pipe, source, total: int | None, progress: bool, monitor):
+    """The run's ``(tick, end)``: each tick updates a progress bar on a terminal, or with ``progress`` logs
+    a line every PROGRESS_LOG_S (a log file), then calls ``monitor``; ``end`` ticks once more and closes."""
+    bar = None
+    if progress and sys.stderr.isatty():
+        from tqdm import tqdm
+        bar = tqdm(total=total, unit="frame", desc="segment", dynamic_ncols=True, file=sys.stderr,
+                   smoothing=0.1)
+    t0 = time.perf_counter()
+    next_log = [t0 + PROGRESS_LOG_S]
+
+    def tick():
+        if bar is not None:
+            bar.update(pipe.sink.delivered - bar.n)
+            if pipe.drops or source.skipped:
+                bar.set_postfix(dropped=pipe.drops + source.skipped, refresh=False)
+        elif progress and time.perf_counter() >= next_log[0]:     # a log file: a line now and then, not \r
+            next_log[0] += PROGRESS_LOG_S
+            done = pipe.sink.delivered
+            log.info("segment: %d%s frames, %.1f fps, dropped %d", done, f"/{total}" if total else "",
+                     done / (time.perf_counter() - t0), pipe.drops + source.skipped)
+        if monitor is not None:
+            monitor(pipe)
+
+    def end():
+        tick()
+        if bar is not None:
+            bar.close()
+
+    return tick, end
+
+
+def _warn_losses(pipe, source, frames: int, frames_in: int, damaged: int) -> None:
+    """Never silent: where the frames not in the output went, and the damaged ones kept."""
+    if pipe.drops or source.skipped:
         where = ", ".join(f"{q.drops} at {q.name} ({q.policy})" for q in pipe.queues if q.drops)
         withheld, lost = getattr(source, "withheld", 0), getattr(source, "lost", 0)
         damaged_packets = source.skipped - withheld - lost     # undecodable packets (images: unreadable files)
@@ -219,15 +239,8 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
                     f"; {source.skipped} undecodable{detail} (skipped, the rest kept)" if source.skipped else "")
     if damaged:
         log.warning("%d frames decoded with errors (damaged data, concealed by the decoder) were kept", damaged)
-    if stats["frames"] + pipe.drops != frames_in:     # every frame accounted for, or say so
-        log.warning("%d frames decoded but %d written and %d dropped", frames_in, stats["frames"], pipe.drops)
-    if source.error is not None and frames_in == 0:
-        hint = " (an MP4 over HTTP needs a server with range requests, or one written with " \
-               "-movflags +faststart)" if info.name.startswith("http") else ""
-        raise MediaError(f"could not read a frame from {info.name}: {source.error}{hint}{done}")
-    if source.error is not None:
-        raise PartialInputError(f"{info.name} ended early: {frames_in} frames were read ({source.error}){done}")
-    return stats
+    if frames + pipe.drops != frames_in:             # every frame accounted for, or say so
+        log.warning("%d frames decoded but %d written and %d dropped", frames_in, frames, pipe.drops)
 
 
 def _exit_reason(failure, source, frames_in: int) -> str:
@@ -298,16 +311,15 @@ def open_output(out: Path | str, info, frames: int | None, settings: Settings) -
 def check_outputs(src, out: Path | None, masks, stats_path) -> None:
     """Refuse, before any work, outputs that cannot be written: the input itself, a folder given as
     --out, a folder that cannot be made, a read-only place. Missing folders are made (like mkdir -p)."""
-    src_path = Path(src) if isinstance(src, (str, Path)) and Path(src).exists() else None
     if out is not None:
-        if src_path is not None and out.resolve() == src_path.resolve():
+        if is_input(out, src):
             raise InvalidInputError(f"--out {out} is the input itself: write to another file")
         writable_file(out, "--out", "seg.mp4")
     if masks is not None:
         masks = Path(masks)
         if masks.exists() and not masks.is_dir():
             raise InvalidInputError(f"--masks {masks} is a file: name a folder for the PNGs")
-        if src_path is not None and src_path.is_dir() and masks.resolve() == src_path.resolve():
+        if is_input(masks, src):                        # the input folder (a file is refused above)
             raise InvalidInputError(f"--masks {masks} is the input folder: the PNGs would mix with its "
                                     f"frames; name another folder")
         writable_folder(masks, "--masks")
@@ -318,17 +330,20 @@ def check_outputs(src, out: Path | None, masks, stats_path) -> None:
         writable_file(stats_path, "--stats", "stats.json")
 
 
-def _closed(out, masks, frames: int | None = None) -> str:
+def is_input(path: Path, src) -> bool:
+    """``path`` is the input ``src`` itself (writing there would destroy it)."""
+    return isinstance(src, (str, Path)) and Path(src).exists() and Path(path).resolve() == Path(src).resolve()
+
+
+def _closed(out, masks, frames: int) -> str:
     """What the outputs hold after a stop or a failure."""
     parts = []
     if is_url(out):
         parts.append(f"nothing was sent to {out}" if frames == 0 else
-                     f"the {plural(frames, 'frame')} done were sent to {out}" if frames is not None
-                     else f"what was processed was sent to {out}")
+                     f"the {plural(frames, 'frame')} done were sent to {out}")
     elif out is not None:
         if Path(out).exists():
-            parts.append(f"{out} is complete with the {plural(frames, 'frame')} done" if frames is not None
-                         else f"what was processed is in {out}")
+            parts.append(f"{out} is complete with the {plural(frames, 'frame')} done")
         else:
             parts.append(f"nothing was written to {out} (it does not exist)")
     if masks is not None and Path(masks).is_dir() and any(Path(masks).iterdir()):

@@ -255,9 +255,8 @@ class VideoSource:
         (cw, ch), tb, k = self.coded_size, self.info.time_base, self.rotation // 90
         per_frame = self._step
         step = max(1, round(per_frame))                     # pts per frame, for frames that have none
-        tolerance = max(1, per_frame / 10)
-        max_jump = MAX_GAP_S / tb                           # in pts; and in frames:
-        max_skip = MAX_GAP_S * self.info.fps
+        grid = PtsGaps(per_frame, tb)                       # its tolerance and largest gap (pts), as for lost frames
+        max_skip = MAX_GAP_S * self.info.fps                # the largest gap in frames
         n, first_pts, last_pts, max_pts = 0, None, None, None
         regular = True                  # pts on one frame grid (constant rate): they can give the index
         base, top, recent = 0, -1, collections.deque(maxlen=RECENT_INDICES)
@@ -272,7 +271,7 @@ class VideoSource:
                 first_pts, base, self._interlaced = pts, self.undecodable, bool(frame.interlaced_frame)
             elif regular and pts > max_pts:             # (a damaged stream's decoder may give some late)
                 delta = pts - max_pts
-                if frame_steps(delta, per_frame, tolerance) is None or delta > max_jump:
+                if frame_steps(delta, per_frame, grid.tolerance) is None or delta > grid.max_gap:
                     regular = False     # off the frame grid (variable frame rate), or a discontinuity
             by_pts = regular and (self._gaps is not None or self.undecodable)   # where frames can be missing
             index = base + round((pts - first_pts) / per_frame) if by_pts else None

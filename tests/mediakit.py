@@ -126,10 +126,10 @@ class StubBackend:
     name = "stub"
     precision = "fp32"
 
-    def __init__(self, input_size=(32, 48), max_batch=8, min_batch=1, delay_s=0.0, fail_at=None, error=None):
+    def __init__(self, input_size=(32, 48), max_batch=8, delay_s=0.0, fail_at=None, error=None):
         self.device = torch.device("cpu")
         self.input_size = tuple(input_size)
-        self.min_batch, self.max_batch = min_batch, max_batch
+        self.max_batch = max_batch
         self.class_names = list(CARLA_CLASSES)
         self.palette = np.asarray(CARLA_PALETTE, np.uint8)
         self.delay_s, self.fail_at, self.error = delay_s, fail_at, error
@@ -140,7 +140,7 @@ class StubBackend:
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         assert frames.dtype == torch.uint8 and frames.is_contiguous()
         assert tuple(frames.shape[1:]) == (3, *self.input_size), frames.shape
-        assert self.min_batch <= frames.shape[0] <= self.max_batch
+        assert 1 <= frames.shape[0] <= self.max_batch
         with self.lock:
             self.calls += 1
             self.batches.append(int(frames.shape[0]))

@@ -32,7 +32,8 @@ def find_pairs(root: str | Path) -> list[FramePair]:
     """Pair CameraRGB/ with CameraMask/ by file stem, in frame-number order."""
     root = Path(root)
     if not root.is_dir():
-        raise InputNotFoundError(f"dataset folder {root} does not exist: pass --data with a folder "
+        problem = "is a file, not a folder" if root.exists() else "does not exist"
+        raise InputNotFoundError(f"dataset folder {root} {problem}: pass --data with a folder "
                                  f"holding CameraRGB/ and CameraMask/")
     rgb_dir, mask_dir = root / "CameraRGB", root / "CameraMask"
     for d in (rgb_dir, mask_dir):
@@ -172,13 +173,12 @@ class FrameSet:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def batches(self, batch_size: int, shuffle: bool, augment: bool, generator: torch.Generator | None = None,
+    def batches(self, batch_size: int, augment: bool, generator: torch.Generator | None = None,
                 indices: torch.Tensor | None = None, crop: tuple[int, int] | None = None,
                 zoom: tuple[float, float] = (1.0, 1.6)):
         """Yield (uint8 images, int64 masks): augmented ``crop``-sized pieces at the model's scale, or whole
         frames at the model size."""
-        order = indices if indices is not None else (
-            torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self)))
+        order = indices if indices is not None else torch.arange(len(self))
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             images, masks = self.images[idx], self.masks[idx]

@@ -105,7 +105,7 @@ def save_grid(model, frames: FrameSet, normalize, device, palette, path: str | P
     input and ground truth cropped to the centre its prediction covers, as evaluate() scores it)."""
     lut = np.asarray(palette, dtype=np.uint8)
     idx = torch.linspace(0, len(frames) - 1, min(count, len(frames))).long()
-    images, masks = next(frames.batches(len(idx), shuffle=False, augment=False, indices=idx))
+    images, masks = next(frames.batches(len(idx), augment=False, indices=idx))
     pred = model(normalize(images.to(device))).argmax(1).cpu()
     images, masks, pred = center_crop(images, pred.shape[-2:]), center_crop(masks, pred.shape[-2:]), pred.numpy()
     rows = [np.concatenate([img.permute(1, 2, 0).numpy(), lut[gt.numpy()], lut[p]], axis=1)

@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 
 
-def pixel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None,
-                        ignore_index: int = -100) -> torch.Tensor:
+def pixel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                        class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Sparse categorical cross-entropy per pixel: logits (N, C, H, W), integer labels (N, H, W)."""
-    return F.cross_entropy(logits, labels.long(), weight=class_weights, ignore_index=ignore_index)
+    return F.cross_entropy(logits, labels.long(), weight=class_weights)
 
 
 def lovasz_softmax(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,10 @@
 """Files the user names: output paths checked before any work, so a typo or a read-only place is one
 line, not a traceback after minutes of work (missing folders are made, like mkdir -p); YAML configs
-read with errors that say where."""
+read with errors that say where; reports written as JSON."""
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import tempfile
@@ -65,3 +67,11 @@ def local_only(path: str | Path, flag: str) -> None:
     if re.match(URL_SCHEME + "/", str(path)):      # Path("udp://h:1") reads udp:/h:1
         raise InvalidInputError(f"{flag} {path} is a URL, and {flag} names a local file or folder: name a local "
                                 f"path (segpipe run --out streams video to rtsp://, udp:// ... URLs)")
+
+
+def write_json(path: str | Path, data, what: str, log: logging.Logger) -> None:
+    """``data`` as JSON in ``path``; a failed write is only a warning on ``log``: the work it reports is done."""
+    try:
+        Path(path).write_text(json.dumps(data, indent=2, default=str))
+    except OSError as e:
+        log.warning("could not write %s to %s: %s", what, path, e.strerror or e)

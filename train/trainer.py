@@ -55,6 +55,9 @@ DEFAULTS = {
 }
 
 
+PROGRESS_EVERY_S = 30.0
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -110,11 +113,12 @@ def train_one_epoch(model, frames: FrameSet, optimizer, scheduler, cfg: dict, de
     model.train()
     total = torch.zeros(2, dtype=torch.float64)  # loss sum, frames
     t0 = time.perf_counter()
-    bar = tqdm(frames.batches(cfg["batch_size"], shuffle=False, augment=cfg["augment"], generator=generator,
+    bar = tqdm(frames.batches(cfg["batch_size"], augment=cfg["augment"], generator=generator,
                               indices=indices, crop=cfg["crop"], zoom=tuple(cfg["zoom"])),
                total=math.ceil(len(indices) / cfg["batch_size"]), desc=f"epoch {epoch}", unit="batch",
                leave=False, disable=None if world.is_main else True)
-    for images, masks in bar:
+    logged = t0
+    for step, (images, masks) in enumerate(bar, 1):
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(normalize(images)).float()     # the loss in FP32, whatever the autocast dtype
@@ -132,7 +136,11 @@ def train_one_epoch(model, frames: FrameSet, optimizer, scheduler, cfg: dict, de
             optimizer.step()
         scheduler.step()
         total += torch.tensor([loss.item() * len(images), len(images)], dtype=torch.float64)
-        bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{total[1] / (time.perf_counter() - t0):.1f}")
+        img_s = total[1].item() / (time.perf_counter() - t0)
+        bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{img_s:.1f}")
+        if bar.disable and world.is_main and time.perf_counter() - logged >= PROGRESS_EVERY_S:
+            logged = time.perf_counter()            # no terminal (a log file, CI): a line now and then instead
+            log.info("epoch %d: batch %d/%d, loss %.3f, %.1f img/s", epoch, step, bar.total, loss.item(), img_s)
     total = all_reduce_sum(total, world, device)
     return {"train_loss": (total[0] / total[1].clamp(min=1)).item(),
             "train_img_s": total[1].item() / (time.perf_counter() - t0)}
@@ -146,7 +154,7 @@ def evaluate(model, frames: FrameSet, device, normalize, num_classes: int, batch
     cm = ConfusionMatrix(num_classes)
     total = torch.zeros(2, dtype=torch.float64)
     indices = torch.arange(world.rank, len(frames), world.size)
-    for images, masks in frames.batches(batch_size, shuffle=False, augment=False, indices=indices):
+    for images, masks in frames.batches(batch_size, augment=False, indices=indices):
         images, masks = images.to(device), masks.to(device)
         logits = model(normalize(images)).float()
         masks = crop_masks(masks, logits)

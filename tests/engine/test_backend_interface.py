@@ -36,7 +36,7 @@ def test_attributes(backend, reference):
     reduced = backend.name == "torch-cpu" and cpu_has_native_bf16()
     assert backend.device == torch.device("cpu") and backend.precision == ("bf16" if reduced else "fp32")
     assert backend.input_size == tuple(ckpt["input_size"])
-    assert (backend.min_batch, backend.max_batch) == (1, 4)
+    assert backend.max_batch == 4
     assert backend.class_names == ckpt["class_names"] and len(backend.class_names) == 23
     assert backend.palette.dtype == np.uint8 and backend.palette.shape == (23, 3)
     assert backend.reason

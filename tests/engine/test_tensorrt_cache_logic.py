@@ -9,7 +9,7 @@ import types
 
 import pytest
 
-from engine import cache
+from engine import cache, onnx_export
 from engine.loader import model_info
 from train.checkpoint import load_model
 
@@ -40,7 +40,7 @@ def trt_module(monkeypatch, engine_cache):
         builds.append((precision, max_batch))
         return f"plan {precision} {max_batch} {len(onnx_bytes)}".encode()
 
-    real_onnx = trt_engine.cached_onnx
+    real_onnx = onnx_export.cached_onnx
 
     def shared_onnx(net, checkpoint_sha256, size):  # ONNX exports come from the session cache: fast, and unchanged
         with monkeypatch.context() as m:
@@ -48,7 +48,8 @@ def trt_module(monkeypatch, engine_cache):
             return real_onnx(net, checkpoint_sha256, size)
 
     gpu = {"name": "NVIDIA H100 80GB HBM3", "cc": (9, 0)}
-    monkeypatch.setattr(trt_engine, "cached_onnx", shared_onnx)
+    for module in (onnx_export, trt_engine):    # model_onnx's (ensure_engine) and torch-tensorrt's own
+        monkeypatch.setattr(module, "cached_onnx", shared_onnx)
     monkeypatch.setattr(trt_engine, "build_engine", fake_build)
     monkeypatch.setattr(trt_engine, "gpu_identity", lambda device: (gpu["name"], gpu["cc"]))
     yield trt_engine, builds, gpu, fake

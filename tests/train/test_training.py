@@ -217,6 +217,9 @@ def test_cli_user_errors_are_one_line(carla_dir, capsys):
     assert err.count("\n") == 0 and "does not exist" in err and "Traceback" not in err
     assert main(["train", "--data", str(carla_dir), "--config", "/nonexistent.yaml"]) == 2
     assert "config /nonexistent.yaml does not exist" in capsys.readouterr().err
+    a_file = carla_dir / "CameraRGB" / sorted(p.name for p in (carla_dir / "CameraRGB").iterdir())[0]
+    assert main(["eval", "--data", str(a_file)]) == 2
+    assert "is a file, not a folder: pass --data with a folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text,match", [
@@ -322,3 +325,14 @@ def test_rare_class_sampling_draws_frames_that_hold_rare_classes(carla_dir, tiny
     tiny_config.write_text(yaml.safe_dump(config))
     train(carla_dir, tmp_path / "run", config=tiny_config)             # trains with it
     assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 2
+
+
+def test_without_a_terminal_training_logs_its_progress(carla_dir, tiny_config, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr("train.trainer.PROGRESS_EVERY_S", 0.0)      # every batch, not every 30 s
+    config = yaml.safe_load(tiny_config.read_text())
+    config["train"]["epochs"] = 1
+    tiny_config.write_text(yaml.safe_dump(config))
+    with caplog.at_level("INFO", logger="segpipe.train"):
+        train(carla_dir, tmp_path / "run", config=tiny_config, max_frames=12)   # pytest's stderr is no terminal
+    lines = [r.getMessage() for r in caplog.records if "batch" in r.getMessage()]
+    assert lines and re.fullmatch(r"epoch 0: batch 1/\d+, loss \d+\.\d{3}, \d+\.\d img/s", lines[0]), lines
