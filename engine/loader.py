@@ -95,6 +95,58 @@ def model_info(weights, ckpt: dict, model, input_size, frame_size=None) -> Model
                      palette=np.asarray(ckpt["palette"], dtype=np.uint8).reshape(-1, 3))
 
 
+PEAK_SHARE = 0.35   # peak memory / the sum of every layer's output, measured on the CPU (0.31 at 960x1280)
+
+
+def activation_bytes(model, size: tuple[int, int], batch: int) -> int:
+    """About the most memory a forward pass at ``size`` (H, W) takes in FP32: its layers' outputs per input
+    pixel, counted on a small input (milliseconds), times the pixels; the buffers live at once are a share."""
+    cfg, m = model.config, border_margin(model.config)
+    probe = frame_size_for(cfg, 4 * 2 ** cfg.depth, 4 * 2 ** cfg.depth)[0] + 2 * m
+    outputs = [0]
+
+    def count(module, inputs, output):
+        outputs[0] += output.numel()
+
+    hooks = [mod.register_forward_hook(count) for mod in model.modules() if not any(mod.children())]
+    try:
+        with torch.inference_mode():
+            model.eval()(torch.zeros(1, 3, probe, probe))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    pixels = batch * (size[0] + 2 * m) * (size[1] + 2 * m)
+    return int(PEAK_SHARE * 4 * outputs[0] * pixels / probe ** 2)
+
+
+def free_memory(dev: torch.device) -> int | None:
+    """Bytes that ``dev`` can still give (GPU: free memory; CPU: the kernel's MemAvailable), None if unknown."""
+    if dev.type == "cuda":
+        return torch.cuda.mem_get_info(dev)[0] if torch.cuda.is_available() else None
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def check_memory(model, size: tuple[int, int], batch: int, dev: torch.device) -> None:
+    """Refuse, in one line, a size and batch whose activations would not fit (the OOM killer says nothing)."""
+    need, have = activation_bytes(model, size, batch), free_memory(dev)
+    if have is None or need <= have:
+        return
+    gib, where = 2 ** 30, _device_name(dev) if dev.type == "cuda" else "this machine"
+    per_frame = need / batch
+    if batch > 1 and per_frame <= have:
+        fix = f"--batch {int(have // per_frame)}" + (" or less" if have >= 2 * per_frame else "")
+    else:
+        step = 2 ** model.config.depth
+        scale = (have / per_frame) ** 0.5 * 0.9
+        fix = f"--size {max(step, int(size[0] * scale) // step * step)}x{max(step, int(size[1] * scale) // step * step)} or less"
+    raise InvalidInputError(f"input {size[0]}x{size[1]} at batch {batch} needs about {need / gib:.1f} GiB for the "
+                            f"model's activations and {where} has {have / gib:.1f} GiB free: use {fix}")
+
+
 def check_frame_size(cfg, height: int, width: int) -> None:
     """Raise a one-line error, naming a size that works, unless a valid U-Net can label frames of this size:
     each side must exceed the border margin (reflect padding mirrors inside the frame) and, padded by it on
@@ -129,6 +181,7 @@ def load(weights=None, backend: str = "auto", precision: str = "fp16", device=No
     model, ckpt = load_model(weights)
     info = model_info(weights, ckpt, model, input_size, frame_size)
     dev = resolve_device(device, backend)
+    check_memory(model, info.input_size, max_batch, dev)
 
     if backend == "auto":
         if dev.type == "cuda":

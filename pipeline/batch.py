@@ -525,6 +525,10 @@ def run_many(specs, settings, *, out_dir=None, masks=None, stats=None, workers=N
         if folder is not None:
             writable_folder(folder, flag)
     jobs = plan_jobs(expand_inputs(specs), out_dir, masks)
+    if stats is not None:
+        from pipeline.run import check_report, settings_path
+        check_report(stats, "--stats", None, *((f"the input {j.src}", j.src) for j in jobs),
+                     *((f"the output {p}", p) for j in jobs if j.out for p in (j.out, settings_path(j.out))))
     if ray is not None:
         from pipeline.cluster import run_cluster
         summary = run_cluster(jobs, settings, address=ray or None, workers=workers, progress=progress)

@@ -134,7 +134,7 @@ def _settings(args, **extra):
 
 def run_command(args) -> int:
     from pipeline.encode import IMAGE_SUFFIXES
-    from pipeline.run import run, summary
+    from pipeline.run import check_report, run, summary
     from train.errors import InvalidInputError
 
     args = _Options(args)
@@ -158,6 +158,8 @@ def run_command(args) -> int:
                          colourise={"view": args.view, "alpha": args.alpha, "legend": args.legend},
                          encode={"codec": args.codec, "audio": args.audio},
                          queues={"policy": args.policy})
+    if args.stats is not None:            # run() checks it against the input and outputs; these are named here
+        check_report(args.stats, "--stats", None, *_read(args))
     if batch:
         from pipeline.batch import run_many
         return run_many(srcs, settings, out_dir=args.out_dir, masks=args.masks, stats=args.stats,
@@ -165,6 +167,11 @@ def run_command(args) -> int:
     stats = run(srcs[0], args.out, settings, masks=args.masks, stats_path=args.stats, progress=args.progress)
     print(summary(stats, args.out))
     return 0
+
+
+def _read(args) -> tuple:
+    """The files a command reads besides its input, as (what, path) pairs: a report must not replace them."""
+    return ("the --config file", args.config), ("the --weights checkpoint", args.weights)
 
 
 def _ray_address(text: str) -> bool:
@@ -194,12 +201,14 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def bench_command(args) -> int:
-    from train.errors import InvalidInputError
+    from pipeline.run import check_report
+    from train.errors import InvalidInputError, MediaError
     from train.paths import writable_file
 
     args = _Options(args)
     if args.json:
         writable_file(args.json, "--json", "bench.json")
+        check_report(args.json, "--json", args.video, *_read(args))
     if args.video and args.model_only:
         raise InvalidInputError("--video and --model-only measure different things: pass one of them")
     if not args.video:
@@ -208,6 +217,8 @@ def bench_command(args) -> int:
         batches = _ints(args.batch, "--batch") or [1, 4, 8]
         rows = model_bench(weights=args.weights, backends=_names(args.backend),
                            precisions=_names(args.precision), batches=tuple(batches), size=args.size)
+        if not rows:                      # each backend skipped has said why in a warning
+            raise MediaError("no backend could run here: nothing was measured (the warnings above say why)")
         print(format_rows(rows))
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2, default=str))

@@ -50,6 +50,8 @@ class OpenCVWindow:
         self._seen = False
 
     def open(self) -> None:
+        # pip's opencv-python bundles Qt without fonts: Qt would warn about them on every redraw
+        os.environ.setdefault("QT_LOGGING_RULES", "default.warning=false")
         try:
             cv2.namedWindow(self.title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO)
         except cv2.error as e:   # no GUI backend after all, or it could not connect to the display

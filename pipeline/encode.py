@@ -44,6 +44,11 @@ from pipeline.stage import Stage
 from train.data import IMAGE_EXTENSIONS
 from train.errors import InvalidInputError, MediaError
 
+try:
+    import fcntl
+except ImportError:                     # Windows: no advisory locks, outputs are not claimed
+    fcntl = None
+
 log = logging.getLogger("segpipe.pipeline")
 AUTO_CODECS = {".webm": "libvpx-vp9"}           # codec "auto": H.264, except where the container cannot hold it
 IMAGE_SUFFIXES = {*IMAGE_EXTENSIONS, ".gif"}      # not videos: --out x.png writes an image
@@ -52,7 +57,11 @@ CODEC_DEFAULTS = {                # encoders whose defaults suit neither live vi
                    "lag-in-frames": "0"},                                   # a packet per frame, like zerolatency
     "libx265": {"x265-params": "log-level=error"},                          # not 40 info lines per file
 }
+CODEC_ENVIRONMENT = {             # encoders quieted only by the environment, read when their first one opens
+    "libsvtav1": {"SVT_LOG": "1"},                                          # errors only: not its banner
+}
 
+SAR_CODECS = {"h264", "hevc", "mpeg4", "mpeg2video", "mjpeg"}   # say their pixels' shape in their own bitstream
 FRAGMENTED_MUXERS = {"mp4", "mov"}      # FFmpeg's names for the formats that hold their index at the end
 FRAGMENTED_CODECS = {"h264"}            # checked; FFmpeg 8.1 cannot mux HEVC fragments from a flat first frame
 FIXED_RATE_MUXERS = {"avi"}             # a frame per tick of the time base: any other makes the rate wrong
@@ -85,6 +94,14 @@ def write_error(path: Path, error: BaseException) -> MediaError:
     return MediaError(f"cannot write {path}: {reason}")
 
 
+def encoder_name(codec: str) -> str:
+    """The encoder FFmpeg picks for ``codec`` (hevc -> libx265); ``codec`` itself if it knows none."""
+    try:
+        return av.Codec(codec, "w").name
+    except (av.FFmpegError, ValueError):
+        return codec
+
+
 def codec_family(codec: str) -> str | None:
     """The format an encoder writes (libx264 -> h264); None for an unknown encoder."""
     try:
@@ -108,6 +125,14 @@ def warn_unfragmented(suffix: str) -> None:
     """Once per process: this FFmpeg writes MP4/MOV in one piece only."""
     log.warning("FFmpeg %s cannot write %s in fragments (needs 7.1+: pip install -U av): a %s output is "
                 "unplayable if the run is killed before it ends", av.ffmpeg_version_info, suffix, suffix)
+
+
+@functools.cache
+def warn_square_pixels(holder: str, codec: str) -> None:
+    """Once per process: FFmpeg's Matroska muxer writes only the stream's own pixel shape (SAR), which PyAV
+    cannot set, so non-square pixels survive there only in a codec that says them itself."""
+    log.warning("%s with %s cannot say that the input's pixels are not square, so the output plays at another "
+                "shape: write .mp4 (or .mkv with --codec libx264)", holder, codec)
 
 
 def intact_frames(path: Path) -> tuple[int, int]:
@@ -134,14 +159,18 @@ class Encode(Stage):
     def __init__(self, path: str | Path, width: int, height: int, fps: Fraction, time_base: Fraction, *,
                  codec: str = "auto", pix_fmt: str = "yuv420p", preset: str | None = None,
                  tune: str | None = None, crf: int | None = None, threads: int = 0, options: dict | None = None,
-                 fragment_s: float = 1.0, audio: str | None = None):
+                 fragment_s: float = 1.0, audio: str | None = None, sample_aspect_ratio: Fraction | None = None):
         super().__init__()
         self.path = Path(path)
         self.width, self.height = int(width), int(height)
         self.fps, self.time_base = Fraction(fps), Fraction(time_base)
         self.codec = codec if codec != "auto" else AUTO_CODECS.get(self.path.suffix.lower(), "libx264")
         self.pix_fmt, self.threads = pix_fmt, int(threads)
-        self.options = {**CODEC_DEFAULTS.get(self.codec, {}),
+        self.sample_aspect_ratio = sample_aspect_ratio     # the source's non-square pixels (None: square)
+        encoder = encoder_name(self.codec)
+        for name, value in CODEC_ENVIRONMENT.get(encoder, {}).items():
+            os.environ.setdefault(name, value)             # the user's own setting wins
+        self.options = {**CODEC_DEFAULTS.get(encoder, {}),
                         **{k: str(v) for k, v in (("preset", preset), ("tune", tune), ("crf", crf)) if v is not None},
                         **{str(k): str(v) for k, v in (options or {}).items()}}
         try:
@@ -166,9 +195,11 @@ class Encode(Stage):
         self.packets = 0                         # packets muxed into the file
         self.failed = False                      # a write failed: the file may lack its trailer
         self.kept: int | None = None             # after a failed write: the frames the file really holds
+        self._claim = None                       # the locked output file, from here to teardown
         self.preflight()
         if audio is not None:
             self.preflight_audio(str(audio))
+        self.claim()
 
     @classmethod
     def from_settings(cls, path, width: int, height: int, info, settings, threads: int | None = None,
@@ -180,7 +211,7 @@ class Encode(Stage):
                       preset=settings.preset, tune=settings.tune, crf=settings.crf,
                       threads=settings.threads if threads is None else threads, options=settings.options,
                       fragment_s=settings.fragment_s, audio=info.path if copy and info.kind == "file" else None,
-                      **extra)
+                      sample_aspect_ratio=info.sample_aspect_ratio, **extra)
         if copy and info.kind != "file":
             encoder.sound = ("none in the input" if info.kind in ("images", "arrays") else
                              f"not copied: only a file's sound is copied, not a {info.kind}'s")
@@ -328,6 +359,10 @@ class Encode(Stage):
         stream.time_base = self.stream_time_base
         stream.codec_context.time_base = self.stream_time_base
         stream.codec_context.thread_count = self.threads
+        if self.sample_aspect_ratio:     # plays at the source's shape: its pixels are kept as stored
+            stream.codec_context.sample_aspect_ratio = self.sample_aspect_ratio
+            if container.format.name in ("matroska", "webm") and codec_family(self.codec) not in SAR_CODECS:
+                warn_square_pixels(self.holder, self.codec)
         if container.format.name in ("mp4", "mov") and codec_family(self.codec) == "hevc":
             stream.codec_context.codec_tag = "hvc1"     # FFmpeg's hev1 does not play in QuickTime or Safari
         if stream.codec_context.name in ("libx264", "libx265"):
@@ -336,6 +371,35 @@ class Encode(Stage):
             self._stream_options = {k: v for k, v in self.options.items() if k not in ("preset", "tune", "crf")}
         stream.options = self._stream_options
         return stream
+
+    def claim(self) -> None:
+        """Lock the output file (advisory, until teardown) before anything truncates it, so a second segpipe
+        writing the same file fails now in one line, instead of both ending well with one run's frames."""
+        if fcntl is None or not isinstance(self.path, Path):      # Windows; a stream (Publish) names a URL
+            return
+        made = not self.path.exists()
+        try:
+            handle = open(self.path, "ab")     # "a": creates it if missing, truncates nothing
+        except OSError as e:
+            raise MediaError(f"cannot write {self.path}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise InvalidInputError(f"{self.flag} {self.path} is being written by another process: wait for it "
+                                    f"to end, or name another file") from None
+        except OSError as e:                   # a file system without locks (some network mounts)
+            log.debug("cannot lock %s (%s): written unlocked", self.path, e.strerror)
+        self._claim, self._made = handle, made
+
+    def release(self) -> None:
+        """Unlock the output; one made by ``claim`` that was never opened (the run stopped first) is removed."""
+        if self._claim is None:
+            return
+        if self.container is None and self._made:
+            self.path.unlink(missing_ok=True)
+        self._claim.close()
+        self._claim = None
 
     def setup(self) -> None:
         try:
@@ -423,6 +487,7 @@ class Encode(Stage):
 
     def teardown(self) -> None:
         if self.container is None:
+            self.release()
             return
         close_error = None
         try:
@@ -440,6 +505,7 @@ class Encode(Stage):
             if self.audio is not None:
                 self._close_audio()
             self._remove_if_unusable(finalised=close_error is None)
+            self.release()
         if close_error is not None:
             raise write_error(self.path, close_error)
 

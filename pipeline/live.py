@@ -16,7 +16,8 @@ sinks), wired for latency instead of completeness::
 - a camera or stream that drops is reopened with backoff (live_source.Reconnect);
 - q/Esc, the window's close button, --duration, SIGINT (exit 130) or SIGTERM (exit 0) end the demo
   cleanly: the recording is closed and the statistics written (the `segpipe run --stats` schema plus a
-  ``live`` section).
+  ``live`` section). A stop while starting (before the pipeline runs) writes none and records
+  nothing: Ctrl-C exits 130, SIGTERM 143.
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ import numpy as np
 
 from engine import PRECISIONS
 from pipeline.settings import VIEWS, LiveSettings   # its defaults: the live section of configs/pipeline.yaml
-from pipeline.signals import signals_handled
-from train.errors import InvalidInputError
+from pipeline.signals import SigTerm, signals_handled, signals_raise
+from train.errors import InvalidInputError, TerminatedError
 from train.paths import writable_file, write_json
 
 log = logging.getLogger("segpipe.live")
@@ -49,7 +50,8 @@ Window keys: q/Esc quit, space pause, v overlay/mask/side-by-side, +/- overlay o
 Live keeps latency low: the newest frame is processed and older ones are dropped (counted, shown in
 the HUD). A file without --realtime plays every frame as fast as the model goes instead.
 A camera or stream that drops is reopened (--reconnect-attempts, --reconnect-backoff).
-Exit status: 0 done or quit, 1 the source was lost or failed, 2 bad input or option, 130 Ctrl-C.
+Exit status: 0 done or quit, 1 the source was lost or failed, 2 bad input or option, 130 Ctrl-C, 143
+SIGTERM while starting (a stop while starting records nothing and writes no --stats).
 """
 
 
@@ -94,7 +96,7 @@ def register(sub, formatter) -> None:
 
 
 def live_command(args) -> int:
-    from pipeline.run import summary
+    from pipeline.run import check_report, summary
     from pipeline.settings import load_settings
 
     a = {k: v for k, v in vars(args).items()}
@@ -104,6 +106,9 @@ def live_command(args) -> int:
                                 "and/or --record OUT.mp4")
     if get("duration") is not None and get("duration") <= 0:
         raise InvalidInputError(f"--duration {get('duration')} must be > 0 seconds")
+    if get("stats") is not None:          # run_live checks it against the input and --record
+        check_report(get("stats"), "--stats", None, ("the --config file", get("config")),
+                     ("the --weights checkpoint", get("weights")))
     settings = load_settings(get("config"),
                              infer={"weights": get("weights"), "backend": get("backend"),
                                     "precision": get("precision"), "device": get("device"), "size": get("size")},
@@ -167,7 +172,8 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
     from pipeline.hud import LiveState
     from pipeline.live_source import LiveDecode, LiveSource, Reconnect
     from pipeline.record import Record
-    from pipeline.run import apply_threads, is_input, load_backend, write_run_settings
+    from pipeline.run import (apply_threads, check_report, is_input, load_backend, settings_path,
+                              write_run_settings)
     from pipeline.server import FrameHub, LiveServer, Serve, parse_address
     from pipeline.settings import load_settings
     from pipeline.sources import open_source
@@ -185,54 +191,60 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
             raise InvalidInputError(f"--record {record} is the input itself: write to another file")
     if stats_path is not None:
         stats_path = writable_file(stats_path, "--stats", "live.json")
+        check_report(stats_path, "--stats", src, ("the --record video", record),
+                     ("the settings file written beside --record", record and settings_path(record)))
     state = state if state is not None else LiveState(settings.colourise.view, settings.colourise.alpha)
     state.view, state.alpha = settings.colourise.view, settings.colourise.alpha
 
-    hub = server = source = display = None
-    try:
-        if serve is not None:
-            hub = FrameHub()
-            host, port = parse_address(serve)
-            server = LiveServer(host, port, hub, lambda: state.snapshot("serve"))   # binds now: a busy port fails first
-        settings = replace(settings, decode=low_delay_decode(settings.decode, src))
-        source = LiveSource(src, settings.decode, realtime=live.realtime, loop=live.loop, reconnect=reconnect,
-                            state=state, opener=opener or open_source)
-        settings = live_pipeline_settings(settings, live, source.latest)
-        info = source.info
-        recorder = None
-        if record is not None:            # tried before the model loads: a bad --record fails at once
-            w, h = output_size(info.width, info.height, settings.colourise.view)
-            recorder = Record.from_settings(record, w, h, info, settings.encode)
-        apply_threads(settings)
-        backend = backend if backend is not None else load_backend(settings, (info.height, info.width))
-        sinks = []
-        if show:                          # opened here: window calls stay in this (the main) thread
-            display = Display(state, window=window, title=f"segpipe live: {info.name}", hud=live.hud)
-            display.open()
-            sinks.append(display)
-        if serve is not None:
-            sinks.append(Serve(hub, state.tracker("serve"), quality=live.jpeg_quality))
-        if recorder is not None:
-            sinks.append(recorder)
-        # capture stamps come from the live source; the model only ever sees the newest frame
-        pipe = build_pipeline(source, backend, settings, sinks=sinks,
-                              decode=LiveDecode(source, settings.decode.max_frames),
-                              model_policy="drop-oldest" if source.latest else None)
-    except BaseException:
-        if source is not None:
-            source.close()
-        if server is not None:
-            server.stop()
-        if display is not None:
-            display.close()
-        raise
+    hub = server = source = display = recorder = None
+    with signals_raise():                 # a stop while starting closes what is open (no statistics yet)
+        try:
+            if serve is not None:
+                hub = FrameHub()
+                host, port = parse_address(serve)
+                server = LiveServer(host, port, hub, lambda: state.snapshot("serve"))   # binds now: a busy port fails first
+            settings = replace(settings, decode=low_delay_decode(settings.decode, src))
+            source = LiveSource(src, settings.decode, realtime=live.realtime, loop=live.loop, reconnect=reconnect,
+                                state=state, opener=opener or open_source)
+            settings = live_pipeline_settings(settings, live, source.latest)
+            info = source.info
+            if record is not None:            # tried before the model loads: a bad --record fails at once
+                w, h = output_size(info.width, info.height, settings.colourise.view)
+                recorder = Record.from_settings(record, w, h, info, settings.encode)
+            apply_threads(settings)
+            backend = backend if backend is not None else load_backend(settings, (info.height, info.width))
+            sinks = []
+            if show:                          # opened here: window calls stay in this (the main) thread
+                display = Display(state, window=window, title=f"segpipe live: {info.name}", hud=live.hud)
+                display.open()
+                sinks.append(display)
+            if serve is not None:
+                sinks.append(Serve(hub, state.tracker("serve"), quality=live.jpeg_quality))
+            if recorder is not None:
+                sinks.append(recorder)
+            # capture stamps come from the live source; the model only ever sees the newest frame
+            pipe = build_pipeline(source, backend, settings, sinks=sinks,
+                                  decode=LiveDecode(source, settings.decode.max_frames),
+                                  model_policy="drop-oldest" if source.latest else None)
+            if record is not None:
+                write_run_settings(record, settings, pipe, backend, info, codec=recorder.codec, live=asdict(live))
+        except BaseException as e:
+            if source is not None:
+                source.close()
+            if server is not None:
+                server.stop()
+            if display is not None:
+                display.close()
+            if recorder is not None:          # unlocks the recording; one not begun is removed
+                recorder.teardown()
+            if isinstance(e, SigTerm):
+                raise TerminatedError("terminated (SIGTERM) before the first frame: nothing was recorded") from None
+            raise
 
     source.stop = pipe.stop_event
     state.colourise = pipe["colourise"]
     state.drops = lambda: pipe.drops + source.skipped
     state.info = {"source": info.name, "backend": backend.name, "device": str(backend.device)}
-    if record is not None:
-        write_run_settings(record, settings, pipe, backend, info, codec=pipe["record"].codec, live=asdict(live))
     mode = ("live stream" if source.stream else "paced at its frame rate" if source.paced
             else "every frame, as fast as the model goes (add --realtime to pace it like a camera)")
     log.info("live: %s (%dx%d @ %.4g fps), %s", info.name, info.width, info.height, float(info.fps), mode)

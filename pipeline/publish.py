@@ -1,7 +1,8 @@
 """Publish: the finished frames as a live network stream, where DeepStream would use an RTSP or UDP sink.
 
     segpipe run rtsp://cam.local/stream --out rtsp://server:8554/seg   push to an RTSP server (e.g. MediaMTX)
-    segpipe run drive.mp4 --out udp://239.0.0.1:5000                  MPEG-TS over UDP (also tcp://, srt://)
+    segpipe run drive.mp4 --out udp://239.0.0.1:5000                  MPEG-TS over UDP (also tcp://, srt://
+                                                                      where FFmpeg has libsrt)
     segpipe run 0 --out rtmp://server/live/seg                        FLV to an RTMP server
 
 The encoder is Encode's, with a key frame every second so a viewer can join at any time. A file goes out
@@ -23,6 +24,7 @@ from pathlib import Path
 import av
 
 from pipeline.encode import Encode
+from pipeline.sources import check_protocol
 from train.errors import InvalidInputError, MediaError
 from train.paths import URL_SCHEME
 
@@ -39,11 +41,13 @@ def is_url(out) -> bool:
 
 
 def network_muxer(url: str) -> str:
-    """FFmpeg's muxer for sending to ``url``, or a one-line error naming the schemes segpipe sends to."""
+    """FFmpeg's muxer for sending to ``url``, or a one-line error naming the schemes segpipe sends to (or
+    saying that this FFmpeg build cannot: srt:// needs libsrt)."""
     scheme = url.split("://", 1)[0].lower()
     if scheme not in MUXERS:
         raise InvalidInputError(f"--out {url}: segpipe streams out to {', '.join(s + '://' for s in MUXERS)}, not "
                                 f"{scheme}://: name one of those, or a local file")
+    check_protocol(url, "stream to")
     return MUXERS[scheme]
 
 

@@ -20,7 +20,9 @@ then); ``dropped_by`` splits it. ``frames`` is what the output holds.
 (truncated file) or stalls (no frame for ``decode.stall_timeout_s``) raises PartialInputError (exit 3)
 after the output is closed and the statistics are written. Outputs are checked before any work; any
 failure once running, SIGTERM (exit 143) and Ctrl-C (exit 130) close the outputs first (an output file
-that exists is playable; one with no frame in it is removed) and the message says what they hold.
+that exists is playable; one with no frame in it is removed) and the message says what they hold. A stop
+while starting (opening, loading the model) writes no statistics. The --out file is locked while written
+(Encode.claim): a second run writing it is refused.
 """
 from __future__ import annotations
 
@@ -125,37 +127,25 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
         out = Path(out)
     check_outputs(src, out if isinstance(out, Path) else None, masks, stats_path)
     apply_threads(settings)
-    source = src if hasattr(src, "frames") and hasattr(src, "info") else open_within(src, settings.decode)
-    info = source.info
-    total = info.frames
-    if settings.decode.max_frames is not None:
-        total = min(total, settings.decode.max_frames) if total else settings.decode.max_frames
-    try:                                  # until the pipeline runs (and its decoder owns it), close it here
-        writer = None
-        if out is not None:               # the output is tried now, before the model loads (or builds)
-            writer = open_output(out, info, total, settings)
-        backend = backend if backend is not None else load_backend(settings, (info.height, info.width))
-        pipe = build_pipeline(source, backend, settings, masks=masks, sinks=list(sinks), encode=writer)
-        if isinstance(out, Path):         # a stream has no place beside it for them
-            write_run_settings(out, settings, pipe, backend, info, codec=writer.codec, masks=masks and str(masks))
-    except BaseException:
-        source.close()
-        raise
-
-    tick, end_progress = _progress(pipe, source, total, progress, monitor)
-    t0 = time.perf_counter()
-    failure: BaseException | None = None
-    try:
-        with signals_raise():
+    with signals_raise():                 # a stop while starting closes what is open (no statistics yet)
+        try:
+            source, writer, backend, pipe = _start(src, out, settings, masks, stats_path, sinks, backend)
+            tick, end_progress = _progress(pipe, source, frames_expected(source.info, settings), progress, monitor)
+        except SigTerm:
+            raise TerminatedError("terminated (SIGTERM) before the first frame: nothing was written") from None
+        t0 = time.perf_counter()
+        failure: BaseException | None = None
+        try:
             pipe.run(on_tick=tick)
-    except SigTerm:
-        failure = TerminatedError(f"terminated (SIGTERM) after {pipe.sink.delivered} frames")
-    except (KeyboardInterrupt, SegpipeError) as e:
-        failure = e
-    finally:
-        end_progress()
+        except SigTerm:
+            failure = TerminatedError(f"terminated (SIGTERM) after {pipe.sink.delivered} frames")
+        except (KeyboardInterrupt, SegpipeError) as e:
+            failure = e
+        finally:
+            end_progress()
     wall = time.perf_counter() - t0
 
+    info = source.info
     if isinstance(failure, PartialInputError) and pipe.sink.delivered == 0:
         failure = MediaError(str(failure))           # nothing came through: a failure, not a partial result
     damaged = getattr(source, "damaged", 0)
@@ -190,6 +180,36 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     if source.error is not None:
         raise PartialInputError(f"{info.name} ended early: {frames_in} frames were read ({source.error}){done}")
     return stats
+
+
+def _start(src, out, settings: Settings, masks, stats_path, sinks, backend):
+    """Open the source, the output (before the model loads or builds: a bad one fails first) and the
+    backend, and wire the pipeline: ``(source, writer, backend, pipe)``. Whatever fails (or a stop) closes
+    what was opened."""
+    source = src if hasattr(src, "frames") and hasattr(src, "info") else open_within(src, settings.decode)
+    info, writer = source.info, None
+    try:                                  # until the pipeline runs (and its decoder owns it), close it here
+        check_images(source, out, stats_path)
+        if out is not None:
+            writer = open_output(out, info, frames_expected(info, settings), settings)
+        backend = backend if backend is not None else load_backend(settings, (info.height, info.width))
+        pipe = build_pipeline(source, backend, settings, masks=masks, sinks=list(sinks), encode=writer)
+        if isinstance(out, Path):         # a stream has no place beside it for them
+            write_run_settings(out, settings, pipe, backend, info, codec=writer.codec, masks=masks and str(masks))
+    except BaseException:
+        source.close()
+        if writer is not None:            # unlocks the output; one not begun is removed
+            writer.teardown()
+        raise
+    return source, writer, backend, pipe
+
+
+def frames_expected(info, settings: Settings) -> int | None:
+    """The frames a run should give: the source's, at most ``decode.max_frames`` (None: not known)."""
+    total, most = info.frames, settings.decode.max_frames
+    if most is not None:
+        total = min(total, most) if total else most
+    return total
 
 
 def _progress(pipe, source, total: int | None, progress: bool, monitor):
@@ -328,11 +348,34 @@ def check_outputs(src, out: Path | None, masks, stats_path) -> None:
                         "others stay (empty the folder for only this run's)", masks, old)
     if stats_path is not None:
         writable_file(stats_path, "--stats", "stats.json")
+        check_report(stats_path, "--stats", src, ("the --out video", out),
+                     ("the settings file written beside --out", out and settings_path(out)))
 
 
-def is_input(path: Path, src) -> bool:
-    """``path`` is the input ``src`` itself (writing there would destroy it)."""
-    return isinstance(src, (str, Path)) and Path(src).exists() and Path(path).resolve() == Path(src).resolve()
+def check_images(source, out, stats_path) -> None:
+    """An image folder or glob is known file by file only once open: refuse writing over one of its images."""
+    for flag, path in (("--out", out), ("--stats", stats_path)):
+        if path is not None and is_input(path, source):
+            raise InvalidInputError(f"{flag} {path} is one of the input images: write to another file")
+
+
+def check_report(path, flag: str, src, *files) -> None:
+    """Refuse a report (``--stats``, ``--json``: written at the end) that would replace the input ``src`` or
+    another of the command's ``files``: (what, path) pairs, a None path skipped."""
+    if is_input(path, src):
+        raise InvalidInputError(f"{flag} {path} is the input itself: the report would replace it; name another file")
+    for what, other in files:
+        if other is not None and Path(other).resolve() == Path(path).resolve():
+            raise InvalidInputError(f"{flag} {path} is {what}: the report would replace it; name another file")
+
+
+def is_input(path, src) -> bool:
+    """``path`` is the input ``src`` itself, or one of the images of an opened folder or glob (``src.files``):
+    writing there would destroy it."""
+    target = Path(path).resolve()
+    if hasattr(src, "files"):
+        return any(Path(f).resolve() == target for f in src.files)
+    return isinstance(src, (str, Path)) and Path(src).exists() and target == Path(src).resolve()
 
 
 def _closed(out, masks, frames: int) -> str:

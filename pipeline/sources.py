@@ -14,11 +14,14 @@ stream itself (a transport stream that lost packets: see ``PtsGaps``); a contain
 (dropped connection), or a file that ends well before its container said (truncated), ends the stream
 early and sets ``error``. A file that cannot be a video (empty, text, an MP4 cut before its index, no
 video stream, no decodable frame) is refused at open with what to do. Frames come out upright: a
-display-matrix rotation (phone videos) is applied, as players do.
+display-matrix rotation (phone videos) is applied, as players do. Non-square pixels are kept as stored, and
+their shape (the sample aspect ratio) goes in ``info`` for the output to carry. An image folder or glob
+holds images of one size (checked at open from their headers).
 """
 from __future__ import annotations
 
 import collections
+import functools
 import glob
 import heapq
 import io
@@ -35,6 +38,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+from PIL import Image
 
 from train.data import IMAGE_EXTENSIONS, decode_image
 from train.errors import InputNotFoundError, InvalidInputError, MediaError, UnreadableInputError
@@ -43,6 +47,7 @@ log = logging.getLogger("segpipe.pipeline")
 
 LIVE_SCHEMES = {"rtsp", "rtsps", "rtmp", "rtmps", "udp", "rtp", "srt", "tcp"}
 LOSSY_SCHEMES = {"rtsp", "rtsps", "udp", "rtp", "srt"}    # may carry media over datagrams: packets can be lost
+FORMAT_SCHEMES = {"rtsp", "rtsps"}    # FFmpeg's RTSP demuxer/muxer takes these, not a protocol
 TS_PACKET_SIZES = (188, 192, 204)     # MPEG-TS, M2TS (Blu-ray, AVCHD), TS with Reed-Solomon bytes (DVB)
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 MAX_SKIP_WARNINGS = 3      # undecodable packets listed one by one; the rest are counted
@@ -61,6 +66,7 @@ class SourceInfo:
     frames: int | None        # known length (None: live or unknown)
     live: bool
     path: str | None = None   # what FFmpeg opened (a file's sound is read from it); name is for messages
+    sample_aspect_ratio: Fraction | None = None   # pixel width / height, upright (None: square pixels)
 
 
 def open_source(spec, settings) -> "VideoSource | ImageSource | ArraySource":
@@ -113,6 +119,28 @@ def is_arrays(spec) -> bool:
         spec, (str, bytes, bytearray, memoryview, os.PathLike, io.IOBase))
 
 
+@functools.cache
+def has_protocol(scheme: str) -> bool:
+    """Whether this FFmpeg build has the ``scheme``:// protocol (SRT needs libsrt, for one). Nothing is
+    sent or read: FFmpeg looks the protocol up before it checks a whitelist, and this one allows none."""
+    try:
+        av.open(f"{scheme}://", format="mpegts", options={"protocol_whitelist": "none"}).close()
+    except av.ProtocolNotFoundError:
+        return False
+    except (av.FFmpegError, OSError, ValueError):    # found, and refused by the whitelist
+        pass
+    return True
+
+
+def check_protocol(url: str, verb: str) -> None:
+    """Refuse, before any work, a URL whose protocol this FFmpeg build lacks (``verb``: open, stream to)."""
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in FORMAT_SCHEMES and not has_protocol(scheme):
+        raise InvalidInputError(f"cannot {verb} {url}: this FFmpeg build (PyAV's, FFmpeg {av.ffmpeg_version_info}) "
+                                f"has no {scheme}:// protocol: use udp:// or rtsp:// instead, or a PyAV built on an "
+                                f"FFmpeg that has it (pip install av --no-binary av)")
+
+
 def natural_sorted(names) -> list[str]:
     """frame2.png before frame10.png."""
     return sorted(names, key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)])
@@ -144,6 +172,8 @@ class VideoSource:
         timeout = settings.timeout_s if kind != "file" else None
         if kind == "file":
             check_readable(Path(url), name)
+        if scheme:
+            check_protocol(url, "open")
         try:
             self.container = av.open(url, format=fmt, options=options, timeout=timeout)
         except FileNotFoundError:
@@ -152,6 +182,11 @@ class VideoSource:
                                          f"`ls /dev/video*` (or v4l2-ctl --list-devices)") from None
             raise InputNotFoundError(f"input {url} does not exist: pass a video file, image folder, glob, "
                                      f"URL or camera index") from None
+        except av.ExitError:                     # FFmpeg gave up waiting: the timeout's interrupt
+            hint = ("is the camera connected and free?" if kind == "camera" else
+                    "is the sender running, and sending to this address and port?")
+            raise MediaError(f"nothing arrived from {name} within {timeout:g} s (decode.timeout_s): {hint} "
+                             f"(if it is only slow to start, raise decode.timeout_s)") from None
         except (av.FFmpegError, OSError) as e:
             if kind == "file":
                 raise UnreadableInputError(unreadable_file(Path(url), e, name)) from None
@@ -206,7 +241,12 @@ class VideoSource:
             self.rotation = round(self._first.rotation / 90) % 4 * 90 if self._first.rotation else 0
             if self.rotation in (90, 270):
                 width, height = height, width
-        self.info = SourceInfo(kind, name, width, height, fps, time_base, frames, live, path=url)
+        sar = stream.sample_aspect_ratio            # None or 0 where the video does not say: square
+        sar = Fraction(sar) if sar and sar != 1 else None
+        if sar and self.rotation in (90, 270):      # a turned pixel's width is its height
+            sar = 1 / sar
+        self.info = SourceInfo(kind, name, width, height, fps, time_base, frames, live, path=url,
+                               sample_aspect_ratio=sar)
 
     @property
     def skipped(self) -> int:
@@ -421,6 +461,18 @@ def is_pipe(path: str) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
+def shown_size(path: str) -> tuple[int, int] | None:
+    """An image's (width, height) as OpenCV reads it (turned by its EXIF orientation), from its header
+    alone; None if it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            turned = img.getexif().get(0x0112) in (5, 6, 7, 8)     # Orientation: a quarter turn
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return (h, w) if turned else (w, h)
+
+
 def check_readable(path: Path, name: str | None = None) -> None:
     """Fail clearly, before FFmpeg does, for a file that cannot be a video (``name``: what to call it)."""
     name = name or path
@@ -505,15 +557,17 @@ def promised_seconds(container, stream) -> float | None:
 
 
 class ImageSource:
-    """An ordered list of image files, read with OpenCV at a fixed frame rate."""
+    """An ordered list of image files of one size, read with OpenCV at a fixed frame rate. The sizes are
+    checked at open from the files' headers: a video holds one size, and a mask must line up with its
+    image, so an image of another size is refused (stretching it would distort it and its mask)."""
 
     def __init__(self, files: list[str], name: str, settings):
         self.files = files
         self.skipped = 0            # images that could not be read (counted, reported)
         self.error = None
         first = None
-        for f in files:
-            first = self._read(f)
+        for path in files:
+            first = self._read(path)
             if first is not None:
                 break
         if first is None:
@@ -521,6 +575,17 @@ class ImageSource:
         fps = Fraction(settings.fps).limit_denominator(1001)
         h, w = first.shape[:2]
         self.info = SourceInfo("images", name, w, h, fps, 1 / fps, len(files), False)
+        self._first_name = os.path.basename(path)
+        for f in files:
+            size = shown_size(f)
+            if size is not None and size != (w, h):     # None: unreadable, skipped when its turn comes
+                raise InvalidInputError(self._odd_size(f, size))
+
+    def _odd_size(self, path: str, size: tuple[int, int]) -> str:
+        w, h = self.info.width, self.info.height
+        turned = " (turned: a photo's EXIF orientation?)" if size == (h, w) else ""
+        return (f"{path} is {size[0]}x{size[1]} but the first image, {self._first_name}, is "
+                f"{w}x{h}{turned}: pass images of one size (resize them first, or segment each size separately)")
 
     @staticmethod
     def _read(path: str) -> np.ndarray | None:
@@ -535,8 +600,8 @@ class ImageSource:
                 self.skipped += 1
                 log.warning("skipped %s: not a readable image (damaged or cut short?)", os.path.basename(path))
                 continue
-            if img.shape[:2] != (h, w):
-                img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+            if img.shape[:2] != (h, w):      # its header said otherwise (checked at open)
+                raise InvalidInputError(self._odd_size(path, img.shape[1::-1]))
             yield index, index, tb, img
 
     def close(self) -> None:

@@ -1,0 +1,207 @@
+"""Outputs that would land on another file of the command: a report (--stats, --json) naming the input or
+another output, --out naming one of an image folder's files, two runs writing one --out at once. Each is
+refused in one line (exit 2) before any work, and the file it would have replaced is left as it was.
+A stop while starting (before the pipeline runs) writes no statistics and leaves no output (README).
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+from fractions import Fraction
+
+import cv2
+import pytest
+import torch
+
+import pipeline.run
+from faultmedia import StubBackend, frame_image, probe, write_video
+from pipeline.encode import Encode
+from pipeline.run import settings_path
+
+
+def refused(result, command: str, message: str):
+    """Exit 2, the last stderr line is the one-line error with ``message``, no traceback."""
+    code, last, err, _ = result
+    assert code == 2, err
+    assert last == f"segpipe {command}: error: {message}", err
+    assert "Traceback" not in err
+
+
+@pytest.fixture
+def files(tmp_path, cli):
+    """An input clip, an earlier run's output and its settings, and a config: what a report could replace."""
+    clip = write_video(tmp_path / "in.mp4", 12)
+    out = tmp_path / "seg.mp4"
+    assert cli("run", clip, "--out", out)[0] == 0
+    config = tmp_path / "my.yaml"
+    config.write_text("encode:\n  crf: 30\n")
+    return {"input": clip, "out": out, "settings": settings_path(out), "config": config}
+
+
+def snapshot(files) -> dict:
+    return {name: path.read_bytes() for name, path in files.items()}
+
+
+# --- a report that names another file of the command ----------------------------------------------------
+@pytest.mark.parametrize("victim, what", [
+    ("input", "the input itself"),
+    ("out", "the --out video"),
+    ("settings", "the settings file written beside --out"),
+    ("config", "the --config file"),
+])
+def test_run_stats_never_replace_the_input_or_an_output(cli, files, victim, what):
+    before = snapshot(files)
+    report = files[victim]
+    refused(cli("run", files["input"], "--out", files["out"], "--config", files["config"], "--stats", report),
+            "run", f"--stats {report} is {what}: the report would replace it; name another file")
+    assert snapshot(files) == before
+
+
+@pytest.mark.parametrize("victim, what", [
+    ("input", "the input itself"),
+    ("record", "the --record video"),
+    ("settings", "the settings file written beside --record"),
+    ("config", "the --config file"),
+])
+def test_live_stats_never_replace_the_input_or_the_recording(cli, files, victim, what):
+    files = {**files, "record": files["out"]}
+    before = snapshot(files)
+    report = files[victim]
+    refused(cli("live", files["input"], "--record", files["record"], "--config", files["config"],
+                "--stats", report),
+            "live", f"--stats {report} is {what}: the report would replace it; name another file")
+    assert snapshot(files) == before
+
+
+@pytest.mark.parametrize("victim, what", [("input", "the input itself"), ("config", "the --config file")])
+def test_bench_json_never_replaces_the_video_or_the_config(cli, files, victim, what):
+    before = snapshot(files)
+    report = files[victim]
+    refused(cli("bench", "--video", files["input"], "--frames", 8, "--config", files["config"], "--json", report),
+            "bench", f"--json {report} is {what}: the report would replace it; name another file")
+    assert snapshot(files) == before
+
+
+def test_batch_stats_never_replace_an_input(tmp_path, cli):
+    a, b = write_video(tmp_path / "a.mp4", 6), write_video(tmp_path / "b.mp4", 6)
+    before = a.read_bytes()
+    refused(cli("run", a, b, "--out-dir", tmp_path / "seg", "--stats", a),
+            "run", f"--stats {a} is the input {a}: the report would replace it; name another file")
+    assert a.read_bytes() == before and not (tmp_path / "seg" / "a.mp4").exists()
+
+
+# --- an image folder or glob: its files are inputs ------------------------------------------------------
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"photo{i}.jpg"), cv2.cvtColor(frame_image(i, 96, 64), cv2.COLOR_RGB2BGR))
+    return folder
+
+
+@pytest.mark.parametrize("form", ["folder", "glob"])
+@pytest.mark.parametrize("flag, extra", [("--out", ["--frames", "1"]), ("--stats", ["--out", "seg.mp4"])])
+def test_an_output_that_is_one_of_the_input_images_is_refused(tmp_path, cli, photos, form, flag, extra):
+    victim = photos / "photo1.jpg"
+    before = victim.read_bytes()
+    src = photos if form == "folder" else f"{photos}/*.jpg"
+    extra = [str(tmp_path / e) if e.endswith(".mp4") else e for e in extra]
+    refused(cli("run", src, flag, victim, *extra), "run", f"{flag} {victim} is one of the input images: "
+                                                          f"write to another file")
+    assert victim.read_bytes() == before
+    assert not (tmp_path / "seg.mp4").exists()
+
+
+# --- two writers of one file ----------------------------------------------------------------------------
+def test_an_out_another_run_is_writing_is_refused_and_left_alone(tmp_path, cli, files):
+    out = files["out"]
+    before = snapshot(files)
+    writer = Encode(out, 96, 64, Fraction(20), Fraction(1, 20))      # another run's encoder: holds the lock
+    try:
+        refused(cli("run", files["input"], "--out", out), "run",
+                f"--out {out} is being written by another process: wait for it to end, or name another file")
+        refused(cli("live", files["input"], "--record", out), "live",
+                f"--record {out} is being written by another process: wait for it to end, or name another file")
+        assert snapshot(files) == before                # neither the video nor its settings were touched
+    finally:
+        writer.teardown()
+    assert snapshot(files) == before                    # claimed, never opened: the earlier video stays
+    assert cli("run", files["input"], "--out", out, "--frames", 5)[0] == 0     # free again
+    assert probe(out)["frames"] == 5
+
+
+def test_the_lock_is_held_while_the_file_is_written_and_released_after(tmp_path):
+    out = tmp_path / "seg.mp4"
+    writer = Encode(out, 96, 64, Fraction(20), Fraction(1, 20))
+    with open(out, "ab") as other:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        writer.setup()
+        writer.teardown()                               # nothing encoded: removed, and unlocked
+        assert not out.exists()
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+# --- a stop while starting --------------------------------------------------------------------------------
+@pytest.mark.parametrize("sig, code, last", [
+    (signal.SIGINT, 130, "segpipe run: interrupted"),
+    (signal.SIGTERM, 143, "segpipe run: error: terminated (SIGTERM) before the first frame: nothing was written"),
+])
+@pytest.mark.parametrize("earlier", [False, True], ids=["new", "earlier-output"])
+def test_a_stop_while_the_model_loads_leaves_no_output_and_no_stats(tmp_path, cli, monkeypatch, sig, code, last,
+                                                                       earlier):
+    clip = write_video(tmp_path / "in.mp4", 12)
+    out, stats = tmp_path / "seg.mp4", tmp_path / "s.json"
+    if earlier:
+        assert cli("run", clip, "--out", out)[0] == 0
+    before = out.read_bytes() if earlier else None
+
+    def loading(*args, **kwargs):                 # the signal comes while the model loads
+        os.kill(os.getpid(), sig)
+        return StubBackend()
+
+    monkeypatch.setattr(pipeline.run, "load_backend", loading)
+    got, line, err, _ = cli("run", clip, "--out", out, "--stats", stats, stub=False)
+    assert (got, line) == (code, last), err
+    assert "Traceback" not in err
+    assert not stats.exists()                     # README: no statistics before the pipeline runs
+    assert (out.read_bytes() if out.exists() else None) == before     # the earlier video, or none
+    if not earlier:
+        assert not settings_path(out).exists()
+
+
+def test_live_stopped_while_the_model_loads_leaves_no_recording(tmp_path, cli, monkeypatch):
+    clip = write_video(tmp_path / "in.mp4", 12)
+    rec, stats = tmp_path / "rec.mp4", tmp_path / "s.json"
+
+    def loading(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return StubBackend()
+
+    monkeypatch.setattr(pipeline.run, "load_backend", loading)
+    got, line, err, _ = cli("live", clip, "--record", rec, "--stats", stats, stub=False)
+    assert (got, line) == (143, "segpipe live: error: terminated (SIGTERM) before the first frame: nothing was "
+                                "recorded"), err
+    assert not rec.exists() and not settings_path(rec).exists() and not stats.exists()
+
+
+# --- a benchmark that measured nothing --------------------------------------------------------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_bench_with_no_backend_that_runs_fails(tmp_path, cli):
+    report = tmp_path / "bench.json"
+    code, last, err, out = cli("bench", "--model-only", "--backend", "torch-cuda", "--batch", 1, "--json", report)
+    assert code == 1, err
+    assert last == "segpipe bench: error: no backend could run here: nothing was measured (the warnings above " \
+                   "say why)"
+    assert "needs a CUDA GPU" in err and not report.exists() and out == ""
+
+
+def test_stats_of_a_run_still_written(tmp_path, cli):
+    """The checks leave ordinary reports alone."""
+    clip = write_video(tmp_path / "in.mp4", 6)
+    stats = tmp_path / "reports" / "s.json"
+    assert cli("run", clip, "--out", tmp_path / "seg.mp4", "--stats", stats)[0] == 0
+    assert json.loads(stats.read_text())["exit"] == "done"
