@@ -138,7 +138,7 @@ def check_memory(model, size: tuple[int, int], batch: int, dev: torch.device) ->
     gib, where = 2 ** 30, _device_name(dev) if dev.type == "cuda" else "this machine"
     per_frame = need / batch
     if batch > 1 and per_frame <= have:
-        fix = f"--batch {int(have // per_frame)}" + (" or less" if have >= 2 * per_frame else "")
+        fix = f"a batch of {int(have // per_frame)}" + (" or less" if have >= 2 * per_frame else "")
     else:
         step = 2 ** model.config.depth
         scale = (have / per_frame) ** 0.5 * 0.9

@@ -134,7 +134,7 @@ def _settings(args, **extra):
 
 def run_command(args) -> int:
     from pipeline.encode import IMAGE_SUFFIXES
-    from pipeline.run import check_report, run, summary
+    from pipeline.run import check_report, files_read, run, summary
     from train.errors import InvalidInputError
 
     args = _Options(args)
@@ -159,7 +159,7 @@ def run_command(args) -> int:
                          encode={"codec": args.codec, "audio": args.audio},
                          queues={"policy": args.policy})
     if args.stats is not None:            # run() checks it against the input and outputs; these are named here
-        check_report(args.stats, "--stats", None, *_read(args))
+        check_report(args.stats, "--stats", None, *files_read(args.config, args.weights))
     if batch:
         from pipeline.batch import run_many
         return run_many(srcs, settings, out_dir=args.out_dir, masks=args.masks, stats=args.stats,
@@ -167,11 +167,6 @@ def run_command(args) -> int:
     stats = run(srcs[0], args.out, settings, masks=args.masks, stats_path=args.stats, progress=args.progress)
     print(summary(stats, args.out))
     return 0
-
-
-def _read(args) -> tuple:
-    """The files a command reads besides its input, as (what, path) pairs: a report must not replace them."""
-    return ("the --config file", args.config), ("the --weights checkpoint", args.weights)
 
 
 def _ray_address(text: str) -> bool:
@@ -201,14 +196,14 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def bench_command(args) -> int:
-    from pipeline.run import check_report
+    from pipeline.run import check_report, files_read
     from train.errors import InvalidInputError, MediaError
     from train.paths import writable_file
 
     args = _Options(args)
     if args.json:
         writable_file(args.json, "--json", "bench.json")
-        check_report(args.json, "--json", args.video, *_read(args))
+        check_report(args.json, "--json", args.video, *files_read(args.config, args.weights))
     if args.video and args.model_only:
         raise InvalidInputError("--video and --model-only measure different things: pass one of them")
     if not args.video:

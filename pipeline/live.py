@@ -96,7 +96,7 @@ def register(sub, formatter) -> None:
 
 
 def live_command(args) -> int:
-    from pipeline.run import check_report, summary
+    from pipeline.run import check_report, files_read, summary
     from pipeline.settings import load_settings
 
     a = {k: v for k, v in vars(args).items()}
@@ -107,8 +107,7 @@ def live_command(args) -> int:
     if get("duration") is not None and get("duration") <= 0:
         raise InvalidInputError(f"--duration {get('duration')} must be > 0 seconds")
     if get("stats") is not None:          # run_live checks it against the input and --record
-        check_report(get("stats"), "--stats", None, ("the --config file", get("config")),
-                     ("the --weights checkpoint", get("weights")))
+        check_report(get("stats"), "--stats", None, *files_read(get("config"), get("weights")))
     settings = load_settings(get("config"),
                              infer={"weights": get("weights"), "backend": get("backend"),
                                     "precision": get("precision"), "device": get("device"), "size": get("size")},

@@ -369,6 +369,11 @@ def check_report(path, flag: str, src, *files) -> None:
             raise InvalidInputError(f"{flag} {path} is {what}: the report would replace it; name another file")
 
 
+def files_read(config, weights) -> tuple:
+    """The files a command reads besides its input, as (what, path) pairs: a report must not replace them."""
+    return ("the --config file", config), ("the --weights checkpoint", weights)
+
+
 def is_input(path, src) -> bool:
     """``path`` is the input ``src`` itself, or one of the images of an opened folder or glob (``src.files``):
     writing there would destroy it."""

@@ -467,7 +467,8 @@ def shown_size(path: str) -> tuple[int, int] | None:
     try:
         with Image.open(path) as img:
             w, h = img.size
-            turned = img.getexif().get(0x0112) in (5, 6, 7, 8)     # Orientation: a quarter turn
+            # Orientation: a quarter turn (Pillow has already turned a TIFF's size itself)
+            turned = img.format != "TIFF" and img.getexif().get(0x0112) in (5, 6, 7, 8)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
     return (h, w) if turned else (w, h)

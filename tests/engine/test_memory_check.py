@@ -33,7 +33,7 @@ def test_too_large_is_refused_naming_a_batch_or_a_size_that_fits(monkeypatch):
     monkeypatch.setattr("engine.loader.free_memory", lambda dev: int(2.5 * per_frame))
     check_memory(model, (960, 1280), 2, torch.device("cpu"))         # fits
     with pytest.raises(InvalidInputError, match=r"input 960x1280 at batch 8 needs about [\d.]+ GiB .* this "
-                                                r"machine has [\d.]+ GiB free: use --batch 2 or less$"):
+                                                r"machine has [\d.]+ GiB free: use a batch of 2 or less$"):
         check_memory(model, (960, 1280), 8, torch.device("cpu"))
     monkeypatch.setattr("engine.loader.free_memory", lambda dev: per_frame // 3)
     with pytest.raises(InvalidInputError, match=r"use --size \d+x\d+ or less$") as refused:
