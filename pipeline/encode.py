@@ -199,7 +199,6 @@ class Encode(Stage):
         self.preflight()
         if audio is not None:
             self.preflight_audio(str(audio))
-        self.claim()
 
     @classmethod
     def from_settings(cls, path, width: int, height: int, info, settings, threads: int | None = None,

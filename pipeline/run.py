@@ -21,8 +21,7 @@ then); ``dropped_by`` splits it. ``frames`` is what the output holds.
 after the output is closed and the statistics are written. Outputs are checked before any work; any
 failure once running, SIGTERM (exit 143) and Ctrl-C (exit 130) close the outputs first (an output file
 that exists is playable; one with no frame in it is removed) and the message says what they hold. A stop
-while starting (opening, loading the model) writes no statistics. The --out file is locked while written
-(Encode.claim): a second run writing it is refused.
+while starting (opening, loading the model) writes no statistics.
 """
 from __future__ import annotations
 

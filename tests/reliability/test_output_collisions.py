@@ -5,19 +5,16 @@ A stop while starting (before the pipeline runs) writes no statistics and leaves
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
-from fractions import Fraction
 
 import cv2
 import pytest
 import torch
 
 import pipeline.run
-from faultmedia import StubBackend, frame_image, probe, write_video
-from pipeline.encode import Encode
+from faultmedia import StubBackend, frame_image, write_video
 from pipeline.run import settings_path
 
 
@@ -116,35 +113,6 @@ def test_an_output_that_is_one_of_the_input_images_is_refused(tmp_path, cli, pho
 
 
 # --- two writers of one file ----------------------------------------------------------------------------
-def test_an_out_another_run_is_writing_is_refused_and_left_alone(tmp_path, cli, files):
-    out = files["out"]
-    before = snapshot(files)
-    writer = Encode(out, 96, 64, Fraction(20), Fraction(1, 20))      # another run's encoder: holds the lock
-    try:
-        refused(cli("run", files["input"], "--out", out), "run",
-                f"--out {out} is being written by another process: wait for it to end, or name another file")
-        refused(cli("live", files["input"], "--record", out), "live",
-                f"--record {out} is being written by another process: wait for it to end, or name another file")
-        assert snapshot(files) == before                # neither the video nor its settings were touched
-    finally:
-        writer.teardown()
-    assert snapshot(files) == before                    # claimed, never opened: the earlier video stays
-    assert cli("run", files["input"], "--out", out, "--frames", 5)[0] == 0     # free again
-    assert probe(out)["frames"] == 5
-
-
-def test_the_lock_is_held_while_the_file_is_written_and_released_after(tmp_path):
-    out = tmp_path / "seg.mp4"
-    writer = Encode(out, 96, 64, Fraction(20), Fraction(1, 20))
-    with open(out, "ab") as other:
-        with pytest.raises(BlockingIOError):
-            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        writer.setup()
-        writer.teardown()                               # nothing encoded: removed, and unlocked
-        assert not out.exists()
-        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-
 # --- a stop while starting --------------------------------------------------------------------------------
 @pytest.mark.parametrize("sig, code, last", [
     (signal.SIGINT, 130, "segpipe run: interrupted"),
