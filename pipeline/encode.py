@@ -44,11 +44,6 @@ from pipeline.stage import Stage
 from train.data import IMAGE_EXTENSIONS
 from train.errors import InvalidInputError, MediaError
 
-try:
-    import fcntl
-except ImportError:                     # Windows: no advisory locks, outputs are not claimed
-    fcntl = None
-
 log = logging.getLogger("segpipe.pipeline")
 AUTO_CODECS = {".webm": "libvpx-vp9"}           # codec "auto": H.264, except where the container cannot hold it
 IMAGE_SUFFIXES = {*IMAGE_EXTENSIONS, ".gif"}      # not videos: --out x.png writes an image
@@ -195,7 +190,6 @@ class Encode(Stage):
         self.packets = 0                         # packets muxed into the file
         self.failed = False                      # a write failed: the file may lack its trailer
         self.kept: int | None = None             # after a failed write: the frames the file really holds
-        self._claim = None                       # the locked output file, from here to teardown
         self.preflight()
         if audio is not None:
             self.preflight_audio(str(audio))
@@ -371,35 +365,6 @@ class Encode(Stage):
         stream.options = self._stream_options
         return stream
 
-    def claim(self) -> None:
-        """Lock the output file (advisory, until teardown) before anything truncates it, so a second segpipe
-        writing the same file fails now in one line, instead of both ending well with one run's frames."""
-        if fcntl is None or not isinstance(self.path, Path):      # Windows; a stream (Publish) names a URL
-            return
-        made = not self.path.exists()
-        try:
-            handle = open(self.path, "ab")     # "a": creates it if missing, truncates nothing
-        except OSError as e:
-            raise MediaError(f"cannot write {self.path}: {e.strerror or e}") from None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise InvalidInputError(f"{self.flag} {self.path} is being written by another process: wait for it "
-                                    f"to end, or name another file") from None
-        except OSError as e:                   # a file system without locks (some network mounts)
-            log.debug("cannot lock %s (%s): written unlocked", self.path, e.strerror)
-        self._claim, self._made = handle, made
-
-    def release(self) -> None:
-        """Unlock the output; one made by ``claim`` that was never opened (the run stopped first) is removed."""
-        if self._claim is None:
-            return
-        if self.container is None and self._made:
-            self.path.unlink(missing_ok=True)
-        self._claim.close()
-        self._claim = None
-
     def setup(self) -> None:
         try:
             self.container = av.open(str(self.path), "w", options=self.muxer_options)
@@ -486,7 +451,6 @@ class Encode(Stage):
 
     def teardown(self) -> None:
         if self.container is None:
-            self.release()
             return
         close_error = None
         try:
@@ -504,7 +468,6 @@ class Encode(Stage):
             if self.audio is not None:
                 self._close_audio()
             self._remove_if_unusable(finalised=close_error is None)
-            self.release()
         if close_error is not None:
             raise write_error(self.path, close_error)
 

@@ -48,6 +48,7 @@ def decode_index(labels: np.ndarray) -> int:
 def write_video(path: Path, frames: int = 12, width: int = 96, height: int = 64, *, rate=20,
                 codec: str = "libx264", pix_fmt: str = "yuv420p", options: dict | None = None,
                 pts: list[int] | None = None, time_base: Fraction | None = None, rotation: int | None = None,
+                sample_aspect_ratio: Fraction | None = None,
                 container_options: dict | None = None, gray: bool = False, noise: bool = False,
                 audio: str | None = None, audio_layout: str = "mono") -> Path:
     """Encode ``frames`` test frames; ``pts`` (in ``time_base``) gives each its own timestamp (VFR);
@@ -62,6 +63,8 @@ def write_video(path: Path, frames: int = 12, width: int = 96, height: int = 64,
         stream.options = ({"preset": "ultrafast", "crf": "10"} if codec == "libx264" else {}) | (options or {})
         if rotation is not None:
             stream.set_display_rotation(rotation)
+        if sample_aspect_ratio is not None:
+            stream.codec_context.sample_aspect_ratio = sample_aspect_ratio
         sound = container.add_stream(audio, rate=48000, layout=audio_layout) if audio else None
         for i in range(frames):
             img = frame_image(i, width, height)

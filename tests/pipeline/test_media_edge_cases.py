@@ -12,6 +12,7 @@ import cv2
 import pytest
 from PIL import Image
 
+from mediakit import write_video
 from pipehelp import StubBackend, frame_image, write_clip
 from pipeline import encode
 from pipeline.cli import main
@@ -24,19 +25,7 @@ SAR = Fraction(4, 3)
 
 def sar_clip(path, sar=SAR, rotation=None, frames=4, width=96, height=64):
     """A clip whose pixels are ``sar`` wide (4:3: a 96x64 clip shows as 128x64)."""
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=20)
-        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-        s.codec_context.sample_aspect_ratio = sar
-        s.options = {"preset": "ultrafast"}
-        if rotation is not None:
-            s.set_display_rotation(rotation)
-        for i in range(frames):
-            for p in s.encode(av.VideoFrame.from_ndarray(frame_image(i, width, height), format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
+    return write_video(path, frames, width, height, rotation=rotation, sample_aspect_ratio=sar)
 
 
 def shape(path):

@@ -1,5 +1,5 @@
 """Outputs that would land on another file of the command: a report (--stats, --json) naming the input or
-another output, --out naming one of an image folder's files, two runs writing one --out at once. Each is
+another output, --out naming one of an image folder's files. Each is
 refused in one line (exit 2) before any work, and the file it would have replaced is left as it was.
 A stop while starting (before the pipeline runs) writes no statistics and leaves no output (README).
 """
