@@ -20,6 +20,9 @@ hold (odd width or height for yuv420p) are padded by one row/column (edge replic
 - The input file's sound is copied as it is (``audio``: its path; see pipeline/audio.py) where the
   container can hold it (tried on the probe file too); where it cannot, the output is silent and a
   warning says why. ``sound`` says which, for the statistics.
+- The output file is locked (an advisory ``flock``) from the moment it is opened until it is closed: a second
+  segpipe writing the same file is refused before it starts (or, if both start at once, when it opens the file),
+  instead of both ending well with one run's frames in a file that both claim.
 - A write that fails (disk full, I/O error) is a MediaError that says so. An output that holds no frame,
   or no frame that plays, is removed: an output file that exists is always playable. ``kept`` says how
   many frames a failed file still holds.
@@ -43,6 +46,11 @@ from pipeline.audio import AudioCopy
 from pipeline.stage import Stage
 from train.data import IMAGE_EXTENSIONS
 from train.errors import InvalidInputError, MediaError
+
+try:
+    import fcntl
+except ImportError:                     # Windows: no advisory locks, outputs are not locked
+    fcntl = None
 
 log = logging.getLogger("segpipe.pipeline")
 AUTO_CODECS = {".webm": "libvpx-vp9"}           # codec "auto": H.264, except where the container cannot hold it
@@ -190,7 +198,10 @@ class Encode(Stage):
         self.packets = 0                         # packets muxed into the file
         self.failed = False                      # a write failed: the file may lack its trailer
         self.kept: int | None = None             # after a failed write: the frames the file really holds
+        self._lock = None                        # the open, locked output file, from setup to teardown
+        self._made = False                       # setup created the file (nothing was there before)
         self.preflight()
+        self._refuse_if_busy()
         if audio is not None:
             self.preflight_audio(str(audio))
 
@@ -365,7 +376,51 @@ class Encode(Stage):
         stream.options = self._stream_options
         return stream
 
+    def _busy_error(self) -> InvalidInputError:
+        return InvalidInputError(f"{self.flag} {self.path} is being written by another process: wait for it to "
+                                 f"end, or name another file")
+
+    def _refuse_if_busy(self) -> None:
+        """Fail before any work if another segpipe holds the file; takes nothing and creates nothing."""
+        if fcntl is None or not isinstance(self.path, Path) or not self.path.is_file():    # (Publish: a URL)
+            return
+        try:
+            with open(self.path, "rb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)    # released by the close
+        except BlockingIOError:
+            raise self._busy_error() from None
+        except OSError:         # unreadable, or a file system without locks: setup says what is wrong
+            pass
+
+    def _lock_output(self) -> None:
+        """Open the file without truncating it and lock it, before av.open truncates it."""
+        if fcntl is None or (self.path.exists() and not self.path.is_file()):     # a FIFO, a device
+            return
+        self._made = not self.path.exists()
+        try:
+            self._lock = open(self.path, "ab")
+        except OSError as e:
+            raise MediaError(f"cannot write {self.path}: {e.strerror or e} (does the folder exist and can it be "
+                             f"written?)") from None
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._unlock()
+            raise self._busy_error() from None
+        except OSError as e:    # a file system without locks (some network mounts): written unlocked
+            log.debug("cannot lock %s (%s): written unlocked", self.path, e.strerror)
+
+    def _unlock(self) -> None:
+        """Release the file; one this run created but never opened (it stopped first) is removed."""
+        if self._lock is None:
+            return
+        if self.container is None and self._made:
+            self.path.unlink(missing_ok=True)
+        self._lock.close()
+        self._lock = None
+
     def setup(self) -> None:
+        self._lock_output()
         try:
             self.container = av.open(str(self.path), "w", options=self.muxer_options)
         except (av.FFmpegError, OSError, ValueError) as e:
@@ -451,6 +506,7 @@ class Encode(Stage):
 
     def teardown(self) -> None:
         if self.container is None:
+            self._unlock()
             return
         close_error = None
         try:
@@ -468,6 +524,7 @@ class Encode(Stage):
             if self.audio is not None:
                 self._close_audio()
             self._remove_if_unusable(finalised=close_error is None)
+            self._unlock()
         if close_error is not None:
             raise write_error(self.path, close_error)
 

@@ -21,7 +21,8 @@ then); ``dropped_by`` splits it. ``frames`` is what the output holds.
 after the output is closed and the statistics are written. Outputs are checked before any work; any
 failure once running, SIGTERM (exit 143) and Ctrl-C (exit 130) close the outputs first (an output file
 that exists is playable; one with no frame in it is removed) and the message says what they hold. A stop
-while starting (opening, loading the model) writes no statistics.
+while starting (opening, loading the model) writes no statistics. A video output is locked while written
+(pipeline/encode.py): a second run writing it is refused.
 """
 from __future__ import annotations
 
@@ -129,19 +130,20 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     with signals_raise():                 # a stop while starting closes what is open (no statistics yet)
         try:
             source, writer, backend, pipe = _start(src, out, settings, masks, stats_path, sinks, backend)
-            tick, end_progress = _progress(pipe, source, frames_expected(source.info, settings), progress, monitor)
         except SigTerm:
             raise TerminatedError("terminated (SIGTERM) before the first frame: nothing was written") from None
-        t0 = time.perf_counter()
-        failure: BaseException | None = None
-        try:
+        t0, failure, end_progress = time.perf_counter(), None, None
+        try:                              # from here a stop is a failure with statistics, and the outputs
+            tick, end_progress = _progress(pipe, source, frames_expected(source.info, settings), progress,
+                                           monitor)       # are tidied below (no video: no settings beside it)
             pipe.run(on_tick=tick)
         except SigTerm:
             failure = TerminatedError(f"terminated (SIGTERM) after {pipe.sink.delivered} frames")
         except (KeyboardInterrupt, SegpipeError) as e:
             failure = e
         finally:
-            end_progress()
+            if end_progress is not None:
+                end_progress()
     wall = time.perf_counter() - t0
 
     info = source.info

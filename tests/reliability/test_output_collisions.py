@@ -1,21 +1,25 @@
 """Outputs that would land on another file of the command: a report (--stats, --json) naming the input or
-another output, --out naming one of an image folder's files. Each is
+another output, --out naming one of an image folder's files, a video another process is writing. Each is
 refused in one line (exit 2) before any work, and the file it would have replaced is left as it was.
 A stop while starting (before the pipeline runs) writes no statistics and leaves no output (README).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
+from fractions import Fraction
 
 import cv2
 import pytest
 import torch
 
 import pipeline.run
-from faultmedia import StubBackend, frame_image, write_video
+from faultmedia import StubBackend, frame_image, probe, write_video
+from pipeline.encode import Encode
 from pipeline.run import settings_path
+from train.errors import InvalidInputError
 
 
 def refused(result, command: str, message: str):
@@ -113,6 +117,44 @@ def test_an_output_that_is_one_of_the_input_images_is_refused(tmp_path, cli, pho
 
 
 # --- two writers of one file ----------------------------------------------------------------------------
+def test_an_out_another_process_is_writing_is_refused_and_left_alone(cli, files):
+    out = files["out"]
+    before = snapshot(files)
+    with open(out, "ab") as other:                      # another segpipe writing it holds this lock
+        fcntl.flock(other, fcntl.LOCK_EX)
+        refused(cli("run", files["input"], "--out", out), "run",
+                f"--out {out} is being written by another process: wait for it to end, or name another file")
+        refused(cli("live", files["input"], "--record", out), "live",
+                f"--record {out} is being written by another process: wait for it to end, or name another file")
+        assert snapshot(files) == before                # neither the video nor its settings were touched
+    assert cli("run", files["input"], "--out", out, "--frames", 5)[0] == 0     # free again
+    assert probe(out)["frames"] == 5
+
+
+def test_the_lock_is_held_from_opening_to_closing_and_creates_nothing_before(tmp_path):
+    out = tmp_path / "seg.mp4"
+    writer = Encode(out, 96, 64, Fraction(20), Fraction(1, 20))
+    assert not out.exists()                             # constructing it (before any work) makes no file
+    writer.setup()
+    with open(out, "rb") as other:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        writer.teardown()                               # nothing encoded: removed, and unlocked
+        assert not out.exists()
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_of_two_runs_started_together_the_second_to_open_the_file_stops(tmp_path):
+    out = tmp_path / "seg.mp4"
+    first, second = (Encode(out, 96, 64, Fraction(20), Fraction(1, 20)) for _ in range(2))
+    first.setup()
+    with pytest.raises(InvalidInputError, match=f"--out {out} is being written by another process"):
+        second.setup()
+    second.teardown()
+    assert out.exists()                                 # the first run's file: not the second's to remove
+    first.teardown()
+
+
 # --- a stop while starting --------------------------------------------------------------------------------
 @pytest.mark.parametrize("sig, code, last", [
     (signal.SIGINT, 130, "segpipe run: interrupted"),
