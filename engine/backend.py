@@ -7,6 +7,7 @@ no copies) so a wrong input fails with one line saying how to fix it.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,7 @@ class ModelInfo:
 class Backend:
     name = "backend"
     channels_last = False       # runs NHWC: the pipeline then stacks its frames straight into that layout
+    shared_buffers = False      # one set of device buffers (a TensorRT context, CUDA graphs): calls take turns
 
     def __init__(self, info: ModelInfo, device: torch.device, precision: str, max_batch: int):
         if max_batch < 1:
@@ -44,10 +46,23 @@ class Backend:
         self.class_names = list(info.class_names)
         self.palette = info.palette
         self.reason = ""            # why engine.load picked this backend (for logs and bench rows)
+        self._turn = threading.Lock()
+        self._done = torch.cuda.Event() if self.device.type == "cuda" else None   # the last call's GPU work
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         self.check(frames)
-        return self._run(frames)
+        if not self.shared_buffers:
+            return self._run(frames)
+        # Pipelines sharing this backend (segment() twice) call it from several threads: one call at a
+        # time, and on the GPU the next call's stream waits for the last call's work (no host wait).
+        with self._turn:
+            if self._done is None:
+                return self._run(frames)
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(self._done)
+            labels = self._run(frames)
+            self._done.record(stream)
+            return labels
 
     def _run(self, frames: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

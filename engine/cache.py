@@ -7,7 +7,8 @@ Each entry is two files in ``cache_dir()``::
 
 ``digest`` hashes the key, so any change of a key field (ONNX hash, TensorRT version, GPU,
 precision, size, batch range, ...) names a different entry and triggers a build; nothing else
-does. Before use, an entry is verified against its sidecar: the stored key must equal the
+does, except that an engine built for a wider batch range serves a narrower one (``lookup_covering``:
+``segpipe build --max-batch 8`` serves a run at batch 4 and a live view at batch 1). Before use, an entry is verified against its sidecar: the stored key must equal the
 wanted key and the artefact's SHA-256 must match, so a truncated or hand-copied file is
 rebuilt instead of being loaded. Everything here is pure file logic (no GPU needed).
 """
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +101,30 @@ def lookup(key: dict, suffix: str, root: Path | None = None) -> Lookup:
     return Lookup(artifact, "verified")
 
 
+def lookup_covering(key: dict, suffix: str, root: Path | None = None) -> tuple[Lookup, dict]:
+    """``lookup``, or else the verified entry whose key differs only by a batch range that holds ``key``'s
+    (the narrowest such). Returns the lookup and the key it found."""
+    exact = lookup(key, suffix, root)
+    if exact.hit or "batch_range" not in key:
+        return exact, key
+    lo, hi = key["batch_range"]
+    rest = {k: v for k, v in key.items() if k != "batch_range"}
+    wider = []
+    for meta_path in (root or cache_dir()).glob(f"{key.get('kind', 'entry')}-*{KEY_SUFFIX}"):
+        try:
+            found = json.loads(meta_path.read_text())["key"]
+            (flo, fhi), frest = found["batch_range"], {k: v for k, v in found.items() if k != "batch_range"}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if frest == rest and flo <= lo and fhi >= hi:
+            wider.append(found)
+    for found in sorted(wider, key=lambda k: k["batch_range"][1] - k["batch_range"][0]):
+        hit = lookup(found, suffix, root)
+        if hit.hit:
+            return hit, found
+    return exact, key
+
+
 def store(key: dict, data: bytes, suffix: str, root: Path | None = None, **meta) -> Path:
     """Write artefact then sidecar, each atomically, so a crash never leaves a verifiable half entry."""
     artifact, meta_path = _paths(key, suffix, root)
@@ -129,9 +155,16 @@ def entries(root: Path | None = None) -> list[dict]:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    """Write beside ``path`` under a name of its own (two threads or processes storing one key each
+    write their own file), then rename over it. (Not mkstemp: its files are private, whatever the umask.)"""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def clear(root: Path | None = None) -> int:

@@ -9,6 +9,7 @@ same graph (exported alongside, in memory) must match PyTorch within max |diff| 
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import time
@@ -28,6 +29,10 @@ from train.errors import ExportError, InvalidInputError
 log = logging.getLogger("segpipe.engine")
 
 OPSET = 17
+# The code that makes the graph: a change to it (normalisation, argmax, padding) exports anew, and so
+# rebuilds the engines keyed by the export's hash.
+GRAPH_CODE = hashlib.sha256(b"".join(Path(__file__).with_name(name).read_bytes()
+                                     for name in ("fused.py", "onnx_export.py"))).hexdigest()[:16]
 LABEL_AGREEMENT_MIN = 0.999   # onnxruntime labels vs PyTorch FP32 labels
 LOGITS_MAX_ABS_DIFF = 1e-3    # onnxruntime logits vs PyTorch FP32 logits
 INPUT_NAME, OUTPUT_NAME = "frames", "labels"
@@ -114,7 +119,7 @@ def check_export(net: FusedSegmenter, data: bytes, size: tuple[int, int]) -> tup
 def cached_onnx(net: FusedSegmenter, checkpoint_sha256: str, size: tuple[int, int]) -> Path:
     """The checked ONNX export of this checkpoint at this size, from the cache or exported now."""
     key = {"kind": "onnx", "checkpoint_sha256": checkpoint_sha256, "input_size": [int(size[0]), int(size[1])],
-           "opset": OPSET, "torch": torch.__version__, "onnx": onnx.__version__}
+           "opset": OPSET, "torch": torch.__version__, "onnx": onnx.__version__, "graph_code": GRAPH_CODE}
     if getattr(net, "margin", 0):  # a valid model's unpadded exports had this key; same padding's key is unchanged
         key["reflect_pad"] = net.margin
     hit = cache.lookup(key, ".onnx")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 import time
 
 import torch
@@ -106,10 +107,10 @@ def ensure_engine(model, info: ModelInfo, device: torch.device, precision: str, 
     """The engine plan for this key: from the cache (verified) or built now, loudly. Returns (plan, key, built)."""
     onnx_path = model_onnx(model, info)
     key = key_for(info, cache.file_sha256(onnx_path), device, precision, max_batch)
-    hit = cache.lookup(key, ".engine")
+    hit, found = cache.lookup_covering(key, ".engine")
     if hit.hit and not force:
-        log.info("TensorRT engine: using cached %s", hit.path)
-        return hit.path.read_bytes(), key, False
+        log.info("TensorRT engine: using cached %s (batch %d..%d)", hit.path, *found["batch_range"])
+        return hit.path.read_bytes(), found, False
     h, w = info.input_size
     gpu, cc = gpu_identity(device)
     log.warning("building TensorRT %s engine for %s at %dx%d, batch 1..%d on %s (sm %d.%d), TensorRT %s, because %s; "
@@ -126,6 +127,7 @@ def ensure_engine(model, info: ModelInfo, device: torch.device, precision: str, 
 class TensorRTBackend(Backend):
     """Runs a serialized engine with torch CUDA tensors bound as I/O on torch's current stream."""
     name = "tensorrt"
+    shared_buffers = True       # one execution context
 
     def __init__(self, plan: bytes, info: ModelInfo, device: torch.device, precision: str, max_batch: int, key: dict):
         super().__init__(info, device, precision, max_batch)
@@ -185,10 +187,11 @@ def _torch_tensorrt(model, info: ModelInfo, device: torch.device, precision: str
     key = key_for(info, cache.file_sha256(onnx_path), device, precision, max_batch,
                   builder=f"torch-tensorrt/{torch_tensorrt.__version__}")
     h, w = info.input_size
-    hit = cache.lookup(key, ".ep")
+    hit, found = cache.lookup_covering(key, ".ep")
     if hit.hit and not force:
-        log.info("torch-tensorrt: using cached %s", hit.path)
-        return TorchTensorRTBackend(torch.export.load(str(hit.path)).module(), info, device, precision, max_batch, key)
+        log.info("torch-tensorrt: using cached %s (batch %d..%d)", hit.path, *found["batch_range"])
+        return TorchTensorRTBackend(torch.export.load(str(hit.path)).module(), info, device, precision, max_batch,
+                                    found)
     log.warning("compiling with torch-tensorrt (dynamo, %s) for %s at %dx%d, batch 1..%d, because %s",
                 precision.upper(), info.name, h, w, max_batch, "--force was given" if force else hit.reason)
     if precision == "fp16":
@@ -201,16 +204,16 @@ def _torch_tensorrt(model, info: ModelInfo, device: torch.device, precision: str
     compiled = torch_tensorrt.compile(net, ir="dynamo", inputs=[spec], enabled_precisions=precisions)
     log.warning("torch-tensorrt compiled in %.1f s", time.perf_counter() - t0)
     example = torch.zeros((max_batch, 3, h, w), dtype=torch.uint8, device=device)
-    tmp = cache.cache_dir() / f".torch-tensorrt-{key['precision']}.{os.getpid()}.ep.tmp"   # one per process
     try:
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        torch_tensorrt.save(compiled, str(tmp), inputs=[example])
-        cache.store(key, tmp.read_bytes(), ".ep", build_seconds=round(time.perf_counter() - t0, 1), model=info.name)
+        cache.cache_dir().mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache.cache_dir(), prefix=".torch-tensorrt-") as tmp:  # one a call
+            saved = os.path.join(tmp, "program.ep")
+            torch_tensorrt.save(compiled, saved, inputs=[example])
+            with open(saved, "rb") as f:
+                cache.store(key, f.read(), ".ep", build_seconds=round(time.perf_counter() - t0, 1), model=info.name)
     except Exception as e:  # the program still runs; it just compiles again next start
         log.warning("could not cache the torch-tensorrt program (%s: %s); it will be recompiled next time",
                     type(e).__name__, str(e)[:200])
-    finally:
-        tmp.unlink(missing_ok=True)
     return TorchTensorRTBackend(compiled, info, device, precision, max_batch, key)
 
 

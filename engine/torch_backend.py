@@ -49,6 +49,7 @@ class TorchCUDABackend(Backend):
     """
     name = "torch-cuda"
     channels_last = True
+    shared_buffers = True       # each graph's static input and output
     MODES = ("graphs", "compile", "eager")
 
     def __init__(self, model: nn.Module, info: ModelInfo, device: torch.device, precision: str = "fp16",
@@ -67,8 +68,10 @@ class TorchCUDABackend(Backend):
         self._graphs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.cuda.CUDAGraph]] = {}
 
     def warmup(self, batches=None) -> None:
-        """Capture the graphs for ``batches`` now (default: batch 1 and max batch) instead of on first use."""
-        for n in batches or sorted({1, self.max_batch}):
+        """Capture the graphs for ``batches`` now (default: every batch size up to the largest) instead of on
+        first use: a partial batch (a slow decoder, the end of a file) would otherwise stall the run while its
+        graph is captured."""
+        for n in batches or range(1, self.max_batch + 1):
             self._graph(n)
 
     def _graph(self, n: int):

@@ -11,6 +11,7 @@ batch 1, colourise and encode, then reads the next. Same model, backend and sett
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tempfile
 import time
@@ -26,6 +27,7 @@ from pipeline.settings import Settings, load_settings
 from pipeline.sources import open_source
 from train.errors import InvalidInputError
 
+log = logging.getLogger("segpipe.pipeline")
 CACHE = 64          # decoded frames kept for the stage-alone measurements
 
 
@@ -74,6 +76,10 @@ def bench_video(video, settings: Settings | None = None, frames: int | None = No
         decode.teardown()
         if not count:
             raise InvalidInputError(f"{video} has no frames to bench")
+        promised = min(n, probe.info.frames or n)
+        if count < promised:    # the run below reads only these, so it would not notice
+            log.warning("%s gave %d of the %d frames asked for (cut short or damaged): measured on those %d",
+                        video, count, promised, count)
         n = count
         pre, infer, colour, enc = _stages(probe, backend, settings, tmp / "encode.mp4")
         batch = infer.batch                 # the settings' batch, clamped to the backend's max_batch

@@ -86,8 +86,11 @@ class Colourise(Stage):
         wanted = [out]
         if self.keep_labels:
             wanted.append(labels.index_select(0, rows).index_select(1, cols))
-        if self.legend:
-            wanted.append(torch.bincount(labels.flatten(), minlength=len(self.class_names)))
+        if self.legend:     # a fixed-size count: bincount on a GPU first reads the largest label back (a wait)
+            ids = labels.flatten().long()
+            one = torch.ones((), dtype=torch.int64, device=labels.device).expand(ids.numel())
+            wanted.append(torch.zeros(len(self.class_names), dtype=torch.int64, device=labels.device)
+                          .index_add_(0, ids, one))
         return wanted
 
     def _nearest(self, out_len: int, in_len: int) -> torch.Tensor:

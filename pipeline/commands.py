@@ -146,6 +146,11 @@ def run_command(args) -> int:
         from pipeline.batch import is_many
         batch = is_many(srcs)
     if batch and args.out is not None:
+        from train.data import IMAGE_EXTENSIONS
+        if len(srcs) > 1 and all(Path(s).suffix.lower() in IMAGE_EXTENSIONS for s in srcs):
+            raise InvalidInputError(f"{len(srcs)} images were given, as the shell expands an unquoted glob: quote "
+                                    f"it for one video of them all, e.g. 'frames/*.jpg', or pass --out-dir DIR "
+                                    f"for an output per image")
         raise InvalidInputError("--out names one output: with several inputs (or --workers/--ray) pass "
                                 "--out-dir DIR for one video per input")
     if not batch and args.out is None and args.masks is None:

@@ -180,6 +180,10 @@ class Encode(Stage):
             self.size = even_size(self.width, self.height, pix_fmt)
         except (ValueError, av.FFmpegError):
             raise InvalidInputError(f"unknown pixel format {pix_fmt!r}: use e.g. yuv420p") from None
+        if self.size != (self.width, self.height):
+            log.warning("%s is %dx%d, not %dx%d: %s needs even sides, so the last row/column is repeated "
+                        "(encode.pix_fmt yuv444p keeps the size)", self.path, *self.size, self.width, self.height,
+                        pix_fmt)
         self.fragment_s = float(fragment_s)
         self.muxer_options: dict = {}            # set by preflight: crash-safe fragments for MP4/MOV
         self.container = self.stream = None

@@ -171,7 +171,7 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
     from pipeline.hud import LiveState
     from pipeline.live_source import LiveDecode, LiveSource, Reconnect
     from pipeline.record import Record
-    from pipeline.run import (apply_threads, check_report, is_input, load_backend, settings_path,
+    from pipeline.run import (apply_threads, as_input, check_report, load_backend, settings_path,
                               write_run_settings)
     from pipeline.server import FrameHub, LiveServer, Serve, parse_address
     from pipeline.settings import load_settings
@@ -186,8 +186,8 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
     reconnect = Reconnect(live.reconnect_attempts, live.reconnect_backoff_s, live.reconnect_backoff_max_s)
     if record is not None:
         record = writable_file(record, "--record", "live.mp4")
-        if is_input(record, src):
-            raise InvalidInputError(f"--record {record} is the input itself: write to another file")
+        if what := as_input(record, src):
+            raise InvalidInputError(f"--record {record} is {what}: write to another file")
     if stats_path is not None:
         stats_path = writable_file(stats_path, "--stats", "live.json")
         check_report(stats_path, "--stats", src, ("the --record video", record),
@@ -226,7 +226,8 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
                                   decode=LiveDecode(source, settings.decode.max_frames),
                                   model_policy="drop-oldest" if source.latest else None)
             if record is not None:
-                write_run_settings(record, settings, pipe, backend, info, codec=recorder.codec, live=asdict(live))
+                write_run_settings(record, settings, pipe, backend, info, size=recorder.size, codec=recorder.codec,
+                                   live=asdict(live))
         except BaseException as e:
             if source is not None:
                 source.close()

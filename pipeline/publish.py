@@ -11,7 +11,8 @@ source goes out as its frames come (so for a file, the statistics' encode time a
 pacing). A file's sound goes with it, copied as it is, where the stream's format holds it (MPEG-TS and FLV
 hold AAC and MP3). The encoder settings are tried on a local file of the same kind before any work; the
 server is reached when the run starts, and a refused or lost connection stops the run with the URL and
-the reason.
+the reason. A receiver that takes nothing for ``SEND_TIMEOUT_S`` (a server that stopped reading, an
+address that never answers) stops the run too, instead of a write that waits for ever.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ MUXERS = {"rtsp": "rtsp", "rtmp": "flv", "rtmps": "flv", "udp": "mpegts", "tcp":
 MUXER_OPTIONS = {"rtsp": {"rtsp_transport": "tcp"}}   # TCP: no lost packets, through firewalls
 PROBE_SUFFIX = {"rtsp": ".ts", "flv": ".flv", "mpegts": ".ts"}   # a local file that muxes alike
 CONNECT_TIMEOUT_S = 10.0
+SEND_TIMEOUT_S = 10.0   # connecting or one write blocked this long: the receiver is gone (PyAV's timeout= is
+                        # for inputs; an output's socket calls have none, so the runner's watchdog keeps it)
 UNREACHABLE = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH}
 MAX_WAIT_S = 1.0        # a jump ahead in a file's timestamps longer than this is not waited out
 
@@ -63,6 +66,7 @@ class Publish(Encode):
         super().__init__(url, width, height, fps, time_base, options={**gop, **(options or {})}, fragment_s=0,
                          **encode_options)                     # (fragments are for files)
         self._clock: float | None = None                       # wall time at which the source's time 0 is due
+        self._sending_since: float | None = None               # monotonic time a connect or write began
 
     @classmethod
     def from_settings(cls, url: str, width: int, height: int, info, settings, **kwargs) -> Publish:
@@ -82,6 +86,7 @@ class Publish(Encode):
             self._probe_time_base(Path(tmp) / f"probe{self.probe_suffix}", {})
 
     def setup(self) -> None:
+        self._sending_since = time.monotonic()
         try:   # the header goes out now: a server that refuses is an error before the first frame
             self.container = av.open(self.url, "w", format=self.muxer, options=MUXER_OPTIONS.get(self.muxer, {}),
                                      timeout=CONNECT_TIMEOUT_S)
@@ -91,6 +96,22 @@ class Publish(Encode):
             unreachable = getattr(e, "errno", None) in UNREACHABLE
             raise MediaError(f"cannot stream to {self.url}: {getattr(e, 'strerror', None) or e}"
                              f"{': is the server running and reachable?' if unreachable else ''}") from None
+        finally:
+            self._sending_since = None
+
+    def _mux(self, packets) -> None:
+        self._sending_since = time.monotonic()
+        try:
+            super()._mux(packets)
+        finally:
+            self._sending_since = None
+
+    def watchdog(self):
+        since = self._sending_since
+        if since is None or time.monotonic() - since < SEND_TIMEOUT_S:
+            return None
+        return MediaError(f"{self.url} took nothing for {time.monotonic() - since:.0f} s: the receiver stopped "
+                          f"reading or cannot be reached")
 
     def process(self, frame):
         if not self.live:

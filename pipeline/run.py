@@ -45,7 +45,7 @@ from pipeline.publish import Publish, is_url, network_muxer
 from pipeline.runner import Pipeline
 from pipeline.settings import Settings, load_settings, save_settings
 from pipeline.signals import SigTerm, signals_raise
-from pipeline.sources import is_arrays, open_source
+from pipeline.sources import image_files, is_arrays, open_source
 from train.errors import InvalidInputError, MediaError, PartialInputError, SegpipeError, TerminatedError, plural
 from train.paths import writable_file, writable_folder, write_json
 
@@ -92,9 +92,10 @@ def settings_path(out: str | Path) -> Path:
     return Path(str(out) + ".settings.yaml")
 
 
-def write_run_settings(out: Path, settings: Settings, pipe, backend, info, **extra) -> None:
-    """``OUT.settings.yaml`` beside a video: the settings used and what the run chose."""
-    w, h = output_size(info.width, info.height, settings.colourise.view)
+def write_run_settings(out: Path, settings: Settings, pipe, backend, info, size=None, **extra) -> None:
+    """``OUT.settings.yaml`` beside a video: the settings used and what the run chose (``size``: the
+    written (width, height), where the encoder padded an odd side)."""
+    w, h = size or output_size(info.width, info.height, settings.colourise.view)
     try:
         save_settings(settings, settings_path(out), source=info.name, output=str(out), **extra,
                       input=f"{info.kind} {info.width}x{info.height} @ {float(info.fps):g} fps, "
@@ -129,7 +130,7 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     apply_threads(settings)
     with signals_raise():                 # a stop while starting closes what is open (no statistics yet)
         try:
-            source, writer, backend, pipe = _start(src, out, settings, masks, stats_path, sinks, backend)
+            source, writer, backend, pipe = _start(src, out, settings, masks, sinks, backend)
         except SigTerm:
             raise TerminatedError("terminated (SIGTERM) before the first frame: nothing was written") from None
         t0, failure, end_progress = time.perf_counter(), None, None
@@ -183,20 +184,20 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     return stats
 
 
-def _start(src, out, settings: Settings, masks, stats_path, sinks, backend):
+def _start(src, out, settings: Settings, masks, sinks, backend):
     """Open the source, the output (before the model loads or builds: a bad one fails first) and the
     backend, and wire the pipeline: ``(source, writer, backend, pipe)``. Whatever fails (or a stop) closes
     what was opened."""
     source = src if hasattr(src, "frames") and hasattr(src, "info") else open_within(src, settings.decode)
     info, writer = source.info, None
     try:                                  # until the pipeline runs (and its decoder owns it), close it here
-        check_images(source, out, stats_path)
         if out is not None:
             writer = open_output(out, info, frames_expected(info, settings), settings)
         backend = backend if backend is not None else load_backend(settings, (info.height, info.width))
         pipe = build_pipeline(source, backend, settings, masks=masks, sinks=list(sinks), encode=writer)
         if isinstance(out, Path):         # a stream has no place beside it for them
-            write_run_settings(out, settings, pipe, backend, info, codec=writer.codec, masks=masks and str(masks))
+            write_run_settings(out, settings, pipe, backend, info, size=getattr(writer, "size", None),
+                               codec=writer.codec, masks=masks and str(masks))
     except BaseException:
         source.close()
         if writer is not None:            # unlocks the output; one not begun is removed
@@ -333,8 +334,8 @@ def check_outputs(src, out: Path | None, masks, stats_path) -> None:
     """Refuse, before any work, outputs that cannot be written: the input itself, a folder given as
     --out, a folder that cannot be made, a read-only place. Missing folders are made (like mkdir -p)."""
     if out is not None:
-        if is_input(out, src):
-            raise InvalidInputError(f"--out {out} is the input itself: write to another file")
+        if what := as_input(out, src):
+            raise InvalidInputError(f"--out {out} is {what}: write to another file")
         writable_file(out, "--out", "seg.mp4")
     if masks is not None:
         masks = Path(masks)
@@ -353,18 +354,11 @@ def check_outputs(src, out: Path | None, masks, stats_path) -> None:
                      ("the settings file written beside --out", out and settings_path(out)))
 
 
-def check_images(source, out, stats_path) -> None:
-    """An image folder or glob is known file by file only once open: refuse writing over one of its images."""
-    for flag, path in (("--out", out), ("--stats", stats_path)):
-        if path is not None and is_input(path, source):
-            raise InvalidInputError(f"{flag} {path} is one of the input images: write to another file")
-
-
 def check_report(path, flag: str, src, *files) -> None:
     """Refuse a report (``--stats``, ``--json``: written at the end) that would replace the input ``src`` or
     another of the command's ``files``: (what, path) pairs, a None path skipped."""
-    if is_input(path, src):
-        raise InvalidInputError(f"{flag} {path} is the input itself: the report would replace it; name another file")
+    if what := as_input(path, src):
+        raise InvalidInputError(f"{flag} {path} is {what}: the report would replace it; name another file")
     for what, other in files:
         if other is not None and Path(other).resolve() == Path(path).resolve():
             raise InvalidInputError(f"{flag} {path} is {what}: the report would replace it; name another file")
@@ -375,13 +369,20 @@ def files_read(config, weights) -> tuple:
     return ("the --config file", config), ("the --weights checkpoint", weights)
 
 
-def is_input(path, src) -> bool:
-    """``path`` is the input ``src`` itself, or one of the images of an opened folder or glob (``src.files``):
-    writing there would destroy it."""
+def as_input(path, src) -> str | None:
+    """What ``path`` is of the input ``src``: "the input itself", "one of the input images" (of a folder or
+    glob; ``src.files`` once opened), or None. Writing there would destroy it."""
     target = Path(path).resolve()
-    if hasattr(src, "files"):
-        return any(Path(f).resolve() == target for f in src.files)
-    return isinstance(src, (str, Path)) and Path(src).exists() and target == Path(src).resolve()
+    if isinstance(src, (str, Path)) and Path(src).exists() and target == Path(src).resolve():
+        return "the input itself"
+    files = src.files if hasattr(src, "files") else image_files(src) if isinstance(src, (str, Path)) else None
+    if any(Path(f).resolve() == target for f in files or ()):
+        return "one of the input images"
+    return None
+
+
+def is_input(path, src) -> bool:
+    return as_input(path, src) is not None
 
 
 def _closed(out, masks, frames: int) -> str:

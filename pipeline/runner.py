@@ -96,9 +96,15 @@ class Pipeline:
 
     def fail(self, stage: Stage, error: BaseException) -> None:
         with self._lock:
-            if self.error is None:
+            first = self.error is None
+            if first:
                 self.error = (stage, error)
-                log.debug("stage %s failed: %r; stopping the pipeline", stage.name, error)
+        if first:           # raised to the caller, which says it
+            log.debug("stage %s failed: %r; stopping the pipeline", stage.name, error)
+        elif stage is not self.error[0]:    # another stage's failure is not raised: said here, not lost
+            log.warning("%s also failed: %s", stage.name, error)
+        else:               # the failed stage failing again as it closes (a broken pipe twice): no news
+            log.debug("stage %s failed again: %r", stage.name, error)
         self.stop_event.set()
 
     def stop(self) -> None:

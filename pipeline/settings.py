@@ -107,6 +107,8 @@ class LiveSettings:
             raise InvalidInputError(f"--batch {self.batch} must be >= 1 (1 keeps latency lowest)")
         if self.queue_capacity < 1:
             raise InvalidInputError(f"queue capacity (live.queue_capacity) {self.queue_capacity} must be >= 1")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise InvalidInputError(f"--jpeg-quality {self.jpeg_quality} must be 1-100 (80 is the default)")
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,20 @@ class SourceInfo:
     sample_aspect_ratio: Fraction | None = None   # pixel width / height, upright (None: square pixels)
 
 
+def is_glob(text: str) -> bool:
+    return any(c in text for c in "*?[") and not Path(text).exists()
+
+
+def image_files(spec) -> list[str] | None:
+    """The images of an image folder or glob, in natural order; None for any other input."""
+    text = str(spec)
+    if is_glob(text):
+        return natural_sorted(p for p in glob.glob(text, recursive=True) if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
+    if Path(text).is_dir():
+        return natural_sorted(str(p) for p in Path(text).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    return None
+
+
 def open_source(spec, settings) -> "VideoSource | ImageSource | ArraySource":
     """Open ``spec``: an int or /dev/videoN (camera), URL, image folder, glob, video/image file, - (standard
     input: a pipe from ffmpeg or a camera tool), or RGB arrays (see ArraySource)."""
@@ -88,15 +102,13 @@ def open_source(spec, settings) -> "VideoSource | ImageSource | ArraySource":
     if "://" in text:
         return VideoSource(text, settings, kind="url")
     path = Path(text)
-    if any(c in text for c in "*?[") and not path.exists():
-        files = natural_sorted(p for p in glob.glob(text, recursive=True)
-                               if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
+    files = image_files(text)
+    if is_glob(text):
         if not files:
             raise InputNotFoundError(f"no images match {text!r}: check the pattern (quote it so the shell "
                                      f"does not expand it), e.g. 'frames/*.jpg'")
         return ImageSource(files, text, settings)
     if path.is_dir():
-        files = natural_sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             folders = sorted((d for d in path.iterdir() if d.is_dir()), key=lambda d: ("mask" in d.name.lower(), d.name))
             inner = next((d for d in folders if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in d.iterdir())),

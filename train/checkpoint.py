@@ -70,6 +70,9 @@ def load_checkpoint(weights: str | Path | None = None) -> dict:
         raise InputNotFoundError(f"checkpoint {path} does not exist: {hint}")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory: pass the .pt file inside it (e.g. {path}/best.pt)")
+    if path.suffix.lower() in (".onnx", ".engine", ".plan", ".ep"):
+        raise CheckpointError(f"{path} is an exported model: pass the .pt checkpoint it was made from (segpipe makes "
+                              f"and caches its ONNX and TensorRT engines itself)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file; all mean the same to the user

@@ -65,16 +65,38 @@ def run_eval(args) -> int:
     from train.errors import InvalidInputError
     from train.paths import writable_file
 
+    grid = args.grid or (str(Path(args.json).with_suffix(".png")) if args.json else None)
     if args.json:
         writable_file(args.json, "--json", "metrics.json")
-    if args.grid:
-        if Path(args.grid).suffix.lower() not in (".png", ".jpg", ".jpeg"):
-            raise InvalidInputError(f"--grid {args.grid}: name a .png (or .jpg) file")
-        writable_file(args.grid, "--grid", "grid.png")
-    result = evaluate_checkpoint(args.data, args.weights, split=args.split, device=args.device,
-                                 grid=args.grid or (str(Path(args.json).with_suffix(".png")) if args.json else None),
+        check_eval_output(args.json, "--json", args)
+    if grid:
+        if Path(grid).suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            raise InvalidInputError(f"--grid {grid}: name a .png (or .jpg) file")
+        writable_file(grid, "--grid", "grid.png")
+        check_eval_output(grid, "--grid" if args.grid else "--json", args)   # (its grid)
+    result = evaluate_checkpoint(args.data, args.weights, split=args.split, device=args.device, grid=grid,
                                  native=args.native)
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    if grid:
+        print(f"wrote {grid}")
     return 0
+
+
+def check_eval_output(path, flag: str, args) -> None:
+    """Refuse an output of eval that would replace what it reads: the checkpoint, the other output, or a
+    file among the frames and masks (a new one there would also join the data set)."""
+    from train.errors import InvalidInputError
+
+    target = Path(path).resolve()
+    if args.weights and target == Path(args.weights).resolve():
+        raise InvalidInputError(f"{flag} {path} is the --weights checkpoint: name another file")
+    if args.json and args.grid and Path(args.json).resolve() == Path(args.grid).resolve():
+        raise InvalidInputError(f"--json and --grid both name {path}: name two files")
+    for folder in ("CameraRGB", "CameraMask"):
+        inside = (Path(args.data) / folder).resolve()
+        if inside == target or inside in target.parents:
+            raise InvalidInputError(f"{flag} {path} is inside the data set's {folder}/ folder: write it somewhere "
+                                    f"else, e.g. {flag} {Path(path).name}")

@@ -31,6 +31,9 @@ def read_yaml(path: Path):
 def writable_file(path: str | Path, flag: str, example: str = "out.json") -> Path:
     """``path`` as a file that can be written: not a folder, in a folder that exists or can be made."""
     local_only(path, flag)
+    if str(path).endswith(("/", os.sep)) and not Path(path).is_dir():     # Path() would drop the slash
+        raise InvalidInputError(f"{flag} {path} ends with a slash but is not a folder: name a file, e.g. "
+                                f"{flag} {Path(path) / example}")
     path = Path(path)
     if path.is_dir():
         raise InvalidInputError(f"{flag} {path} is a folder: name a file in it, e.g. {flag} {path / example}")

@@ -100,3 +100,43 @@ def test_the_infer_stage_hands_each_backend_its_own_layout(backend, reference):
     layout = torch.channels_last if backend.channels_last else torch.contiguous_format
     assert seen[0].is_contiguous(memory_format=layout)
     assert torch.equal(torch.stack([f.labels for f in out]), backend(frames))
+
+
+def test_a_backend_with_shared_buffers_takes_calls_one_at_a_time():
+    """segment() twice with one TensorRT or CUDA-graph backend calls it from two threads: the calls must
+    not interleave (they share one execution context or static input), and each gets its own labels."""
+    import threading
+    import time
+
+    from engine.backend import Backend, ModelInfo
+
+    class OneBuffer(Backend):
+        shared_buffers = True
+
+        def __init__(self):
+            super().__init__(ModelInfo("t", "", "", (8, 8), (8, 8), {}), "cpu", "fp32", 4)
+            self.buffer, self.inside, self.overlaps = None, 0, 0
+
+        def _run(self, frames):
+            self.inside += 1
+            self.overlaps += self.inside > 1
+            self.buffer = frames[:, 0].clone()      # the shared input, as a context's bound address
+            time.sleep(0.002)                       # the other thread would overwrite it here
+            labels = self.buffer.clone()
+            self.inside -= 1
+            return labels
+
+    backend, wrong = OneBuffer(), []
+
+    def caller(value):
+        frames = torch.full((2, 3, 8, 8), value, dtype=torch.uint8)
+        for _ in range(50):
+            if not bool((backend(frames) == value).all()):
+                wrong.append(value)
+
+    threads = [threading.Thread(target=caller, args=(v,)) for v in (1, 2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert backend.overlaps == 0 and wrong == []

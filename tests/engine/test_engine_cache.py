@@ -1,5 +1,6 @@
 """The engine cache: pure key function, verified lookups, listing and clearing (no GPU needed)."""
 import json
+import os
 
 import pytest
 
@@ -95,3 +96,48 @@ def test_cache_dir_follows_env(monkeypatch, tmp_path):
     assert cache.cache_dir() == tmp_path / "c"
     monkeypatch.delenv("SEGPIPE_CACHE")
     assert cache.cache_dir().parts[-3:] == (".cache", "segpipe", "engines")
+
+
+def test_lookup_covering_takes_the_narrowest_verified_wider_range(tmp_path):
+    want = cache.engine_key(**dict(BASE, batch_range=(1, 4)))
+    for hi in (16, 8):
+        cache.store(cache.engine_key(**dict(BASE, batch_range=(1, hi))), f"plan {hi}".encode(), ".engine", root=tmp_path)
+    cache.store(cache.engine_key(**dict(BASE, batch_range=(1, 2))), b"plan 2", ".engine", root=tmp_path)   # too narrow
+    cache.store(cache.engine_key(**dict(BASE, batch_range=(1, 6), precision="fp32")), b"fp32", ".engine", root=tmp_path)
+    hit, found = cache.lookup_covering(want, ".engine", root=tmp_path)
+    assert hit.hit and hit.path.read_bytes() == b"plan 8" and found["batch_range"] == [1, 8]
+    hit.path.write_bytes(b"plan X")                         # damaged: the next wider one
+    hit, found = cache.lookup_covering(want, ".engine", root=tmp_path)
+    assert hit.path.read_bytes() == b"plan 16" and found["batch_range"] == [1, 16]
+    exact = cache.engine_key(**dict(BASE, batch_range=(1, 2)))
+    assert cache.lookup_covering(exact, ".engine", root=tmp_path)[1] == exact     # its own entry first
+    miss, found = cache.lookup_covering(cache.engine_key(**dict(BASE, batch_range=(1, 32))), ".engine", root=tmp_path)
+    assert not miss.hit and miss.reason == "no cached entry for this key"
+
+
+def test_writers_of_one_key_never_share_a_temporary_file(tmp_path):
+    """Threads storing one key each write a file of their own and rename it: no error, and the entry is
+    one writer's whole plan (a sidecar from another writer is a SHA mismatch, a miss, never a wrong plan)."""
+    import threading
+    key = cache.engine_key(**BASE)
+    plans = [bytes([i]) * 200_000 for i in range(8)]
+    errors = []
+
+    def store(plan):
+        try:
+            cache.store(key, plan, ".engine", root=tmp_path)
+        except Exception as e:      # noqa: BLE001 - what the test is about
+            errors.append(e)
+
+    threads = [threading.Thread(target=store, args=(p,)) for p in plans]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (artifact,) = tmp_path.glob("*.engine")
+    assert not errors and artifact.read_bytes() in plans and not list(tmp_path.glob(".*.tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert artifact.stat().st_mode & 0o777 == 0o666 & ~umask      # readable by others as the umask says
+    hit = cache.lookup(key, ".engine", root=tmp_path)
+    assert hit.path is None or hit.path.read_bytes() in plans

@@ -118,3 +118,20 @@ def test_other_input_size_is_another_engine(trt_module, tiny_ckpt, tmp_path, mon
     _, k2, _ = trt_engine.ensure_engine(model, model_info(tiny_ckpt, ckpt, model, "64x96"), "cuda:0", "fp16", 4)
     assert k1["input_size"] == [96, 128] and k2["input_size"] == [64, 96] and len(builds) == 2
     assert k1["onnx_sha256"] != k2["onnx_sha256"]  # the export at another size is another graph
+
+
+def test_an_engine_for_a_wider_batch_range_serves_a_narrower_one(trt_module, tiny, tmp_path, monkeypatch):
+    """`segpipe build --max-batch 8` once: a run at batch 4 and a live view at batch 1 use that engine."""
+    trt_engine, builds, _, _ = trt_module
+    model, info = tiny
+    monkeypatch.setenv("SEGPIPE_CACHE", str(tmp_path))
+    plan8, _, _ = trt_engine.ensure_engine(model, info, "cuda:0", "fp16", 8)
+    for batch in (4, 1):
+        plan, key, built = trt_engine.ensure_engine(model, info, "cuda:0", "fp16", batch)
+        assert not built and plan == plan8 and key["batch_range"] == [1, 8]
+    _, key, built = trt_engine.ensure_engine(model, info, "cuda:0", "fp16", 16)     # wider than any: built
+    assert built and key["batch_range"] == [1, 16]
+    plan, key, _ = trt_engine.ensure_engine(model, info, "cuda:0", "fp16", 4)       # the narrowest that holds 4
+    assert plan == plan8 and key["batch_range"] == [1, 8] and builds == [("fp16", 8), ("fp16", 16)]
+    _, _, built = trt_engine.ensure_engine(model, info, "cuda:0", "fp32", 4)        # other fields must match
+    assert built

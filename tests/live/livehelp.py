@@ -97,13 +97,14 @@ def free_port() -> int:
 
 def wait_listening(port: int, timeout_s: float = 10.0) -> None:
     """Wait until something listens on 127.0.0.1:port, without connecting (a connection would be taken
-    as the stream server's one viewer). Linux: reads /proc/net/tcp."""
+    as the stream server's one viewer), or has already taken its viewer (a client that retries quickly
+    can connect before this looks: the listener is then gone). Linux: reads /proc/net/tcp."""
     want = f"0100007F:{port:04X}"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[1] == want and fields[3] == "0A":       # 0A: LISTEN
+            if fields[1] == want and fields[3] in ("0A", "01"):       # LISTEN, or ESTABLISHED with a viewer
                 return
         time.sleep(0.02)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")

@@ -135,3 +135,21 @@ def test_a_truncated_file_is_reported_after_writing_what_decoded(tmp_path, setti
     assert info.value.exit_code == 3
     assert 5 < probe(out)["frames"] < 40
     assert (tmp_path / "s.json").exists()
+
+
+def test_a_second_failure_is_logged_not_lost(tmp_path, settings, caplog):
+    """The first failure is raised; one after it (another stage failing on its way down) is a warning."""
+    class FailsToClose(Stage):
+        name = "closer"
+
+        def process(self, frame):
+            return frame
+
+        def teardown(self):
+            raise OSError("disk gone while closing")
+
+    clip = write_clip(tmp_path / "clip.mp4", frames=20)
+    with pytest.raises(StageError, match="stage failing failed: ZeroDivisionError: boom"):
+        run(clip, None, settings, backend=StubBackend(), sinks=[FailingSink(5, ZeroDivisionError("boom")),
+                                                                FailsToClose()])
+    assert "closer also failed: disk gone while closing" in caplog.text

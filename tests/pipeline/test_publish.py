@@ -83,3 +83,40 @@ def test_a_server_that_is_not_there_is_one_line_and_exit_1(tmp_path, stub_model,
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"segpipe run: error: cannot stream to {url}: ") and "is the server running" in err
     assert time.monotonic() - t0 < 15 and "Traceback" not in err
+
+
+def noise_clip(path, frames: int = 20):
+    """Lossless noise at 640x480: megabytes a second, so a receiver that stops reading blocks the sender."""
+    import av
+    import numpy as np
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=20, options={"crf": "0", "preset": "ultrafast"})
+        s.width, s.height, s.pix_fmt = 640, 480, "yuv420p"
+        for _ in range(frames):
+            image = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+            c.mux(s.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        c.mux(s.encode())
+    return path
+
+
+def test_a_receiver_that_stops_reading_stops_the_run_instead_of_a_hang(tmp_path, stub_model, capsys, monkeypatch):
+    import pipeline.publish
+    monkeypatch.setattr(pipeline.publish, "SEND_TIMEOUT_S", 1.0)
+    clip = noise_clip(tmp_path / "noise.mp4")
+    (tmp_path / "lossless.yaml").write_text("encode:\n  crf: 0\n")
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    url = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    try:                # accepted by the kernel, never read
+        t0 = time.monotonic()
+        code = main(["run", str(clip), "--out", url, "--config", str(tmp_path / "lossless.yaml"), "--no-progress"])
+        wall = time.monotonic() - t0
+    finally:
+        server.close()  # (the abandoned writer's send fails now, and its thread ends)
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"{url} took nothing for 1 s: the receiver stopped reading" in err.strip().splitlines()[-1]
+    assert wall < 20 and "Traceback" not in err

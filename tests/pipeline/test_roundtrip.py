@@ -40,7 +40,7 @@ def test_masks_are_lossless_in_order_and_at_input_resolution(tmp_path, settings)
     assert max(stub.batches) == 3 and sum(stub.batches) == 20                   # batched inference
 
 
-def test_odd_size_is_padded_to_even_for_yuv420p(tmp_path, stub, settings):
+def test_odd_size_is_padded_to_even_for_yuv420p(tmp_path, stub, settings, caplog):
     clip = tmp_path / "odd"
     clip.mkdir()
     for i in range(5):   # image folders can have odd sizes, which H.264 4:2:0 cannot
@@ -51,6 +51,8 @@ def test_odd_size_is_padded_to_even_for_yuv420p(tmp_path, stub, settings):
     got = probe(out)
     assert (got["width"], got["height"], got["frames"]) == (84, 62, 5) and stats["frames"] == 5
     assert cv2.imread(str(tmp_path / "m" / "000000.png"), cv2.IMREAD_UNCHANGED).shape == (61, 83)
+    assert f"{out} is 84x62, not 83x61: yuv420p needs even sides" in caplog.text      # said, not silent
+    assert "output_size: 84x62" in settings_path(out).read_text()                       # what the file holds
 
 
 @pytest.mark.parametrize("view,width", [("mask", 96), ("side-by-side", 192), ("overlay", 96)])

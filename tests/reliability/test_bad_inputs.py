@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from faultmedia import corrupt_packets, decode_index, probe, write_audio_only, write_video
+from faultmedia import corrupt_packets, decode_index, frame_image, probe, write_audio_only, write_video
 from pipeline.run import settings_path
 from train.checkpoint import make_checkpoint, save_checkpoint
 from train.model import create_model
@@ -304,3 +304,31 @@ def test_output_settings_are_checked_before_the_model_loads(tmp_path, cli, monke
         code, _, err, _ = cli("run", src, *args, stub=False)
         assert code == 2, err
     assert loads == []
+
+
+def test_bench_of_a_truncated_video_says_it_measured_fewer_frames(tmp_path, cli):
+    data = clip(tmp_path, "clip.mkv").read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: int(len(data) * 0.3)])
+    code, _, err, _ = cli("bench", "--video", cut, "--frames", 40)
+    assert code == 0, err
+    assert f"{cut} gave " in err and " of the 40 frames asked for (cut short or damaged)" in err
+
+
+# --- what the shell made of the command ----------------------------------------------------------------
+def test_an_unquoted_image_glob_is_told_to_be_quoted(tmp_path, cli):
+    images = []
+    for i in range(3):
+        images.append(tmp_path / f"f{i}.jpg")
+        cv2.imwrite(str(images[-1]), frame_image(i, 96, 64))
+    out = tmp_path / "seg.mp4"
+    refused(cli("run", *images, "--out", out), 2, "3 images were given, as the shell expands an unquoted glob: "
+                                                  "quote it for one video of them all", out)
+
+
+def test_an_exported_model_as_weights_names_the_checkpoint_it_needs(tmp_path, cli):
+    onnx = tmp_path / "unet.onnx"
+    onnx.write_bytes(b"\x08\x07")                       # (never read: the name says what it is)
+    out = tmp_path / "seg.mp4"
+    refused(cli("run", clip(tmp_path, frames=3), "--out", out, "--weights", onnx, stub=False), 2,
+            f"{onnx} is an exported model: pass the .pt checkpoint it was made from", out)

@@ -54,3 +54,10 @@ def test_a_bad_live_setting_is_one_line(tmp_path):
     (tmp_path / "p.yaml").write_text("live: {realtime: sometimes}\n")
     with pytest.raises(InvalidInputError, match="live.realtime is 'sometimes' .* must be bool"):
         load_settings(tmp_path / "p.yaml")
+
+
+def test_a_bad_jpeg_quality_is_refused_before_the_model_loads(tmp_path, captured):
+    from pipeline.cli import main
+
+    code = main(["live", str(write_video(tmp_path / "clip.mp4", 2)), "--serve", "--jpeg-quality", "0"])
+    assert code == 2 and captured == []          # refused while reading the flags: run_live never started

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 from fractions import Fraction
+from pathlib import Path
 
 import cv2
 import pytest
@@ -110,8 +111,8 @@ def test_an_output_that_is_one_of_the_input_images_is_refused(tmp_path, cli, pho
     before = victim.read_bytes()
     src = photos if form == "folder" else f"{photos}/*.jpg"
     extra = [str(tmp_path / e) if e.endswith(".mp4") else e for e in extra]
-    refused(cli("run", src, flag, victim, *extra), "run", f"{flag} {victim} is one of the input images: "
-                                                          f"write to another file")
+    then = "write to another file" if flag == "--out" else "the report would replace it; name another file"
+    refused(cli("run", src, flag, victim, *extra), "run", f"{flag} {victim} is one of the input images: {then}")
     assert victim.read_bytes() == before
     assert not (tmp_path / "seg.mp4").exists()
 
@@ -215,3 +216,49 @@ def test_stats_of_a_run_still_written(tmp_path, cli):
     stats = tmp_path / "reports" / "s.json"
     assert cli("run", clip, "--out", tmp_path / "seg.mp4", "--stats", stats)[0] == 0
     assert json.loads(stats.read_text())["exit"] == "done"
+
+
+# --- live and bench read image folders too ----------------------------------------------------------------
+@pytest.mark.parametrize("form", ["folder", "glob"])
+@pytest.mark.parametrize("command", ["live", "bench"])
+def test_live_and_bench_reports_never_replace_an_input_image(tmp_path, cli, photos, form, command):
+    victim = photos / "photo1.jpg"
+    before = victim.read_bytes()
+    src = photos if form == "folder" else f"{photos}/*.jpg"
+    if command == "live":
+        args, flag = ("live", src, "--record", tmp_path / "rec.mp4", "--stats", victim), "--stats"
+    else:
+        args, flag = ("bench", "--video", src, "--frames", 3, "--json", victim), "--json"
+    refused(cli(*args), command, f"{flag} {victim} is one of the input images: the report would replace it; "
+                                 f"name another file")
+    assert victim.read_bytes() == before
+
+
+# --- eval reads a data set and a checkpoint ---------------------------------------------------------------
+@pytest.fixture
+def dataset(tmp_path, carla_dir):
+    import shutil
+    return Path(shutil.copytree(carla_dir, tmp_path / "carla"))
+
+
+@pytest.mark.parametrize("flag, where, what", [
+    ("--json", "CameraRGB/metrics.json", "is inside the data set's CameraRGB/ folder"),
+    ("--json", "CameraRGB/000003.png", "is inside the data set's CameraRGB/ folder"),
+    ("--grid", "CameraMask/grid.png", "is inside the data set's CameraMask/ folder"),
+    ("--json", "weights.pt", "is the --weights checkpoint"),
+    ("--json", "out/", "ends with a slash but is not a folder"),
+])
+def test_eval_never_writes_over_what_it_reads(tmp_path, cli, dataset, flag, where, what):
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes((Path(__file__).parents[2] / "train/weights/unet_carla.pt").read_bytes())
+    before = {p: p.read_bytes() for p in [*dataset.rglob("*.*"), weights]}
+    target = f"{tmp_path}/{where}" if where.endswith("/") else (weights if where == "weights.pt" else dataset / where)
+    code, last, err, _ = cli("eval", "--data", dataset, "--weights", weights, flag, target)
+    assert code == 2 and last.startswith(f"segpipe eval: error: {flag} {target} {what}: ") and "Traceback" not in err
+    assert {p: p.read_bytes() for p in [*dataset.rglob("*.*"), weights]} == before     # and nothing new
+
+
+def test_eval_says_where_its_grid_went(tmp_path, cli, carla_dir):
+    code, _, err, out = cli("eval", "--data", carla_dir, "--json", tmp_path / "m.json")
+    assert code == 0, err
+    assert f"wrote {tmp_path / 'm.json'}" in out and f"wrote {tmp_path / 'm.png'}" in out
