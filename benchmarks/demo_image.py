@@ -31,7 +31,7 @@ def main() -> None:
     labelled = next(iter(segment(image, settings=settings))).output
     palette = np.asarray(ckpt["palette"], np.uint8)
     panels = [cv2.resize(x, None, fx=args.scale, fy=args.scale, interpolation=cv2.INTER_AREA if x is image else
-                         cv2.INTER_NEAREST) for x in (image, labelled, palette[truth])]
+                         cv2.INTER_NEAREST_EXACT) for x in (image, labelled, palette[truth])]
     cv2.imwrite(args.out, cv2.cvtColor(np.hstack(panels), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
     print(f"wrote {args.out}")
 

@@ -95,7 +95,7 @@ def main() -> None:
             H, W = image.shape[:2]
             truth = read_mask(wanted[i].mask)                # the same crop of the mask: scale, then centre
             scale = W / truth.shape[1]
-            truth = cv2.resize(truth, (W, round(truth.shape[0] * scale)), interpolation=cv2.INTER_NEAREST)
+            truth = cv2.resize(truth, (W, round(truth.shape[0] * scale)), interpolation=cv2.INTER_NEAREST_EXACT)
             top = (truth.shape[0] - H) // 2
             truth = torch.from_numpy(np.ascontiguousarray(truth[top:top + H]))
             for name, (size, fit) in wide.items():

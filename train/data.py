@@ -168,7 +168,9 @@ class FrameSet:
         for i, p in enumerate(pairs):
             img, mask = read_pair(p, num_classes)
             self.images[i] = torch.from_numpy(cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)).permute(2, 0, 1)
-            self.masks[i] = torch.from_numpy(cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST))
+            # _EXACT: the source pixel under each output pixel's centre (INTER_NEAREST takes the one at its
+            # top-left corner, shifting labels against the area-resized image by up to a pixel)
+            self.masks[i] = torch.from_numpy(cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST_EXACT))
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -187,7 +189,7 @@ class FrameSet:
             elif images.shape[-2:] != self.size:
                 images = F.interpolate(images.float(), size=self.size, mode="bilinear", antialias=True,
                                        align_corners=False).round().clamp(0, 255).byte()
-                masks = F.interpolate(masks[:, None].float(), size=self.size, mode="nearest")[:, 0].byte()
+                masks = F.interpolate(masks[:, None].float(), size=self.size, mode="nearest-exact")[:, 0].byte()
             yield images, masks.long()
 
 
@@ -209,13 +211,14 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, size: tuple[int, in
     r = torch.rand(n, 8, generator=generator)
     for i in range(n):
         z = zoom[0] + (zoom[1] - zoom[0]) * r[i, 0].item()
+        z = max(z, crop[0] * per_pixel / H, crop[1] * per_pixel / W)   # at most the whole frame, both sides alike
         ch, cw = min(H, max(1, round(crop[0] * per_pixel / z))), min(W, max(1, round(crop[1] * per_pixel / z)))
         top = int(r[i, 1].item() * (H - ch))
         left = int(r[i, 2].item() * (W - cw))
         img = images[i:i + 1, :, top:top + ch, left:left + cw].float()
         mask = masks[i:i + 1, None, top:top + ch, left:left + cw].float()
         img = F.interpolate(img, size=crop, mode="bilinear", antialias=True, align_corners=False)
-        mask = F.interpolate(mask, size=crop, mode="nearest")
+        mask = F.interpolate(mask, size=crop, mode="nearest-exact")     # centred, as the image's bilinear
         if r[i, 3] < 0.5:
             img, mask = img.flip(-1), mask.flip(-1)
         out_img[i], out_mask[i] = img[0], mask[0, 0].byte()

@@ -296,6 +296,11 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
         if state["epoch"] + 1 >= cfg["epochs"]:
             raise InvalidInputError(f"--resume: {out} already trained {state['epoch'] + 1} of {cfg['epochs']} "
                                     f"epochs: pass --epochs N (more than {state['epoch'] + 1}) to train longer")
+        before = state.get("settings") or {}
+        changed = [f"{k} {before[k]} -> {cfg[k]}" for k in cfg if k != "epochs" and k in before and before[k] != cfg[k]]
+        if changed:     # the optimizer and schedule state go on as saved: lr, for one, is the saved one
+            log.warning("--resume: settings changed since %s started (%s): the run goes on with the saved optimizer "
+                        "and schedule, so it is not the run a fresh start with them would be", out, "; ".join(changed))
     num_classes = model.config.num_classes
 
     pairs = find_pairs(data)

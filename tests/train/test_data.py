@@ -131,3 +131,44 @@ def test_zooming_out_fits_the_cached_frame(carla_dir):
     images, masks = augment_batch(frames.images, frames.masks, (96, 128), torch.Generator().manual_seed(0),
                                   crop=(64, 96), zoom=(0.5, 0.5))   # asks for more than the frame: clamped
     assert images.shape == (2, 3, 64, 96) and set(masks.unique().tolist()) <= set(frames.masks.unique().tolist())
+
+
+def column_pair(folder, height=48, width=80):
+    """One frame whose every column is its own class (1..22, repeating) in the mask, and whose red channel
+    says the column's class too: labels and pixels can be matched column by column after any resize."""
+    (folder / "CameraRGB").mkdir(parents=True)
+    (folder / "CameraMask").mkdir()
+    ids = (np.arange(width) % 22 + 1).astype(np.uint8)
+    mask = np.zeros((height, width, 4), np.uint8)
+    mask[..., 2], mask[..., 3] = ids, 255                      # BGRA on disk: the id in the red channel
+    cv2.imwrite(str(folder / "CameraMask" / "000001.png"), mask)
+    image = np.zeros((height, width, 3), np.uint8)
+    image[..., 2] = ids * 10                                    # red (BGR index 2) = 10 x the column's id
+    cv2.imwrite(str(folder / "CameraRGB" / "000001.png"), image)
+    return ids
+
+
+def test_resized_masks_take_the_label_under_each_pixel_centre(tmp_path):
+    """80 -> 24 columns (a scale of 3.33, as 640 -> 192): output column x is source column
+    floor((x + 0.5) * 80 / 24), the one the area-resized image is centred on, not floor(x * 80 / 24)."""
+    ids = column_pair(tmp_path)
+    frames = FrameSet(find_pairs(tmp_path), (16, 24))
+    centres = np.floor((np.arange(24) + 0.5) * 80 / 24).astype(int)
+    assert (frames.masks[0] == torch.from_numpy(ids[centres])).all()
+    larger = FrameSet(find_pairs(tmp_path), (16, 24), scale=1.5)        # cached larger, scored at the size
+    (_, masks), = larger.batches(1, augment=False)
+    cached = ids[np.floor((np.arange(36) + 0.5) * 80 / 36).astype(int)]
+    assert (masks[0, 0] == torch.from_numpy(cached[np.floor((np.arange(24) + 0.5) * 36 / 24).astype(int)])).all()
+
+
+def test_augmented_masks_are_centred_too(tmp_path):
+    """A whole cached frame (zoom 1) resized 36 -> 24 columns: the label of column x is cached column
+    floor((x + 0.5) * 1.5), mirrored with the image when flipped."""
+    column_pair(tmp_path)
+    frames = FrameSet(find_pairs(tmp_path), (16, 24), scale=1.5)          # cached at 24x36
+    _, masks = augment_batch(frames.images.repeat(8, 1, 1, 1), frames.masks.repeat(8, 1, 1), (16, 24),
+                             torch.Generator().manual_seed(0), zoom=(1.0, 1.0))
+    want = frames.masks[0, 0][np.floor((np.arange(24) + 0.5) * 1.5).astype(int)]
+    flipped = [bool((m == want.flip(0)).all()) for m in masks]
+    assert all(flipped[i] or (m == want).all() for i, m in enumerate(masks))
+    assert 0 < sum(flipped) < len(masks)                                  # both ways were drawn

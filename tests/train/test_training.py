@@ -40,7 +40,7 @@ def test_the_lovasz_term_is_trained_on(carla_dir, tiny_config, tmp_path):
     assert first["ce+lovasz"] - first["ce"] > 0.3       # the Lovasz term (1 - IoU, near 1 at the start) is in it
 
 
-def test_short_training_run_lowers_loss(carla_dir, tiny_config, tmp_path):
+def test_short_training_run_lowers_loss(carla_dir, tiny_config, tmp_path, caplog):
     torch.set_num_threads(2)
     out = tmp_path / "run"
     best = train(carla_dir, out, config=tiny_config)
@@ -88,6 +88,10 @@ def test_short_training_run_lowers_loss(carla_dir, tiny_config, tmp_path):
     assert [p.stem for p in checkpoint_split(grown, ckpt)] == split["val"]
     with pytest.raises(InvalidInputError, match="split differently from when .* started"):
         train(grown, out, config=tiny_config, epochs=6, resume=True)
+
+    # other settings on resume go on with the saved optimizer and schedule, and it says so
+    train(carla_dir, out, config=tiny_config, epochs=5, resume=True, batch_size=3)
+    assert "--resume: settings changed since" in caplog.text and "batch_size 4 -> 3" in caplog.text
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
