@@ -7,8 +7,8 @@
 
 The encoder is Encode's, with a key frame every second so a viewer can join at any time. A file goes out
 at its own frame rate, as a camera's would (a player fed faster than real time only buffers); a live
-source goes out as its frames come (so for a file, the statistics' encode time and latency include that
-pacing). A file's sound goes with it, copied as it is, where the stream's format holds it (MPEG-TS and FLV
+source goes out as its frames come (so for a file, the statistics' latency includes that pacing; the
+encode stage's busy time does not). A file's sound goes with it, copied as it is, where the stream's format holds it (MPEG-TS and FLV
 hold AAC and MP3). The encoder settings are tried on a local file of the same kind before any work; the
 server is reached when the run starts, and a refused or lost connection stops the run with the URL and
 the reason. A receiver that takes nothing for ``SEND_TIMEOUT_S`` (a server that stopped reading, an
@@ -125,6 +125,7 @@ class Publish(Encode):
         delay = self._clock + t - now
         if delay > 0:
             time.sleep(delay)
+            self.paced_s = delay                               # (not the encoder's work: see Stage.call)
 
     def _remove_if_unusable(self, finalised: bool) -> None:
         """Nothing to remove: what was sent is with the receivers."""

@@ -84,6 +84,7 @@ class Stage:
         self.batch = 1
         self.max_wait_s = 0.0
         self.busy_s = 0.0               # time spent in process() and finish()
+        self.paced_s = 0.0              # of the last call, the time it waited for a frame's due time
         self.call_s = Samples()         # duration of each process() call (the most recent STATS_WINDOW)
         self.delivered = 0              # items out of the pipeline (sinks only)
         self.latency_s = Samples()      # decoder out -> delivered, per frame (the most recent STATS_WINDOW)
@@ -116,8 +117,9 @@ class Stage:
     # --- the loop (called by Pipeline in the stage's thread) ------------------------------------
     def call(self, fn, *args):
         t = time.perf_counter()
+        self.paced_s = 0.0                      # set by a stage that waits for a frame's time (Publish)
         out = fn(*args)
-        dt = time.perf_counter() - t
+        dt = time.perf_counter() - t - self.paced_s     # waiting is not work: not in busy_s nor call_s
         self.busy_s += dt
         if fn != self.finish:                   # bound methods: equal, never identical
             self.call_s.append(dt)

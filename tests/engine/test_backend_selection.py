@@ -44,10 +44,30 @@ def test_busy_means_every_core_in_use(monkeypatch):
     import os
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(loader, "other_tasks_running", lambda: 0)
     monkeypatch.setattr(os, "getloadavg", lambda: (2.4, 1.0, 1.0))
     assert real_machine_busy() == "load average 2.4 on 2 cores"
     monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))     # this process alone, say
     assert real_machine_busy() is None
+    monkeypatch.setattr(loader, "other_tasks_running", lambda: 2)     # a job that started seconds ago
+    assert real_machine_busy() == "2 other tasks running on 2 cores"
+
+
+def test_other_tasks_running_reads_this_machine():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    if not os.path.exists("/proc/loadavg"):
+        pytest.skip("needs Linux's /proc/loadavg")
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+    try:
+        time.sleep(0.3)
+        assert loader.other_tasks_running() >= 2       # they run (or wait to) now, on 2 cores or more
+    finally:
+        for p in spinners:
+            p.kill()
 
 
 def test_auto_prefers_tensorrt_then_torch_cuda(tiny_ckpt, monkeypatch):

@@ -71,6 +71,7 @@ def test_a_file_is_streamed_at_its_own_rate(tmp_path, stub_model, scheme):
     assert len(times) >= 19 and all(abs(b - a - 0.05) < 0.002 for a, b in zip(times, times[1:]))   # 1/20 s
     stats = json.loads((tmp_path / "s.json").read_text())
     assert stats["frames"] == 20 and stats["dropped"] == 0 and stats["audio"] == "copied (aac)"
+    assert stats["stages"]["encode"]["busy_s"] < 0.5 * wall     # its work, not the second of pacing
     assert got["sound_s"] > 0.8                                          # the sound went with it
     assert not list(tmp_path.glob("*.settings.yaml"))                # nothing beside a stream
 
