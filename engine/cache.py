@@ -7,10 +7,11 @@ Each entry is two files in ``cache_dir()``::
 
 ``digest`` hashes the key, so any change of a key field (ONNX hash, TensorRT version, GPU,
 precision, size, batch range, ...) names a different entry and triggers a build; nothing else
-does, except that an engine built for a wider batch range serves a narrower one (``lookup_covering``:
-``segpipe build --max-batch 8`` serves a run at batch 4 and a live view at batch 1). Before use, an entry is verified against its sidecar: the stored key must equal the
-wanted key and the artefact's SHA-256 must match, so a truncated or hand-copied file is
-rebuilt instead of being loaded. Everything here is pure file logic (no GPU needed).
+does, except that an engine built for a wider batch range serves a narrower one
+(``lookup_covering``: ``segpipe build --max-batch 8`` serves a run at batch 4 and a live view at 1).
+Before use, an entry is verified against its sidecar: the stored key must equal the wanted key and
+the artefact's SHA-256 must match, so a truncated or hand-copied file is rebuilt instead of being
+loaded. Everything here is pure file logic (no GPU needed).
 """
 from __future__ import annotations
 

@@ -200,7 +200,7 @@ def _start(src, out, settings: Settings, masks, sinks, backend):
                                codec=writer.codec, masks=masks and str(masks))
     except BaseException:
         source.close()
-        if writer is not None:            # unlocks the output; one not begun is removed
+        if writer is not None:            # (a video is opened, and locked, only once the pipeline runs)
             writer.teardown()
         raise
     return source, writer, backend, pipe

@@ -77,7 +77,8 @@ def image_files(spec) -> list[str] | None:
     """The images of an image folder or glob, in natural order; None for any other input."""
     text = str(spec)
     if is_glob(text):
-        return natural_sorted(p for p in glob.glob(text, recursive=True) if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
+        return natural_sorted(p for p in glob.glob(text, recursive=True)
+                              if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
     if Path(text).is_dir():
         return natural_sorted(str(p) for p in Path(text).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     return None
