@@ -44,7 +44,7 @@ DEFAULTS = {
     "augment": True,
     "cache_scale": 1.25,               # frames kept this much larger than the model size, for crops
     "crop": None,                      # [H, W] train on random crops this size (default: the whole input size)
-    "zoom": [1.0, 1.6],                # scale jitter range; < 1 zooms out
+    "zoom": [1.0, 1.6],                # scale jitter range; < 1 zooms out as far as the cached frame reaches
     "val_every": 5,                    # every 5th run of frames is validation
     "run_gap": 10,                     # frames closer than this in number belong to one run
     "same_scene": SAME_SCENE,          # so do runs whose boundary frames differ less (grey levels; 0: off)
