@@ -76,7 +76,8 @@ class Colourise(Stage):
         H, W = image.shape[:2]
         h, w = labels.shape
         rows, cols = self._nearest(H, h), self._nearest(W, w)
-        colour = self._lut_dev[labels.long()].index_select(0, rows).index_select(1, cols)   # (H, W, 3) uint8
+        ids = labels.long()                                             # indices: for the colours and the counts
+        colour = self._lut_dev[ids].index_select(0, rows).index_select(1, cols)   # (H, W, 3) uint8
         if self.view == "overlay":
             out = torch.lerp(image.half(), colour.half(), self.alpha).round_().to(torch.uint8)
         elif self.view == "mask":
@@ -87,10 +88,9 @@ class Colourise(Stage):
         if self.keep_labels:
             wanted.append(labels.index_select(0, rows).index_select(1, cols))
         if self.legend:     # a fixed-size count: bincount on a GPU first reads the largest label back (a wait)
-            ids = labels.flatten().long()
             one = torch.ones((), dtype=torch.int64, device=labels.device).expand(ids.numel())
             wanted.append(torch.zeros(len(self.class_names), dtype=torch.int64, device=labels.device)
-                          .index_add_(0, ids, one))
+                          .index_add_(0, ids.flatten(), one))
         return wanted
 
     def _nearest(self, out_len: int, in_len: int) -> torch.Tensor:

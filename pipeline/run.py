@@ -341,7 +341,7 @@ def check_outputs(src, out: Path | None, masks, stats_path) -> None:
         masks = Path(masks)
         if masks.exists() and not masks.is_dir():
             raise InvalidInputError(f"--masks {masks} is a file: name a folder for the PNGs")
-        if is_input(masks, src):                        # the input folder (a file is refused above)
+        if as_input(masks, src):                        # the input folder (a file is refused above)
             raise InvalidInputError(f"--masks {masks} is the input folder: the PNGs would mix with its "
                                     f"frames; name another folder")
         writable_folder(masks, "--masks")
@@ -379,10 +379,6 @@ def as_input(path, src) -> str | None:
     if any(Path(f).resolve() == target for f in files or ()):
         return "one of the input images"
     return None
-
-
-def is_input(path, src) -> bool:
-    return as_input(path, src) is not None
 
 
 def _closed(out, masks, frames: int) -> str:
