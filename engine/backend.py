@@ -67,6 +67,9 @@ class Backend:
     def _run(self, frames: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def release(self) -> None:
+        """Free what it holds on the device now, before another backend is built (it is not used again)."""
+
     def check(self, frames: torch.Tensor) -> None:
         if not isinstance(frames, torch.Tensor):
             raise InvalidInputError(f"{self.name} takes a torch.uint8 tensor (N, 3, H, W), not {type(frames).__name__}")

@@ -130,7 +130,8 @@ def run_engines(args) -> int:
 
 
 def format_entries(rows: list[dict], root) -> str:
-    lines = [f"{len(rows)} entries in {root}", f"{'file':<38} {'MB':>6}  {'created':<19}  {'status':<8} key"]
+    lines = [f"{len(rows)} {'entry' if len(rows) == 1 else 'entries'} in {root}",
+             f"{'file':<38} {'MB':>6}  {'created':<19}  {'status':<8} key"]
     for r in rows:
         key = {k: v for k, v in r.get("key", {}).items() if k != "kind"}
         compact = " ".join(f"{k}={_short(v)}" for k, v in sorted(key.items()))

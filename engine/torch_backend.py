@@ -66,12 +66,14 @@ class TorchCUDABackend(Backend):
         self._fn = torch.compile(self.net, dynamic=False, mode="max-autotune-no-cudagraphs") if mode == "compile" \
             else self.net
         self._graphs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.cuda.CUDAGraph]] = {}
+        self._pool = None           # one memory pool for all the graphs: they never run at once (Backend._turn)
 
     def warmup(self, batches=None) -> None:
         """Capture the graphs for ``batches`` now (default: every batch size up to the largest) instead of on
         first use: a partial batch (a slow decoder, the end of a file) would otherwise stall the run while its
-        graph is captured."""
-        for n in batches or range(1, self.max_batch + 1):
+        graph is captured. The largest first: the smaller ones fit in the memory it leaves free, so the
+        graphs need about what the largest needs rather than the sum of all."""
+        for n in sorted(batches or range(1, self.max_batch + 1), reverse=True):
             self._graph(n)
 
     def _graph(self, n: int):
@@ -89,12 +91,19 @@ class TorchCUDABackend(Backend):
                     self._fn(static_in)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
             # thread_local: a decoder thread's CUDA calls during a lazy capture must not invalidate it
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 static_out = self._fn(static_in)
         log.debug("torch-cuda: captured a CUDA graph for batch %d", n)
         self._graphs[n] = entry = (static_in, static_out, graph)
         return entry
+
+    def release(self) -> None:
+        self._graphs.clear()
+        self._pool = None
+        torch.cuda.empty_cache()
 
     def _run(self, frames: torch.Tensor) -> torch.Tensor:
         if self.mode == "eager":

@@ -1,10 +1,11 @@
 """The input file's sound, copied into the output as it is: packets remuxed, never decoded or re-encoded.
 
 The encoder asks for the sound up to the end of each frame it writes (``mux_until``), so sound and picture
-are interleaved as they are written and stay in step: both keep their source timestamps (where the sound
-starts before zero, as AAC's priming packet does, an MP4 written in one piece keeps it with an edit list;
-MP4 fragments and Matroska move both tracks later by as much, as FFmpeg does when it copies, but for the
-first frame, which then lasts that much longer). A run that stops
+are interleaved as they are written and stay in step. Frames always keep their source timestamps. Sound
+that starts before zero (AAC's priming packet, 1024 samples) is kept that way where the muxer trims it with
+an edit list (an MP4 or MOV written in one piece); MP4 fragments and Matroska cannot, and FFmpeg would move
+the picture later to make room (the first frame lasting ~21 ms longer, the rest late), so there the sound
+starts at zero instead: ~21 ms behind the picture, well inside lip-sync tolerance. A run that stops
 early (``--frames``, Ctrl-C, a failure) has sound up to its last frame. Only files have their sound copied:
 the file is opened a second time, which a camera or a live stream does not allow.
 
@@ -28,8 +29,10 @@ class AudioCopy:
     """The first audio track of ``path``, read packet by packet; ``track`` is None when it has none.
     ``stopped`` says why the sound stopped before the video did, if it did."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, from_zero: bool = False):
         self.path = path
+        self.from_zero = from_zero    # sound before zero is moved to zero (the output cannot trim it)
+        self._shift = None            # what is added to each packet's timestamps
         self.container = av.open(path)
         tracks = self.container.streams.audio
         self.track = tracks[0] if tracks else None
@@ -65,6 +68,13 @@ class AudioCopy:
             if self._last_dts is not None and packet.dts <= self._last_dts:
                 return self._stop("its timestamps go back (clips joined end to end?)")
             self._last_dts = packet.dts
+            if self._shift is None:
+                self._shift = max(0, -min(packet.dts, packet.pts if packet.pts is not None else 0)) \
+                    if self.from_zero else 0
+            if self._shift:
+                packet.dts += self._shift
+                if packet.pts is not None:
+                    packet.pts += self._shift
             packet.stream = self.stream
             try:
                 container.mux(packet)

@@ -29,7 +29,7 @@ import logging
 import os
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -109,7 +109,12 @@ def expand_inputs(specs) -> list[str]:
                 found.extend(_expand_one(entry))
         else:
             found.extend(_expand_one(spec))
-    return list(dict.fromkeys(found))
+    unique = list(dict.fromkeys(found))
+    if len(unique) < len(found):
+        repeated = [src for src, n in Counter(found).items() if n > 1]
+        log.warning("%s named more than once: segmented once", plural(len(repeated), "input") if len(repeated) > 3
+                    else ", ".join(repeated))
+    return unique
 
 
 def _expand_one(spec: str) -> list[str]:
@@ -233,12 +238,14 @@ class FrameCounter(Stage):
 
 
 class Worker:
-    """One pipeline slot: a thread budget and an engine, built on the first file and reused for all.
+    """One pipeline slot: a thread budget and its engines, one per frame orientation (portrait inputs run
+    the model turned, as in a single ``run``), each built on the first file that needs it and reused.
     Local workers live one per process; ``pipeline.cluster`` makes this class a Ray actor."""
 
     def __init__(self, settings, name: str = "worker", tick=None):
         self.settings, self.name = settings, name
-        self.backend = None
+        self.backends: dict[int, object] = {}       # by orientation: -1 landscape, 0 square (or --size), 1 portrait
+        self._build_error: Exception | None = None
         self.frames_done = 0                 # frames delivered by this worker, live (for progress)
         self._tick = tick
 
@@ -252,25 +259,21 @@ class Worker:
 
     def process(self, job: Job, attempt: int = 1) -> dict:
         """Segment one input; never raises: the result says done or failed, and why."""
-        from pipeline.run import apply_threads, load_backend, run
+        from pipeline.run import run
 
         record = failed_record(job, attempt, None, self.name)
-        if self.backend is None:
-            try:
-                apply_threads(self.settings)
-                self.backend = load_backend(self.settings)
-            except Exception as e:           # the engine cannot be built: every file would fail alike
-                record.update(error=f"cannot build the engine: {_reason(e)}", fatal=True,
-                              exception=e if _picklable(e) else None,
-                              exit_code=getattr(e, "exit_code", 1))
-                return record
         before = self.frames_done
         t0 = time.perf_counter()
         try:
-            stats = run(job.src, job.out, self.settings, masks=job.masks, backend=self.backend,
+            stats = run(job.src, job.out, self.settings, masks=job.masks, backend_for=self._backend_for,
                         sinks=[FrameCounter(self._count)])
         except Exception as e:
             self._count(before - self.frames_done)        # a failed attempt's frames do not count
+            if (build := self._build_error) is not None:  # the engine cannot be built: every file would fail alike
+                record.update(error=f"cannot build the engine: {_reason(build)}", fatal=True,
+                              exception=build if _picklable(build) else None,
+                              exit_code=getattr(build, "exit_code", 1))
+                return record
             record.update(error=_reason(e), retry=not isinstance(e, NOT_RETRIED),
                           wall_s=round(time.perf_counter() - t0, 3))
             return record
@@ -278,6 +281,19 @@ class Worker:
         record.update(status="done", frames=stats["frames"], fps=stats["fps"], wall_s=stats["wall_s"],
                       stats=stats, retry=False)
         return record
+
+    def _backend_for(self, frame_size: tuple[int, int]):
+        from pipeline.run import load_backend
+
+        h, w = frame_size
+        key = 0 if self.settings.infer.size else (h > w) - (h < w)     # --size: one engine for all
+        if key not in self.backends:
+            try:
+                self.backends[key] = load_backend(self.settings, frame_size)
+            except Exception as e:
+                self._build_error = e
+                raise
+        return self.backends[key]
 
 
 def _picklable(e: BaseException) -> bool:

@@ -76,8 +76,8 @@ def bench_video(video, settings: Settings | None = None, frames: int | None = No
         decode.teardown()
         if not count:
             raise InvalidInputError(f"{video} has no frames to bench")
-        promised = min(n, probe.info.frames or n)
-        if count < promised:    # the run below reads only these, so it would not notice
+        promised = min(filter(None, (n, probe.info.frames)), default=None)   # both unknown: a raw stream
+        if promised is not None and count < promised:    # the run below reads only these, so it would not notice
             log.warning("%s gave %d of the %d frames asked for (cut short or damaged): measured on those %d",
                         video, count, promised, count)
         n = count

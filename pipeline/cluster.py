@@ -21,10 +21,11 @@ with s3fs/gcsfuse) or, for inputs, URLs; segpipe must be installed on every node
 from __future__ import annotations
 
 import logging
+import socket
 import time
 
 from pipeline.batch import Job, Tally, Worker, failed_record, uses_gpu_backend, worker_settings
-from train.errors import InvalidInputError, MissingExtraError
+from train.errors import ClusterUnavailableError, InvalidInputError, MissingExtraError
 
 log = logging.getLogger("segpipe.cluster")
 
@@ -66,13 +67,28 @@ def run_cluster(jobs: list[Job], settings, address: str | None = None, workers: 
         raise InvalidInputError(f"--workers {workers} must be >= 1")
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=True)
+        connect(ray, address)
     try:
         return _drive(ray, jobs, settings, workers, progress)
     finally:
         if started:
             ray.shutdown()
+
+
+def connect(ray, address: str | None) -> None:
+    """``ray.init``; where no cluster answers, one line at once (Ray itself would retry for minutes)."""
+    fix = "start one with `ray start --head` (--ray auto finds it), or pass --ray alone for a local cluster"
+    host, _, port = (address or "").removeprefix("ray://").rpartition(":")
+    if port.isdigit():
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except OSError as e:
+            raise ClusterUnavailableError(f"no Ray cluster answers at {address} ({e.strerror or e}): {fix}") from None
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    except ConnectionError as e:
+        where = "running on this machine or in RAY_ADDRESS" if address == "auto" else f"at {address}"
+        raise ClusterUnavailableError(f"no Ray cluster {where}: {fix}") from e
 
 
 def _drive(ray, jobs, settings, workers, progress) -> dict:

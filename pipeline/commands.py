@@ -211,6 +211,9 @@ def bench_command(args) -> int:
         check_report(args.json, "--json", args.video, *files_read(args.config, args.weights))
     if args.video and args.model_only:
         raise InvalidInputError("--video and --model-only measure different things: pass one of them")
+    if args.frames is not None and not args.video:
+        raise InvalidInputError("--frames counts a video's frames: pass --video FILE with it (the model-only "
+                                "benchmark times a fixed number of calls)")
     if not args.video:
         from engine.bench import format_rows, model_bench
 

@@ -26,6 +26,7 @@ class Decode(Stage):
         self.count = 0
         self._frames = None
         self._waiting_since: float | None = None     # set while waiting on the source for a frame
+        self._last_pts: int | None = None
 
     def setup(self) -> None:
         self._frames = self.source.frames()
@@ -41,7 +42,12 @@ class Decode(Stage):
         if got is None:
             return EOS
         self.count += 1
-        return self.frame(*got)
+        index, pts, time_base, *rest = got
+        if pts is None:      # a caller's own source may leave it out: the next slot after the last frame
+            info = self.source.info
+            pts = 0 if self._last_pts is None else self._last_pts + max(1, round(1 / (info.fps * info.time_base)))
+        self._last_pts = pts
+        return self.frame(index, pts, time_base or self.source.info.time_base, *rest)
 
     def frame(self, index, pts, time_base, image) -> Frame:
         """A frame's latency starts as it leaves the decoder."""

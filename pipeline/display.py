@@ -13,6 +13,7 @@ The window itself is behind a small interface (``OpenCVWindow``), so tests drive
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import threading
 import time
@@ -36,10 +37,34 @@ def gui_problem() -> str | None:
     gui = next((line.split(":", 1)[1].strip() for line in build.splitlines() if line.strip().startswith("GUI:")), "")
     if gui.upper() == "NONE":
         return NO_GUI
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    display = os.environ.get("DISPLAY")
+    if sys.platform.startswith("linux") and not (display or os.environ.get("WAYLAND_DISPLAY")):
         return ("--show needs a desktop and $DISPLAY is not set here: run it in a desktop session, "
                 "or watch in a browser with --serve 127.0.0.1:8080")
+    if display and not x_server_answers(display):     # Qt would abort the process, with no way to catch it
+        return (f"--show cannot reach the display {display} (no X server answers there: a closed ssh -X "
+                f"session?): run it in a desktop session, or watch in a browser with --serve 127.0.0.1:8080")
     return None
+
+
+def x_server_answers(display: str) -> bool:
+    """Whether an X server listens at ``display`` (``:0``, ``unix:1``, ``host:10.0``); True when unsure."""
+    host, _, rest = display.rpartition(":")
+    number = rest.split(".")[0]
+    if not number.isdigit() or host.startswith("/"):          # macOS launchd sockets and the like
+        return True
+    try:
+        if host not in ("", "unix"):                          # host:N is TCP port 6000 + N (ssh -X: localhost:10)
+            socket.create_connection((host, 6000 + int(number)), timeout=2).close()
+            return True
+        for path in (f"/tmp/.X11-unix/X{number}", f"\0/tmp/.X11-unix/X{number}"):   # the file, or Linux's abstract one
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(2)
+                if s.connect_ex(path) == 0:
+                    return True
+    except (OSError, UnicodeError):
+        pass
+    return False
 
 
 class OpenCVWindow:

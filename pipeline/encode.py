@@ -437,7 +437,8 @@ class Encode(Stage):
         self.stream = self._add_stream(self.container)
         if self.audio_source is not None:
             try:
-                self.audio = AudioCopy(self.audio_source)
+                trims = self.container.format.name in FRAGMENTED_MUXERS and not self.muxer_options   # edit lists
+                self.audio = AudioCopy(self.audio_source, from_zero=not trims)
                 self.audio.add_to(self.container)
             except (av.FFmpegError, OSError, ValueError) as e:    # changed since preflight: go on silent
                 if self.audio is not None:

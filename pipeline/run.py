@@ -109,11 +109,12 @@ def write_run_settings(out: Path, settings: Settings, pipe, backend, info, size=
 
 
 def run(src, out: str | Path | None, settings: Settings | None = None, *, masks: str | Path | None = None,
-        stats_path: str | Path | None = None, progress: bool = False, backend=None, sinks=(),
-        monitor=None) -> dict:
+        stats_path: str | Path | None = None, progress: bool = False, backend=None, backend_for=None,
+        sinks=(), monitor=None) -> dict:
     """Segment ``src`` into ``out`` (and/or label PNGs in ``masks``, and/or extra ``sinks``); return the
     statistics. ``src``: anything ``open_source`` takes, or an opened source object (``info`` + ``frames()``);
-    ``backend``: an engine backend (default: ``engine.load`` with the infer settings); ``monitor``: called
+    ``backend``: an engine backend (default: ``engine.load`` with the infer settings), or ``backend_for``:
+    a function of the source's frame size (H, W) that gives one (a cache of engines); ``monitor``: called
     with the running Pipeline every tick (0.1 s), e.g. to sample queue depths.
 
     Outputs are checked before any work (folders exist or can be made, can be written, are not the
@@ -130,7 +131,7 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     apply_threads(settings)
     with signals_raise():                 # a stop while starting closes what is open (no statistics yet)
         try:
-            source, writer, backend, pipe = _start(src, out, settings, masks, sinks, backend)
+            source, writer, backend, pipe = _start(src, out, settings, masks, sinks, backend, backend_for)
         except SigTerm:
             raise TerminatedError("terminated (SIGTERM) before the first frame: nothing was written") from None
         t0, failure, end_progress = time.perf_counter(), None, None
@@ -184,7 +185,7 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     return stats
 
 
-def _start(src, out, settings: Settings, masks, sinks, backend):
+def _start(src, out, settings: Settings, masks, sinks, backend, backend_for=None):
     """Open the source, the output (before the model loads or builds: a bad one fails first) and the
     backend, and wire the pipeline: ``(source, writer, backend, pipe)``. Whatever fails (or a stop) closes
     what was opened."""
@@ -193,7 +194,9 @@ def _start(src, out, settings: Settings, masks, sinks, backend):
     try:                                  # until the pipeline runs (and its decoder owns it), close it here
         if out is not None:
             writer = open_output(out, info, frames_expected(info, settings), settings)
-        backend = backend if backend is not None else load_backend(settings, (info.height, info.width))
+        if backend is None:
+            size = (info.height, info.width)
+            backend = backend_for(size) if backend_for else load_backend(settings, size)
         pipe = build_pipeline(source, backend, settings, masks=masks, sinks=list(sinks), encode=writer)
         if isinstance(out, Path):         # a stream has no place beside it for them
             write_run_settings(out, settings, pipe, backend, info, size=getattr(writer, "size", None),

@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from train.data import IMAGE_EXTENSIONS, decode_image
-from train.errors import InputNotFoundError, InvalidInputError, MediaError, UnreadableInputError
+from train.errors import InputNotFoundError, InvalidInputError, MediaError, UnreadableInputError, plural
 
 log = logging.getLogger("segpipe.pipeline")
 
@@ -114,7 +114,10 @@ def open_source(spec, settings) -> "VideoSource | ImageSource | ArraySource":
             folders = sorted((d for d in path.iterdir() if d.is_dir()), key=lambda d: ("mask" in d.name.lower(), d.name))
             inner = next((d for d in folders if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in d.iterdir())),
                          None)                    # e.g. a CARLA folder: CameraRGB/, not CameraMask/
-            hint = f"did you mean {inner}?" if inner else "pass a video file or a folder of frames"
+            videos = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+            hint = (f"did you mean {inner}?" if inner else
+                    f"to segment the {plural(len(videos), 'file')} in it (videos?) each to its own output, pass "
+                    f"--out-dir DIR instead of --out" if videos else "pass a video file or a folder of frames")
             raise InvalidInputError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}): "
                                     f"{hint}")
         return ImageSource(files, text, settings)

@@ -64,6 +64,11 @@ class QueueOverflowError(SegpipeError, RuntimeError):
     exit_code = 1
 
 
+class ClusterUnavailableError(SegpipeError, ConnectionError):
+    """No Ray cluster answers at the address given."""
+    exit_code = 1
+
+
 class TerminatedError(SegpipeError):
     """The process got SIGTERM; the output so far was closed properly."""
     exit_code = 143

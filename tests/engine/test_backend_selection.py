@@ -133,7 +133,7 @@ def test_wrong_input_size(tiny_ckpt):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"backend": "tensorrt-llm"}, "unknown backend 'tensorrt-llm': choose one of auto, tensorrt"),
-    ({"precision": "int8"}, "unknown precision 'int8': choose fp16 or fp32"),
+    ({"precision": "bf16"}, r"unknown precision 'bf16': choose fp16 \(reduced precision: FP16 on GPUs, BF16 on CPUs"),
     ({"max_batch": 0}, "max_batch must be at least 1"),
     ({"backend": "onnxruntime", "device": "cuda"}, "runs on the CPU|sees no CUDA GPU"),
     ({"device": "gpu0"}, "device 'gpu0' is not a device: use cpu, cuda or cuda:N"),

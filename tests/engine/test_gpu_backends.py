@@ -57,6 +57,27 @@ def test_cuda_graph_output_is_not_overwritten(carla):
     first[0, 0, 0] = 0  # the caller owns the labels (not an inference tensor, not the graph's static output)
 
 
+def test_cuda_graphs_for_every_batch_share_one_memory_pool():
+    """Graphs for batches 1..8 hold about what batch 8's alone does, not the sum of all eight."""
+    from engine.torch_backend import TorchCUDABackend
+
+    info = engine.load(backend="torch-cuda", precision="fp16", max_batch=1).info
+    cuda = torch.device("cuda")
+
+    def held(batches) -> int:
+        model, _ = load_model()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_reserved(cuda)
+        backend = TorchCUDABackend(model, info, cuda, "fp16", max_batch=8)
+        backend.warmup(batches)
+        grown = torch.cuda.memory_reserved(cuda) - before
+        backend.release()
+        return grown
+
+    assert held(None) <= 1.5 * held([8])
+
+
 @pytest.mark.trt
 @needs_trt
 def test_tensorrt_engine_is_cached_and_reused(caplog, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from mediakit import (  # noqa: F401
     frame_image,
     probe,
     write_clip,
+    write_video,
 )
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -153,3 +153,21 @@ def test_a_second_failure_is_logged_not_lost(tmp_path, settings, caplog):
         run(clip, None, settings, backend=StubBackend(), sinks=[FailingSink(5, ZeroDivisionError("boom")),
                                                                 FailsToClose()])
     assert "closer also failed: disk gone while closing" in caplog.text
+
+
+def test_a_callers_source_without_pts_gets_them_on_the_frame_grid(tmp_path, settings):
+    """run() takes any object with info and frames(); one that gives no pts still makes a timed video."""
+    class NoPts(LiveSource):
+        def __init__(self):
+            super().__init__(n=12, interval_s=0)
+            self.info = SourceInfo("file", "no-pts", 96, 64, Fraction(25), Fraction(1, 25), 12, False)
+
+        def frames(self):
+            for i in range(self.n):
+                yield i, None, None, frame_image(i, 96, 64)
+
+    out = tmp_path / "seg.mp4"
+    stats = run(NoPts(), out, settings, backend=StubBackend())
+    got = probe(out)
+    assert stats["frames"] == got["frames"] == 12 and got["rate"] == 25
+    assert got["seconds"] == pytest.approx([i / 25 for i in range(12)], abs=1e-3)

@@ -22,7 +22,7 @@ def test_preprocess_and_colourise_match_the_cpu(tmp_path):
     Preprocess((32, 48), cuda).process(gpu_f)
     assert gpu_f.tensor.device.type == "cuda" and gpu_f.image_dev is not None
     diff = (cpu_f.tensor.int() - gpu_f.tensor.cpu().int()).abs()
-    assert diff.float().mean() < 1.0 and diff.max() <= 8          # area resize: same up to rounding
+    assert diff.max() <= 1                                       # area resize: same up to rounding
     labels = torch.randint(0, 23, (32, 48), dtype=torch.uint8)
     for view in ("overlay", "mask", "side-by-side"):
         cpu_f.labels, gpu_f.labels = labels, labels.to(cuda)

@@ -140,6 +140,11 @@ def test_bad_inputs_say_what_to_do(tmp_path, settings, carla_dir):
         open_source(tmp_path / "empty", s)
     with pytest.raises(InvalidInputError, match=r"carla holds no images .*: did you mean .*carla/CameraRGB\?$"):
         open_source(carla_dir, s)                       # a dataset folder: its frames are one level down
+    (tmp_path / "drives").mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / "drives" / name).write_bytes(b"\0")
+    with pytest.raises(InvalidInputError, match=r"the 2 files in it \(videos\?\) .*pass --out-dir DIR instead"):
+        open_source(tmp_path / "drives", s)             # a folder of videos: a batch
     (tmp_path / "junk.mp4").write_bytes(b"\0" * 1000)
     with pytest.raises(MediaError, match="cannot open"):
         open_source(tmp_path / "junk.mp4", s)

@@ -3,6 +3,7 @@ import json
 import sys
 
 import pytest
+import yaml
 
 from pipeline.batch import expand_inputs, format_summary, is_many, plan_jobs
 from pipeline.cli import main
@@ -15,7 +16,7 @@ def touch(path, data=b"x"):
     return path
 
 
-def test_inputs_from_paths_globs_folders_and_list_files(tmp_path):
+def test_inputs_from_paths_globs_folders_and_list_files(tmp_path, caplog):
     a, b = touch(tmp_path / "day1" / "a.mp4"), touch(tmp_path / "day1" / "b10.mp4")
     c = touch(tmp_path / "day1" / "b9.mp4")
     frames = tmp_path / "frames"
@@ -29,7 +30,8 @@ def test_inputs_from_paths_globs_folders_and_list_files(tmp_path):
     assert expand_inputs([str(tmp_path / "day1")]) == [str(a), str(c), str(b)]             # a folder of videos
     assert expand_inputs([str(frames)]) == [str(frames)]                                  # a folder of frames
     assert expand_inputs([str(frames / "*.jpg")]) == [str(frames / "*.jpg")]              # an image glob: one
-    assert expand_inputs([f"@{listing}", str(a)]) == [str(a), str(c), "rtsp://cam/front"]  # duplicates dropped
+    assert expand_inputs([f"@{listing}", str(a)]) == [str(a), str(c), "rtsp://cam/front"]  # duplicates dropped,
+    assert f"{a} named more than once: segmented once" in caplog.text                     # and said
     assert expand_inputs([str(listing)]) == expand_inputs([f"@{listing}"])
     assert is_many([str(listing)]) and is_many([str(tmp_path / "day1" / "*.mp4")]) and is_many([str(a), str(b)])
     assert not is_many([str(a)]) and not is_many([str(frames / "*.jpg")]) and not is_many(["rtsp://cam/x"])
@@ -83,6 +85,27 @@ def test_batch_of_clips_matches_single_runs_and_reports_the_corrupt_one(tmp_path
             assert sum(1 for _ in c.decode(s)) == 12 and (s.width, s.height) == (320, 240)
         assert (out / f"{clip.stem}.mp4.settings.yaml").exists()
     assert not (out / "corrupt.mp4").exists() or (out / "corrupt.mp4").stat().st_size == 0
+
+
+def test_a_portrait_file_in_a_batch_runs_the_model_turned_as_alone(tmp_path, config):
+    """One worker, landscape - portrait - landscape: each file gets the engine a single run would use."""
+    from scale.conftest import cut_clip
+
+    names = ("wide", "tall", "wide2")
+    clips = [cut_clip(tmp_path / f"{name}.mp4", 0, 3, (240, 320) if name == "tall" else (320, 240))
+             for name in names]
+    out = tmp_path / "seg"
+    assert main(["run", *map(str, clips), "--out-dir", str(out), "--workers", "1", "--config", str(config),
+                 "--no-progress"]) == 0
+    sizes = [input_size(out / f"{name}.mp4") for name in names]
+    assert main(["run", str(clips[1]), "--out", str(tmp_path / "alone.mp4"), "--config", str(config),
+                 "--no-progress"]) == 0
+    h, w = input_size(tmp_path / "alone.mp4").split("x")
+    assert int(h) > int(w) and sizes == [f"{w}x{h}", f"{h}x{w}", f"{w}x{h}"]
+
+
+def input_size(video) -> str:
+    return yaml.safe_load(video.with_name(video.name + ".settings.yaml").read_text())["resolved"]["input_size"]
 
 
 def test_batch_options_are_checked_before_any_work(tmp_path, clips, capsys):

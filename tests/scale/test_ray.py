@@ -2,6 +2,7 @@
 outputs identical to single-process runs, a corrupt input reported (after its retry) while the others
 finish."""
 import json
+import socket
 
 import pytest
 
@@ -9,8 +10,29 @@ ray = pytest.importorskip("ray")
 
 from pipeline.batch import expand_inputs, plan_jobs
 from pipeline.cli import main
-from pipeline.cluster import run_cluster
+from pipeline.cluster import connect, run_cluster
 from pipeline.settings import load_settings
+from train.errors import ClusterUnavailableError
+
+
+def test_no_cluster_at_the_address_is_one_line_at_once(tmp_path, clips, capsys):
+    with socket.socket() as s:                      # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["run", str(clips[0]), str(clips[1]), "--out-dir", str(tmp_path), "--no-progress",
+                 f"--ray=127.0.0.1:{port}"]) == 1
+    err = capsys.readouterr().err
+    assert f"no Ray cluster answers at 127.0.0.1:{port}" in err and "ray start --head" in err
+    assert "Traceback" not in err and not list(tmp_path.iterdir())
+
+
+def test_no_cluster_for_auto_says_how_to_start_one():
+    class NoCluster:
+        def init(self, **kwargs):
+            raise ConnectionError("Could not find any running Ray instance.")
+
+    with pytest.raises(ClusterUnavailableError, match="no Ray cluster running on this machine or in RAY_ADDRESS"):
+        connect(NoCluster(), "auto")
 
 
 @pytest.fixture(scope="module")
