@@ -68,8 +68,8 @@ def resolve_device(device, backend: str) -> torch.device:
 
 
 def oriented(size: tuple[int, int], frame_size: tuple[int, int] | None) -> tuple[int, int]:
-    """The checkpoint's (H, W) turned to the frames' orientation: portrait frames run at 192x144 rather
-    than stretched to 144x192 (same cost, +0.015 mIoU on portrait CARLA crops: BENCHMARKS.md)."""
+    """The checkpoint's (H, W) turned to the frames' orientation: portrait frames run at 256x192 rather
+    than stretched to 192x256 (same cost, +0.015 mIoU on portrait CARLA crops: BENCHMARKS.md)."""
     if frame_size is None or frame_size[0] == frame_size[1]:
         return size
     h, w = size
@@ -173,7 +173,8 @@ def load(weights=None, backend: str = "auto", precision: str = "fp16", device=No
     if backend not in BACKENDS:
         raise InvalidInputError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
-        raise InvalidInputError(f"unknown precision {precision!r}: choose fp16 or fp32")
+        raise InvalidInputError(f"unknown precision {precision!r}: choose fp16 (reduced precision: FP16 on GPUs, "
+                                f"BF16 on CPUs with native BF16) or fp32")
     if int(max_batch) < 1:
         raise InvalidInputError(f"max_batch must be at least 1, not {max_batch}")
     max_batch = int(max_batch)
@@ -353,7 +354,13 @@ def _make_gpu(name: str, model, info: ModelInfo, dev: torch.device, precision: s
     if name == "torch-cuda":
         from engine.torch_backend import TorchCUDABackend
         backend = TorchCUDABackend(model, info, dev, precision, max_batch)
-        backend.warmup()
+        try:
+            backend.warmup()
+        except torch.OutOfMemoryError:        # the estimate in check_memory was short (another process?)
+            backend.release()
+            h, w = info.input_size
+            raise InvalidInputError(f"the CUDA graphs for batches 1..{max_batch} at {h}x{w} do not fit in the free "
+                                    f"memory of {_device_name(dev)}: use a smaller --batch or --size") from None
         return backend
     from engine import tensorrt as trt_engine
     return trt_engine.load_backend(name, model, info, dev, precision, max_batch, force=rebuild)
@@ -369,7 +376,7 @@ def _parity_checked(backend: Backend, model, info: ModelInfo, build_fp32) -> Bac
         return backend
     log.warning("%s PARITY FAILED: %s %s labels agree with FP32 on only %.3f%% of pixels (< %.1f%%): "
                 "falling back to FP32, which is slower", tag, backend.name, tag, 100 * agree, 100 * PARITY_MIN_AGREEMENT)
-    del backend
+    backend.release()
     return build_fp32()
 
 

@@ -33,7 +33,7 @@ log = logging.getLogger("segpipe.train")
 DEFAULTS = {
     "model": "unet_carla",
     "model_options": {},
-    "input_size": [144, 192],
+    "input_size": [192, 256],
     "epochs": 40,
     "batch_size": 8,
     "lr": 3e-3,
@@ -312,9 +312,11 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
     if state is not None and recorded is None and (out / "split.json").is_file():
         recorded = json.loads((out / "split.json").read_text())    # a run from before checkpoints kept it
     if recorded is not None and recorded != split:
+        was = len(recorded["train"]) + len(recorded["val"])
         raise InvalidInputError(f"--resume: the frames of {data} split differently from when {out} started "
-                                f"(frames added or removed, or val_every/run_gap/same_scene changed): resume with "
-                                f"the same data and config, or start afresh with another --out")
+                                f"({len(pairs)} frames now, {was} then: frames added or removed, another "
+                                f"--max-frames, or val_every/run_gap/same_scene changed): resume with the same "
+                                f"data, --max-frames and config, or start afresh with another --out")
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "split.json").write_text(json.dumps(split, indent=1))

@@ -63,16 +63,15 @@ def test_output_is_not_aliased_and_is_ours(backend, reference):
 
 @pytest.mark.parametrize("bad, message", [
     (lambda f: f.float(), "takes uint8 RGB frames, not torch.float32"),
-    (lambda f: f[:, :, :-16], r"expects frames of shape \(N, 3, 144, 192\), got \(4, 3, 128, 192\): resize to 144x192"),
-    (lambda f: f[:, :2], r"expects frames of shape \(N, 3, 144, 192\)"),
+    (lambda f: f[:, :, :-16], r"expects frames of shape \(N, 3, {h}, {w}\), got \(4, 3, {h16}, {w}\): resize to {h}x{w}"),
+    (lambda f: f[:, :2], r"expects frames of shape \(N, 3, {h}, {w}\)"),
     (lambda f: torch.cat([f, f]), r"batch of 8 is outside this engine's range 1..4: split the batch"),
     (lambda f: f.numpy(), "takes a torch.uint8 tensor"),
 ])
 def test_bad_frames_fail_with_a_fix(backend, reference, bad, message):
     _, frames, _ = reference
-    if backend.input_size != (144, 192):
-        pytest.skip("messages written for the shipped 144x192 checkpoint")
-    with pytest.raises(InvalidInputError, match=message):
+    h, w = backend.input_size
+    with pytest.raises(InvalidInputError, match=message.format(h=h, w=w, h16=h - 16)):
         backend(bad(frames))
 
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipehelp import CARLA_VIDEO, SHARED, StubBackend, probe, write_clip
+from pipehelp import CARLA_VIDEO, SHARED, StubBackend, probe, write_clip, write_video
 from pipeline.cli import main
 from train.classes import CARLA_PALETTE
 
@@ -42,12 +42,12 @@ def test_a_photo_in_gives_a_labelled_image_out(tmp_path, carla_dir, capsys):
 
 
 def test_a_portrait_photo_runs_the_model_turned(tmp_path, carla_dir):
-    """A portrait frame is not stretched into the landscape 144x192: the model runs at 192x144."""
+    """A portrait frame is not stretched into the landscape 192x256: the model runs at 256x192."""
     photo = tmp_path / "portrait.png"
     cv2.imwrite(str(photo), cv2.imread(str(sorted((carla_dir / "CameraRGB").iterdir())[0]))[:, 70:250])
     out = tmp_path / "seg.png"
     assert main(["run", str(photo), "--out", str(out), "--no-progress"]) == 0
-    assert "input_size: 192x144" in (tmp_path / "seg.png.settings.yaml").read_text()
+    assert "input_size: 256x192" in (tmp_path / "seg.png.settings.yaml").read_text()
     assert cv2.imread(str(out)).shape == (240, 180, 3)
 
 
@@ -82,6 +82,7 @@ def test_real_carla_clip_agrees_with_the_ground_truth(tmp_path):
     (["run", "{clip}", "--out", "s3://bucket/seg.mp4"], 2, "segpipe streams out to rtsp://"),
     (["run", "{clip}", "--out", "{tmp}/o.mp4", "--config", "{tmp}/missing.yaml"], 2, "does not exist"),
     (["bench", "--video", "{clip}", "--batch", "1,4"], 2, "one number"),
+    (["bench", "--frames", "10"], 2, "pass --video FILE with it"),
 ])
 def test_user_errors_are_one_line_and_exit_code(tmp_path, clip, capsys, args, code, message):
     args = [a.format(tmp=tmp_path, clip=clip) for a in args]
@@ -117,6 +118,18 @@ def test_bench_video_reports_stages_pipeline_and_naive(tmp_path, clip, settings)
     assert r["efficiency"] == pytest.approx(r["pipeline_fps"] / min(r["stages_fps"].values()), rel=1e-2)
     assert r["speedup"] == pytest.approx(r["pipeline_fps"] / r["naive_fps"], rel=1e-2)
     assert "efficiency" in format_report(r)
+
+
+def test_bench_video_of_unknown_length(tmp_path, settings):
+    """A raw H.264 stream says neither its length nor its duration: bench reads it to the end."""
+    from pipeline.bench import bench_video
+    from pipeline.sources import open_source
+
+    raw = write_video(tmp_path / "raw.h264", frames=15)
+    source = open_source(raw, settings.decode)
+    source.close()
+    assert source.info.frames is None
+    assert bench_video(raw, settings, backend=StubBackend())["frames"] == 15
 
 
 def test_bench_cli_dispatches(tmp_path, clip, monkeypatch, capsys):
