@@ -5,7 +5,8 @@ are interleaved as they are written and stay in step. Frames always keep their s
 that starts before zero (AAC's priming packet, 1024 samples) is kept that way where the muxer trims it with
 an edit list (an MP4 or MOV written in one piece); MP4 fragments and Matroska cannot, and FFmpeg would move
 the picture later to make room (the first frame lasting ~21 ms longer, the rest late), so there the sound
-starts at zero instead: ~21 ms behind the picture, well inside lip-sync tolerance. A run that stops
+starts at zero instead: ~21 ms behind the picture, well inside lip-sync tolerance (sound that ends before
+zero is left out, so the lag is at most one packet). A run that stops
 early (``--frames``, Ctrl-C, a failure) has sound up to its last frame. Only files have their sound copied:
 the file is opened a second time, which a camera or a live stream does not allow.
 
@@ -69,8 +70,10 @@ class AudioCopy:
                 return self._stop("its timestamps go back (clips joined end to end?)")
             self._last_dts = packet.dts
             if self._shift is None:
-                self._shift = max(0, -min(packet.dts, packet.pts if packet.pts is not None else 0)) \
-                    if self.from_zero else 0
+                start = min(packet.dts, packet.pts if packet.pts is not None else packet.dts)
+                if self.from_zero and start + (packet.duration or 0) < 0:
+                    continue            # ends before the first frame, as an edit list would trim it
+                self._shift = max(0, -start) if self.from_zero else 0
             if self._shift:
                 packet.dts += self._shift
                 if packet.pts is not None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import signal
 import sys
 import time
 from collections import Counter, deque
@@ -49,6 +50,7 @@ from train.errors import (
 from train.paths import writable_file, writable_folder, write_json
 
 log = logging.getLogger("segpipe.batch")
+STOP_TIMEOUT_S = 15.0       # for a stopped batch's workers to close their outputs
 
 LIST_EXTS = {".txt", ".lst"}
 MAX_ATTEMPTS = 2                         # a failed file is retried once
@@ -440,6 +442,9 @@ def _init_process(settings, threads: int, gpus: int, slot, counter, log_level: i
             counter.value += n
 
     _worker = Worker(worker_settings(settings, threads, device), name=f"worker-{index}", tick=tick)
+    # SIGTERM while idle ends the worker through Python, which lets go of the task queue's lock (a plain
+    # SIGTERM would die holding it, and the other workers wait on it); within a file ``run`` handles it
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def _process(job: Job, attempt: int) -> dict:
@@ -520,11 +525,23 @@ def run_batch(jobs: list[Job], settings, workers: int | None = None, *, progress
 
 
 def _stop(executor) -> None:
-    """Stop the workers: SIGTERM makes each close its output properly (``run`` handles it)."""
-    for process in list(getattr(executor, "_processes", {}).values()):
-        if process.is_alive():
-            process.terminate()
-    executor.shutdown(wait=True, cancel_futures=True)
+    """Stop the workers: SIGTERM makes each close its output properly (``run`` handles it). One still there
+    after STOP_TIMEOUT_S is killed: an idle worker that SIGTERM ended while it held the task queue's lock
+    leaves the others waiting on that lock for ever."""
+    from multiprocessing.connection import wait as ended
+
+    processes = [p for p in getattr(executor, "_processes", {}).values() if p.is_alive()]
+    for process in processes:
+        process.terminate()
+    executor.shutdown(wait=False, cancel_futures=True)      # the workers that finish get their stop
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while processes and (left := deadline - time.monotonic()) > 0:
+        done = ended([p.sentinel for p in processes], timeout=left)
+        processes = [p for p in processes if p.sentinel not in done]
+    for process in processes:
+        log.warning("worker process %d did not stop within %g s: killed", process.pid, STOP_TIMEOUT_S)
+        process.kill()
+    executor.shutdown(wait=True)
 
 
 # ------------------------------------------------------------------------------ the command

@@ -3,8 +3,10 @@ import json
 import logging
 import os
 import threading
+from fractions import Fraction
 
 import av
+import numpy as np
 import pytest
 
 from pipehelp import probe, write_clip
@@ -129,3 +131,29 @@ def test_sound_whose_timestamps_go_back_stops_there_and_the_video_goes_on(tmp_pa
     assert stats["audio"].startswith("copied (aac), stopped after ") and "go back" in stats["audio"]
     assert "the sound stops after" in caplog.text
     assert len(audio_packets(out)) > 10
+
+
+def test_sound_long_before_the_first_frame_is_left_out_not_played_late(tmp_path, stub, settings):
+    """A track that starts 0.3 s before the picture (an edit list in the source): in MP4 fragments the sound
+    that ends before 0 is left out, so what is kept starts at most one packet late, and frames keep their times."""
+    clip = tmp_path / "early.mp4"
+    with av.open(str(clip), "w") as c:
+        video, sound = c.add_stream("libx264", rate=25), c.add_stream("aac", rate=48000)
+        video.width, video.height, video.pix_fmt, sound.layout = 96, 64, "yuv420p", "mono"
+        for i in range(round(1.3 * 48000 / 1024)):                       # -0.3 s .. 1.0 s of silence
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 48000, -14400 + i * 1024, Fraction(1, 48000)
+            c.mux(sound.encode(frame))
+        for i in range(25):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 96, 3), i * 10, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            c.mux(video.encode(frame))
+        c.mux(sound.encode())
+        c.mux(video.encode())
+    want = [(t, b) for t, b in audio_packets(clip) if t + 1024 / 48000 >= 0 and t < 1.0]
+    assert audio_packets(clip)[0][0] < -0.3
+    out = tmp_path / "seg.mp4"
+    run(clip, out, settings, backend=stub)
+    got = audio_packets(out)
+    assert [b for _, b in got] == [b for _, b in want] and 0 <= got[0][0] - want[0][0] <= 1024 / 48000 + 1e-3
+    assert probe(out)["seconds"] == pytest.approx(probe(clip)["seconds"], abs=1.5e-3)
