@@ -104,6 +104,10 @@ def run_build(args) -> int:
                     max_batch=args.max_batch, input_size=args.size, rebuild=args.force)
     h, w = b.input_size
     print(f"ready: {b.name} {b.precision} on {b.device} at {h}x{w}, batch 1..{b.max_batch} ({b.reason})")
+    if b.device.type == "cpu" and args.backend in ("auto", "cpu") and b.max_batch > 1:
+        live = engine.load(args.weights, backend=args.backend, precision=args.precision, device=args.device,
+                           max_batch=1, input_size=args.size, rebuild=args.force)  # `live` races at batch 1
+        print(f"live (batch 1): {live.name} {live.precision} ({live.reason})")
     key = getattr(b, "key", None)
     if key:
         print(f"engine key {cache.key_digest(key)}: {json.dumps(key, sort_keys=True)}")

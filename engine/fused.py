@@ -43,7 +43,10 @@ class FusedSegmenter(nn.Module):
         return self.model(x.to(self.model.head.weight.dtype))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.logits(frames).argmax(1).to(torch.uint8)
+        labels = self.logits(frames).argmax(1)
+        if torch.onnx.is_in_onnx_export():   # TensorRT documents casts to uint8 from floats only (ids < 256: exact)
+            labels = labels.float()
+        return labels.to(torch.uint8)
 
 
 def fold_batch_norm(model: nn.Module) -> nn.Module:

@@ -269,10 +269,11 @@ def _fastest_cpu(model, info: ModelInfo, max_batch: int, precision: str = "fp32"
         why = _race_reason(ms, ran, batch, f"measured {verdict['measured']}, cached")
         return _build_cpu(verdict["winner"], model, info, max_batch, precision), why
     candidates = {name: _build_cpu(name, model, info, max_batch, precision) for name in ("torch-cpu", "onnxruntime")}
+    busy = machine_busy()                      # before and after: a job that starts or ends mid-race skews it too
     ms = _race(candidates, sample_frames(info.input_size, batch))
     winner = min(ms, key=ms.get)
     ran = candidates["torch-cpu"].precision  # bf16 asked may have failed its parity gate
-    if (busy := machine_busy()) is not None:   # contention skews the race (torch's threads suffer most)
+    if (busy := busy or machine_busy()) is not None:   # contention skews the race (torch's threads suffer most)
         log.warning("the CPU is busy (%s): the backend choice is not cached and is measured again next "
                     "time (`segpipe build --force` on a quiet machine settles it)", busy)
         return candidates[winner], _race_reason(ms, ran, batch, f"{cpu_threads()} threads; measured now, busy")

@@ -90,7 +90,10 @@ def _build(onnx_bytes: bytes, info: ModelInfo, device: torch.device, precision: 
     config.add_optimization_profile(profile)
     timing_path = _timing_cache_path(device)
     timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.exists() else b"")
-    config.set_timing_cache(timing, False)  # False: refuse a cache from another device or version
+    if timing is None or not config.set_timing_cache(timing, False):  # False: refuse another device's or version's
+        log.warning("TensorRT refused the timing cache %s; it is removed and timed afresh", timing_path)
+        timing_path.unlink(missing_ok=True)
+        config.set_timing_cache(config.create_timing_cache(b""), False)
     progress = _Progress()
     config.progress_monitor = progress
     plan = builder.build_serialized_network(network, config)
@@ -125,7 +128,9 @@ def ensure_engine(model, info: ModelInfo, device: torch.device, precision: str, 
 
 
 class TensorRTBackend(Backend):
-    """Runs a serialized engine with torch CUDA tensors bound as I/O on torch's current stream."""
+    """Runs a serialized engine with torch CUDA tensors bound as I/O. It enqueues on a stream of its own that
+    waits for torch's current stream and is waited for by it: on the legacy default stream TensorRT adds a
+    synchronisation to every call."""
     name = "tensorrt"
     shared_buffers = True       # one execution context
 
@@ -138,6 +143,10 @@ class TensorRTBackend(Backend):
             if self.engine is None:
                 raise BackendUnavailableError("TensorRT could not load the cached engine: run `segpipe build --force`")
             self.context = self.engine.create_execution_context()
+            if self.context is None:
+                raise BackendUnavailableError("TensorRT could not create an execution context (not enough GPU "
+                                              "memory?): free the GPU or use --backend torch-cuda")
+            self._stream = torch.cuda.Stream(self.device)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         modes = {n: self.engine.get_tensor_mode(n) for n in names}
         if modes.get(INPUT_NAME) != trt.TensorIOMode.INPUT or modes.get(OUTPUT_NAME) != trt.TensorIOMode.OUTPUT:
@@ -146,6 +155,10 @@ class TensorRTBackend(Backend):
         if self.engine.get_tensor_dtype(OUTPUT_NAME) != trt.DataType.UINT8:
             raise BackendUnavailableError("the cached engine does not return uint8 labels: run `segpipe build --force`")
         self._batch = None
+
+    def release(self) -> None:
+        self.context = self.engine = None
+        torch.cuda.empty_cache()
 
     def _run(self, frames: torch.Tensor) -> torch.Tensor:
         with torch.cuda.device(self.device):    # the engine's GPU, whichever is current in this thread
@@ -157,10 +170,16 @@ class TensorRTBackend(Backend):
             if not self.context.set_input_shape(INPUT_NAME, tuple(frames.shape)):
                 raise RuntimeError(f"TensorRT refused input shape {tuple(frames.shape)} (profile 1..{self.max_batch})")
             self._batch = n
+        if frames.data_ptr() % 256:    # TensorRT wants 256-byte aligned I/O: a caller's slice may not be
+            frames = frames.clone()
         labels = torch.empty((n, *self.output_size), dtype=torch.uint8, device=self.device)
         self.context.set_tensor_address(INPUT_NAME, frames.data_ptr())
         self.context.set_tensor_address(OUTPUT_NAME, labels.data_ptr())
-        if not self.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+        current = torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(current)     # frames (and labels' memory) are ready on current
+        ok = self.context.execute_async_v3(self._stream.cuda_stream)
+        current.wait_stream(self._stream)     # so both tensors outlive the engine's use of them
+        if not ok:
             raise RuntimeError("TensorRT execute_async_v3 failed (see TensorRT's message above)")
         return labels
 
@@ -189,9 +208,14 @@ def _torch_tensorrt(model, info: ModelInfo, device: torch.device, precision: str
     h, w = info.input_size
     hit, found = cache.lookup_covering(key, ".ep")
     if hit.hit and not force:
-        log.info("torch-tensorrt: using cached %s (batch %d..%d)", hit.path, *found["batch_range"])
-        return TorchTensorRTBackend(torch.export.load(str(hit.path)).module(), info, device, precision, max_batch,
-                                    found)
+        try:
+            program = torch.export.load(str(hit.path)).module()
+        except Exception as e:     # saved dynamic-shape programs do not always load back: compile again
+            log.warning("could not load the cached torch-tensorrt program %s (%s: %s); compiling it again",
+                        hit.path, type(e).__name__, str(e)[:200])
+        else:
+            log.info("torch-tensorrt: using cached %s (batch %d..%d)", hit.path, *found["batch_range"])
+            return TorchTensorRTBackend(program, info, device, precision, max_batch, found)
     log.warning("compiling with torch-tensorrt (dynamo, %s) for %s at %dx%d, batch 1..%d, because %s",
                 precision.upper(), info.name, h, w, max_batch, "--force was given" if force else hit.reason)
     if precision == "fp16":

@@ -80,7 +80,7 @@ def register(sub, formatter) -> None:
     p.add_argument("--alpha", type=float, help=f"overlay opacity 0..1 (config: {d.colourise.alpha})")
     p.add_argument("--legend", action="store_true", help="draw the classes present")
     p.add_argument("--masks", metavar="DIR", help="also write each frame's labels as PNG: DIR/000000.png ... "
-                                                    "(several inputs: DIR/NAME/000000.png ...)")
+                                                    "(images keep their names; several inputs: DIR/NAME/...)")
     p.add_argument("--stats", metavar="FILE", help="write the run's statistics as JSON")
     p.add_argument("--config", metavar="FILE", help="pipeline settings (default: configs/pipeline.yaml)")
     p.add_argument("--codec", help=f"output codec, e.g. libx264, libx265, libvpx-vp9; auto: H.264, VP9 for .webm "
@@ -141,6 +141,8 @@ def run_command(args) -> int:
     srcs = list(args.src or [])
     if args.ray and not _ray_address(args.ray):      # `--ray a.mp4 b.mp4`: a.mp4 is an input, not an address
         srcs, args.ray = [args.ray, *srcs], ""
+    if args.workers is not None and args.workers < 1:
+        raise InvalidInputError(f"--workers {args.workers} must be >= 1")
     batch = args.out_dir is not None or args.ray is not None or args.workers is not None
     if not batch:
         from pipeline.batch import is_many

@@ -14,7 +14,7 @@ from pathlib import Path
 from pipeline.colourise import Colourise
 from pipeline.decode import Decode
 from pipeline.infer import Infer
-from pipeline.masks import MaskWriter
+from pipeline.masks import MaskWriter, mask_names
 from pipeline.preprocess import Preprocess
 from pipeline.runner import Pipeline
 from pipeline.settings import Settings
@@ -57,7 +57,8 @@ def build_pipeline(source, backend, settings: Settings, *, masks: str | Path | N
     decode = decode if decode is not None else Decode(source, s.decode.max_frames, s.decode.stall_timeout_s)
     outputs: list[Stage] = []
     if masks is not None:
-        outputs.append(MaskWriter(masks, compression=s.encode.png_compression))
+        outputs.append(MaskWriter(masks, compression=s.encode.png_compression,
+                                  names=mask_names(getattr(source, "files", None))))
     outputs.extend(sinks)
     if encode is not None:
         outputs.append(encode)

@@ -23,6 +23,10 @@ class ImageWriter(Stage):
         self.path = Path(path)
         self.codec = self.path.suffix.lower().lstrip(".")
         self.params = [cv2.IMWRITE_PNG_COMPRESSION, int(png_compression)] if self.codec == "png" else []
+        if self.codec == "gif":
+            raise InvalidInputError(f"--out {self.path}: segpipe does not write GIFs (256 colours): write a video "
+                                    f"(seg.mp4) and convert it, e.g. ffmpeg -i seg.mp4 -vf \"split[a][b];[a]"
+                                    f"palettegen[p];[b][p]paletteuse\" seg.gif, or --out seg.png for one frame")
         if self.path.suffix.lower() not in IMAGE_EXTENSIONS:
             raise InvalidInputError(f"--out {self.path}: segpipe writes images as "
                                     f"{', '.join(sorted(IMAGE_EXTENSIONS))}: use one of those, or a video "

@@ -34,11 +34,12 @@ from engine import PRECISIONS
 from pipeline.settings import VIEWS, LiveSettings   # its defaults: the live section of configs/pipeline.yaml
 from pipeline.signals import SigTerm, signals_handled, signals_raise
 from train.errors import InvalidInputError, TerminatedError
-from train.paths import writable_file, write_json
+from train.paths import missing_folders, remove_empty, writable_file, write_json
 
 log = logging.getLogger("segpipe.live")
 
 STATUS_EVERY_S = 10.0
+DRAIN_S = 2.0          # after a quit, the frames already captured get this long to finish
 
 EPILOG = """examples:
   segpipe live --show                                      the default camera (0) in a window
@@ -184,14 +185,19 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
     if show and window is None and (problem := gui_problem()):
         raise InvalidInputError(problem)
     reconnect = Reconnect(live.reconnect_attempts, live.reconnect_backoff_s, live.reconnect_backoff_max_s)
-    if record is not None:
-        record = writable_file(record, "--record", "live.mp4")
-        if what := as_input(record, src):
-            raise InvalidInputError(f"--record {record} is {what}: write to another file")
-    if stats_path is not None:
-        stats_path = writable_file(stats_path, "--stats", "live.json")
-        check_report(stats_path, "--stats", src, ("the --record video", record),
-                     ("the settings file written beside --record", record and settings_path(record)))
+    made = missing_folders(record, stats_path)      # made by the checks; taken back if the start fails
+    try:
+        if record is not None:
+            record = writable_file(record, "--record", "live.mp4")
+            if what := as_input(record, src):
+                raise InvalidInputError(f"--record {record} is {what}: write to another file")
+        if stats_path is not None:
+            stats_path = writable_file(stats_path, "--stats", "live.json")
+            check_report(stats_path, "--stats", src, ("the --record video", record),
+                         ("the settings file written beside --record", record and settings_path(record)))
+    except BaseException:
+        remove_empty(made)
+        raise
     state = state if state is not None else LiveState(settings.colourise.view, settings.colourise.alpha)
     state.view, state.alpha = settings.colourise.view, settings.colourise.alpha
 
@@ -237,6 +243,7 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
                 display.close()
             if recorder is not None:          # unlocks the recording; one not begun is removed
                 recorder.teardown()
+            remove_empty(made)
             if isinstance(e, SigTerm):
                 raise TerminatedError("terminated (SIGTERM) before the first frame: nothing was recorded") from None
             raise
@@ -260,11 +267,18 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
     next_status = [t0 + STATUS_EVERY_S]
     view = "display" if show else "serve" if serve is not None else None
 
+    stopping = []                         # when the quit came
+
     def tick():
         now = time.perf_counter()
         if duration_s is not None and now - t0 >= duration_s:
             state.request_quit("duration")
-        if state.quit.is_set() and not pipe.stop_event.is_set():
+        if state.quit.is_set() and not stopping:
+            stopping.append(now)
+            source.end.set()              # capture ends; the frames captured finish (recorded, counted)
+            if state.quit_reason in ("key", "window closed"):
+                pipe.stop()               # the viewer is gone: nothing to finish for
+        elif stopping and now - stopping[0] > DRAIN_S and not pipe.stop_event.is_set():
             pipe.stop()
         if now >= next_status[0]:
             next_status[0] = now + STATUS_EVERY_S
@@ -339,5 +353,6 @@ def live_stats(pipe, wall_s: float, backend, source, state, view: str | None) ->
                                       else "source lost" if source.error is not None else "end of source"),
     }
     failed = pipe.error is not None or source.error is not None       # `run --stats`'s words for the end
-    stats["exit"] = "failed" if failed else "interrupted" if state.quit_reason == "SIGINT" else "done"
+    stats["exit"] = ("failed" if failed else {"SIGINT": "interrupted", "SIGTERM": "terminated"}.get(state.quit_reason,
+                                                                                                  "done"))
     return stats

@@ -68,6 +68,7 @@ class LiveSource:
         self.reconnect = reconnect
         self.state = state if state is not None else LiveState()
         self.stop = threading.Event()          # the live runner hands in the pipeline's stop event
+        self.end = threading.Event()           # capture ends at the next frame; those captured go on
         self.current = opener(spec, decode_settings)
         first = self.current.info
         self.stream = first.kind in ("camera", "url")       # a connection that can drop and come back
@@ -97,13 +98,15 @@ class LiveSource:
         w, h = self.info.width, self.info.height
         interval = 1.0 / float(self.info.fps)
         index, origin, last_pts = 0, None, -1
+        shift, next_pts = 0, None              # a looped file's timestamps go on from the pass before
         while self.current is not None:
             src = self.current
             inner = src.frames()
             pace = None                        # (clock at the first frame, its time in s), per connection
+            first_of_pass = True
             try:
                 for _, pts, tb, image in inner:
-                    if self.stop.is_set():
+                    if self.stop.is_set() or self.end.is_set():
                         return
                     if not self.paced:
                         self._hold_while_paused()
@@ -130,6 +133,12 @@ class LiveSource:
                         origin = t_capture if origin is None else origin
                         pts, tb = max(last_pts + 1, round((t_capture - origin) * 1000)), LIVE_TIME_BASE
                         last_pts = pts
+                    elif self.loop:
+                        if first_of_pass and next_pts is not None:
+                            shift = next_pts - pts
+                        pts += shift
+                        next_pts = pts + max(1, round(interval / tb))
+                    first_of_pass = False
                     yield index, pts, tb, image, t_capture
                     index += 1
             finally:
@@ -138,7 +147,7 @@ class LiveSource:
             self._damaged_before += getattr(src, "damaged", 0)
             src.close()
             self.current = None
-            if self.stop.is_set():
+            if self.stop.is_set() or self.end.is_set():
                 return
             if self.stream:
                 self.current = self._reopen(src.error or "the stream ended")

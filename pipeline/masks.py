@@ -1,8 +1,11 @@
-"""Masks sink: each frame's labels as a lossless single-channel PNG, DIR/000000.png ..., at the input's
-resolution, named by the frame's index in the source. Passes the frame on. A PNG that cannot be written
+"""Masks sink: each frame's labels as a lossless single-channel PNG at the input's resolution. A video's
+frames are named by their index in it (DIR/000000.png ...); images keep their file's name (frames/0042.jpg
+gives DIR/0042.png, beside a data set's masks), unless two share one. Passes the frame on. A PNG that cannot be written
 completely (disk full) is removed, so every PNG in the folder is whole."""
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -10,14 +13,18 @@ import cv2
 from pipeline.stage import Stage
 from train.errors import MediaError
 
+log = logging.getLogger("segpipe.pipeline")
+
 
 class MaskWriter(Stage):
     name = "masks"
     wants_labels = True
 
-    def __init__(self, directory: str | Path, compression: int = 1):
+    def __init__(self, directory: str | Path, compression: int = 1, names: list[str] | None = None):
         super().__init__()
         self.directory = Path(directory)
+        self.names = names            # per source index; None: numbered
+        self.written = 0
         self.params = [cv2.IMWRITE_PNG_COMPRESSION, int(compression)]
 
     def setup(self) -> None:
@@ -27,7 +34,8 @@ class MaskWriter(Stage):
             raise MediaError(f"cannot create the masks folder {self.directory}: {e.strerror}") from None
 
     def process(self, frame):
-        path = self.directory / f"{frame.index:06d}.png"
+        name = self.names[frame.index] if self.names else f"{frame.index:06d}"
+        path = self.directory / f"{name}.png"
         try:
             ok = cv2.imwrite(str(path), frame.labels_full, self.params)
         except cv2.error:
@@ -36,5 +44,20 @@ class MaskWriter(Stage):
             path.unlink(missing_ok=True)      # never leave a half-written PNG
             raise MediaError(f"cannot write {path}: is the disk full or the folder read-only? (the masks "
                              f"before it are complete)")
+        self.written += 1
         frame.labels_full = None
         return frame
+
+
+def mask_names(files: list[str] | None) -> list[str] | None:
+    """The PNG names for an image source's ``files``: their stems, or None (numbered) where two share one
+    (a recursive glob over folders of 0001.jpg ...), as one folder cannot hold both."""
+    if not files:
+        return None
+    stems = [Path(f).stem for f in files]
+    shared = [stem for stem, n in Counter(stems).items() if n > 1]
+    if not shared:
+        return stems
+    log.warning("--masks: %d images share the name %s.*, so the masks are numbered in input order instead "
+                "(000000.png is %s)", stems.count(shared[0]), shared[0], files[0])
+    return None

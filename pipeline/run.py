@@ -47,7 +47,7 @@ from pipeline.settings import Settings, load_settings, save_settings
 from pipeline.signals import SigTerm, signals_raise
 from pipeline.sources import image_files, is_arrays, open_source
 from train.errors import InvalidInputError, MediaError, PartialInputError, SegpipeError, TerminatedError, plural
-from train.paths import writable_file, writable_folder, write_json
+from train.paths import missing_folders, remove_empty, writable_file, writable_folder, write_json
 
 log = logging.getLogger("segpipe.pipeline")
 
@@ -125,15 +125,23 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
         raise InvalidInputError("nothing to write: pass --out (a video) and/or --masks (a folder)")
     if is_url(out):
         network_muxer(out)                # an address segpipe cannot stream to is one line now
-    elif out is not None:
-        out = Path(out)
-    check_outputs(src, out if isinstance(out, Path) else None, masks, stats_path)
+    local = None if is_url(out) else out  # as given: Path() would drop a trailing slash
+    made = missing_folders(local, masks, stats_path)   # (the checks make them, like mkdir -p)
+    try:
+        check_outputs(src, local, masks, stats_path)
+    except BaseException:
+        remove_empty(made)
+        raise
+    out = Path(out) if local is not None else out
     apply_threads(settings)
     with signals_raise():                 # a stop while starting closes what is open (no statistics yet)
         try:
             source, writer, backend, pipe = _start(src, out, settings, masks, sinks, backend, backend_for)
-        except SigTerm:
-            raise TerminatedError("terminated (SIGTERM) before the first frame: nothing was written") from None
+        except BaseException as e:        # nothing was written: the folders made for it go too
+            remove_empty(made)
+            if isinstance(e, SigTerm):
+                raise TerminatedError("terminated (SIGTERM) before the first frame: nothing was written") from None
+            raise
         t0, failure, end_progress = time.perf_counter(), None, None
         try:                              # from here a stop is a failure with statistics, and the outputs
             tick, end_progress = _progress(pipe, source, frames_expected(source.info, settings), progress,
@@ -167,7 +175,8 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     if isinstance(out, Path) and not out.exists():   # no video (nothing encoded): no settings for it
         settings_path(out).unlink(missing_ok=True)
     # no file outputs (segment(), sinks only): nothing to say about them
-    done = "; " + _closed(out, masks, stats["frames"]) if out is not None or masks is not None else ""
+    written = pipe["masks"].written if masks is not None else 0
+    done = "; " + _closed(out, masks, stats["frames"], written) if out is not None or masks is not None else ""
     if isinstance(failure, KeyboardInterrupt):
         log.warning("interrupted after %d frames%s", stats["frames"], done)
         raise failure
@@ -333,23 +342,26 @@ def open_output(out: Path | str, info, frames: int | None, settings: Settings) -
     return Encode.from_settings(out, w, h, info, settings.encode, audio=True)
 
 
-def check_outputs(src, out: Path | None, masks, stats_path) -> None:
+def check_outputs(src, out: str | Path | None, masks, stats_path) -> None:
     """Refuse, before any work, outputs that cannot be written: the input itself, a folder given as
     --out, a folder that cannot be made, a read-only place. Missing folders are made (like mkdir -p)."""
     if out is not None:
         if what := as_input(out, src):
             raise InvalidInputError(f"--out {out} is {what}: write to another file")
-        writable_file(out, "--out", "seg.mp4")
+        out = writable_file(out, "--out", "seg.mp4")
     if masks is not None:
         masks = Path(masks)
         if masks.exists() and not masks.is_dir():
             raise InvalidInputError(f"--masks {masks} is a file: name a folder for the PNGs")
+        if out is not None and out.absolute() == masks.absolute():
+            raise InvalidInputError(f"--masks {masks} is also --out: name another folder for the masks, e.g. "
+                                    f"--masks {out.with_suffix('')}_masks")
         if as_input(masks, src):                        # the input folder (a file is refused above)
             raise InvalidInputError(f"--masks {masks} is the input folder: the PNGs would mix with its "
                                     f"frames; name another folder")
         writable_folder(masks, "--masks")
         if old := sum(1 for _ in masks.glob("*.png")):
-            log.warning("--masks %s already holds %d PNGs: those this run numbers alike are replaced, the "
+            log.warning("--masks %s already holds %d PNGs: those this run names alike are replaced, the "
                         "others stay (empty the folder for only this run's)", masks, old)
     if stats_path is not None:
         writable_file(stats_path, "--stats", "stats.json")
@@ -384,8 +396,9 @@ def as_input(path, src) -> str | None:
     return None
 
 
-def _closed(out, masks, frames: int) -> str:
-    """What the outputs hold after a stop or a failure."""
+def _closed(out, masks, frames: int, masks_written: int = 0) -> str:
+    """What the outputs hold after a stop or a failure. The masks stage runs before the encoder, so a stop
+    can leave a mask or two of frames the video never got: their count is said then."""
     parts = []
     if is_url(out):
         parts.append(f"nothing was sent to {out}" if frames == 0 else
@@ -395,8 +408,10 @@ def _closed(out, masks, frames: int) -> str:
             parts.append(f"{out} is complete with the {plural(frames, 'frame')} done")
         else:
             parts.append(f"nothing was written to {out} (it does not exist)")
-    if masks is not None and Path(masks).is_dir() and any(Path(masks).iterdir()):
+    if masks_written and (out is None or masks_written == frames):
         parts.append(f"their masks are in {masks}")
+    elif masks_written:
+        parts.append(f"{plural(masks_written, 'mask')} of this run are in {masks}")
     return "; ".join(parts) or "nothing was written"
 
 

@@ -147,7 +147,10 @@ class LiveServer:
 
     @property
     def url(self) -> str:
+        """Where a browser finds it: on every interface (0.0.0.0, ::), by this machine's name."""
         host, port = self.address
+        if host in ("0.0.0.0", "::"):
+            host = socket.gethostname()
         return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
     def start(self) -> None:

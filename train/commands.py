@@ -69,6 +69,10 @@ def run_eval(args) -> int:
     if args.json:
         writable_file(args.json, "--json", "metrics.json")
         check_eval_output(args.json, "--json", args)
+        if Path(args.json).resolve() == Path(grid).resolve():   # the grid is --json's name as .png
+            raise InvalidInputError(f"--json and --grid both name {grid}: name two files" if args.grid else
+                                    f"--json {args.json} is also the grid picture's name: name the metrics .json, "
+                                    f"e.g. --json {Path(args.json).with_suffix('.json').name}")
     if grid:
         if Path(grid).suffix.lower() not in (".png", ".jpg", ".jpeg"):
             raise InvalidInputError(f"--grid {grid}: name a .png (or .jpg) file")
@@ -93,8 +97,6 @@ def check_eval_output(path, flag: str, args) -> None:
     target = Path(path).resolve()
     if args.weights and target == Path(args.weights).resolve():
         raise InvalidInputError(f"{flag} {path} is the --weights checkpoint: name another file")
-    if args.json and args.grid and Path(args.json).resolve() == Path(args.grid).resolve():
-        raise InvalidInputError(f"--json and --grid both name {path}: name two files")
     for folder in ("CameraRGB", "CameraMask"):
         inside = (Path(args.data) / folder).resolve()
         if inside == target or inside in target.parents:

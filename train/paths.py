@@ -65,6 +65,27 @@ def writable_folder(folder: str | Path, flag: str, target=None) -> Path:
     return folder
 
 
+def missing_folders(*paths) -> list[Path]:
+    """The folders (and files) of ``paths`` (None skipped) that do not exist yet, deepest first: what the
+    output checks may make, for ``remove_empty`` to take back when the start fails."""
+    made = []
+    for path in filter(None, paths):
+        path = Path(path)
+        while not path.exists() and path != path.parent:
+            made.append(path)
+            path = path.parent
+    return sorted(set(made), key=lambda f: len(f.parts), reverse=True)
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove those of ``folders`` that are empty folders (a run that wrote nothing leaves nothing)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:              # a file, a folder with something in it, or gone
+            pass
+
+
 def local_only(path: str | Path, flag: str) -> None:
     """Outputs are local files: a URL (which Path would turn into folders named like ``udp:``) is refused."""
     if re.match(URL_SCHEME + "/", str(path)):      # Path("udp://h:1") reads udp:/h:1

@@ -40,6 +40,17 @@ def test_a_race_on_a_busy_machine_is_not_cached(tiny_ckpt, caplog, monkeypatch, 
     assert not [r for r in cache.entries() if r["kind"] == "cpu-choice"]
 
 
+def test_a_race_that_started_on_a_busy_machine_is_not_cached(tiny_ckpt, monkeypatch, tmp_path):
+    """A job that ends during the race leaves a quiet machine behind it but a skewed verdict."""
+    monkeypatch.setenv("SEGPIPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    raced, race = [], loader._race
+    monkeypatch.setattr(loader, "_race", lambda *a: raced.append(1) or race(*a))
+    monkeypatch.setattr(loader, "machine_busy", lambda: None if raced else "load average 5.0 on 2 cores")
+    b = engine.load(tiny_ckpt, max_batch=4, backend="cpu")
+    assert "measured now, busy" in b.reason and not [r for r in cache.entries() if r["kind"] == "cpu-choice"]
+
+
 def test_busy_means_every_core_in_use(monkeypatch):
     import os
 

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from engine import cache
 from pipeline.cli import build_parser, main
 
 
@@ -33,6 +34,16 @@ def test_build_then_list(tiny_ckpt, capsys):
     assert "onnx-" in listing and "input_size=96x128" in listing and " ok " in listing
     assert main(["engines", "--json"]) == 0
     assert '"kind": "onnx"' in capsys.readouterr().out
+
+
+def test_build_settles_the_cpu_choice_for_run_and_for_live(tiny_ckpt, capsys, monkeypatch, tmp_path):
+    """run races at batch 4 and live at batch 1: `build` measures both, so neither races at start."""
+    monkeypatch.setenv("SEGPIPE_CACHE", str(tmp_path))
+    assert main(["build", "--weights", str(tiny_ckpt), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "ready: " in out and "live (batch 1): " in out
+    batches = sorted(e["key"]["batch"] for e in cache.entries() if e["kind"] == "cpu-choice")
+    assert batches == [1, 4]
 
 
 def test_build_tensorrt_without_it_is_one_line(tiny_ckpt, capsys, monkeypatch):

@@ -1,5 +1,6 @@
 """GPU backends: FP16 parity on CARLA frames, CUDA-graph replay vs eager, TensorRT engine cache. Skipped without CUDA."""
 import importlib.util
+import logging
 
 import pytest
 import torch
@@ -81,6 +82,7 @@ def test_cuda_graphs_for_every_batch_share_one_memory_pool():
 @pytest.mark.trt
 @needs_trt
 def test_tensorrt_engine_is_cached_and_reused(caplog, tmp_path, monkeypatch):
+    caplog.set_level(logging.INFO, logger="segpipe.engine")     # "using cached" is an info line
     monkeypatch.setenv("SEGPIPE_CACHE", str(tmp_path))
     b = engine.load(backend="tensorrt", precision="fp16", max_batch=4)
     entries = [e for e in cache.entries() if e["kind"] == "engine"]

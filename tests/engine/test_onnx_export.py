@@ -37,6 +37,15 @@ def test_graph_signature(tiny_export):
     assert in_dims == ["batch", 3, *TINY_SIZE] and out_dims == ["batch", *TINY_SIZE]
 
 
+def test_labels_are_cast_to_uint8_from_a_float(tiny_export):
+    """TensorRT documents uint8 casts from float32/float16 only, so ArgMax's int64 goes through float32."""
+    _, report = tiny_export
+    model = onnx.shape_inference.infer_shapes(onnx.load(report.path))
+    types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input)}
+    to_uint8 = [n for n in model.graph.node if n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.UINT8]
+    assert to_uint8 and all(types[n.input[0]] == onnx.TensorProto.FLOAT for n in to_uint8)
+
+
 @pytest.mark.parametrize("batch", [1, 3, 8])
 def test_onnxruntime_matches_pytorch(tiny_export, batch):
     net, report = tiny_export

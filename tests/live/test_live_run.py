@@ -36,6 +36,17 @@ def test_a_file_without_realtime_plays_every_frame(tmp_path, clip, stub, setting
     assert (rec.parent / "rec.mp4.settings.yaml").exists()
 
 
+def test_a_duration_ends_the_capture_and_every_frame_captured_is_recorded(tmp_path, clip, stub, settings, caplog):
+    """--duration with --loop: what was captured is finished and recorded (nothing unaccounted for), and
+    the looped passes go on in time (no warning about timestamps going back)."""
+    rec = tmp_path / "rec.mp4"
+    stats = run_live(clip, settings, LiveSettings(loop=True), record=rec, backend=stub, duration_s=1.5)
+    captured = stats["live"]["captured"]
+    assert captured > 20 and stats["frames"] == captured and stats["dropped"] == 0
+    assert probe(rec)["frames"] == captured and stats["live"]["exit"] == "duration"
+    assert "went back" not in caplog.text
+
+
 def test_a_slow_model_drops_the_oldest_and_latency_stays_bounded(tmp_path, settings):
     """Frames come every 50 ms, the model needs 120: the newest frame wins, drops are counted, and the
     latency does not grow over the run (it would with queues that keep every frame)."""
@@ -136,7 +147,7 @@ def test_signals_end_the_demo_cleanly(tmp_path, clip, sig, code):
     reader.join(5)
     stats = json.loads(stats_path.read_text())
     assert all(k in stats for k in SCHEMA) and stats["live"]["exit"] == sig.name
-    assert stats["exit"] == {signal.SIGTERM: "done", signal.SIGINT: "interrupted"}[sig]   # SIGTERM: a clean stop
+    assert stats["exit"] == {signal.SIGTERM: "terminated", signal.SIGINT: "interrupted"}[sig]   # exit 0 all the same
     assert stats["frames"] > 5 and stats["latency_ms"]["p95"] > 0
     assert probe(rec)["frames"] > 5
     assert "frames in" in out and "latency" in out

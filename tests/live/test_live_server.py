@@ -48,6 +48,15 @@ def test_parse_address(text, expected):
     assert parse_address(text) == expected
 
 
+def test_a_server_on_every_interface_is_announced_by_the_machine_name():
+    """http://0.0.0.0:port/ does not open in every browser: the URL names this machine instead."""
+    srv = LiveServer("0.0.0.0", 0, FrameHub(), lambda: {})
+    try:
+        assert srv.url == f"http://{socket.gethostname()}:{srv.address[1]}/"
+    finally:
+        srv.stop()
+
+
 @pytest.mark.parametrize("text", ["127.0.0.1:http", "127.0.0.1:70000"])
 def test_bad_address(text):
     with pytest.raises(InvalidInputError, match="port"):

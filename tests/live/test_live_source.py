@@ -48,6 +48,18 @@ def test_loop_starts_the_file_again(clip):
     frames.close()
     src.close()
     assert [g[0] for g in got] == list(range(45))
+    pts = [g[1] for g in got]                        # each pass goes on from the last: no jump back
+    step = pts[1] - pts[0]
+    assert step > 0 and pts == [pts[0] + i * step for i in range(45)]
+
+
+def test_end_stops_the_capture_at_the_next_frame(clip):
+    src = LiveSource(clip, DecodeSettings(), loop=True)
+    frames = src.frames()
+    got = [next(frames) for _ in range(3)]
+    src.end.set()
+    assert list(frames) == [] and len(got) == 3
+    src.close()
 
 
 def test_pause_holds_a_file_and_shifts_its_clock(clip):

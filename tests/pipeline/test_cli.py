@@ -34,7 +34,7 @@ def test_a_photo_in_gives_a_labelled_image_out(tmp_path, carla_dir, capsys):
     photo = sorted((carla_dir / "CameraRGB").iterdir())[0]
     out, masks = tmp_path / "seg.png", tmp_path / "masks"
     assert main(["run", str(photo), "--out", str(out), "--masks", str(masks), "--view", "mask", "--no-progress"]) == 0
-    labels = cv2.imread(str(masks / "000000.png"), cv2.IMREAD_UNCHANGED)
+    labels = cv2.imread(str(masks / f"{photo.stem}.png"), cv2.IMREAD_UNCHANGED)     # named after the frame
     palette = np.asarray(CARLA_PALETTE, np.uint8)
     assert np.array_equal(cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB), palette[labels])
     assert labels.shape == cv2.imread(str(photo)).shape[:2] and len(np.unique(labels)) >= 3

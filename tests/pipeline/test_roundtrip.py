@@ -50,7 +50,7 @@ def test_odd_size_is_padded_to_even_for_yuv420p(tmp_path, stub, settings, caplog
     stats = run(clip, out, settings, masks=tmp_path / "m", backend=stub)
     got = probe(out)
     assert (got["width"], got["height"], got["frames"]) == (84, 62, 5) and stats["frames"] == 5
-    assert cv2.imread(str(tmp_path / "m" / "000000.png"), cv2.IMREAD_UNCHANGED).shape == (61, 83)
+    assert cv2.imread(str(tmp_path / "m" / "f0.png"), cv2.IMREAD_UNCHANGED).shape == (61, 83)
     assert f"{out} is 84x62, not 83x61: yuv420p needs even sides" in caplog.text      # said, not silent
     assert "output_size: 84x62" in settings_path(out).read_text()                       # what the file holds
 
@@ -183,7 +183,7 @@ def test_one_image_in_one_image_out(tmp_path, stub, settings):
     cv2.imwrite(str(photo), cv2.cvtColor(frame_image(5, 96, 64), cv2.COLOR_RGB2BGR))
     out, masks = tmp_path / "seg.png", tmp_path / "masks"
     stats = run(photo, out, settings.override(colourise={"view": "mask"}), masks=masks, backend=stub)
-    labels = cv2.imread(str(masks / "000000.png"), cv2.IMREAD_UNCHANGED)
+    labels = cv2.imread(str(masks / "photo.png"), cv2.IMREAD_UNCHANGED)
     assert decode_index(labels) == 5
     written = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)            # lossless: exactly the palette
     assert np.array_equal(written, stub.palette[labels])
@@ -222,3 +222,14 @@ def test_the_image_writer_holds_one_frame(tmp_path):
     with pytest.raises(MediaError, match="more than one frame came, but --out .*seg.jpg holds one image"):
         writer.process(frame)
     assert cv2.imread(str(tmp_path / "seg.jpg")).shape == (8, 8, 3)
+
+
+def test_a_stop_says_how_many_masks_when_the_video_has_fewer(tmp_path):
+    """The masks stage runs before the encoder: after a stop it may hold a frame or two more than the video."""
+    from pipeline.run import _closed
+    out = tmp_path / "seg.mp4"
+    out.write_bytes(b"")
+    assert _closed(out, tmp_path / "m", 166, 166) == (f"{out} is complete with the 166 frames done; their masks are "
+                                                      f"in {tmp_path / 'm'}")
+    assert _closed(out, tmp_path / "m", 166, 167).endswith(f"; 167 masks of this run are in {tmp_path / 'm'}")
+    assert _closed(None, tmp_path / "m", 5, 0) == "nothing was written"

@@ -15,7 +15,7 @@ from train.errors import InputNotFoundError, InvalidInputError, MediaError
 
 
 def labels_in_order(masks):
-    return [decode_index(cv2.imread(str(p), cv2.IMREAD_UNCHANGED)) for p in sorted(masks.iterdir())]
+    return [decode_index(cv2.imread(p, cv2.IMREAD_UNCHANGED)) for p in natural_sorted(map(str, masks.iterdir()))]
 
 
 @pytest.fixture
@@ -40,6 +40,26 @@ def test_glob(tmp_path, frames_dir, settings):
     masks = tmp_path / "m"
     run(str(frames_dir / "frame1*.png"), None, settings, masks=masks, backend=StubBackend())
     assert labels_in_order(masks) == [1, 10]          # frame1, frame10
+
+
+def test_masks_of_images_are_named_after_them(tmp_path, frames_dir, settings):
+    """frames/frame7.png gives m/frame7.png (beside a data set's masks, named alike), not its position."""
+    masks = tmp_path / "m"
+    run(str(frames_dir / "frame[79].png"), None, settings, masks=masks, backend=StubBackend())
+    assert sorted(p.name for p in masks.iterdir()) == ["frame7.png", "frame9.png"]
+    assert decode_index(cv2.imread(str(masks / "frame9.png"), cv2.IMREAD_UNCHANGED)) == 9
+
+
+def test_masks_of_images_sharing_a_name_are_numbered(tmp_path, settings, caplog):
+    """a/0.png and b/0.png cannot both be m/0.png: the masks are numbered by position instead, and it is said."""
+    for i, sub in enumerate("ab"):
+        (tmp_path / sub).mkdir()
+        cv2.imwrite(str(tmp_path / sub / "0.png"), cv2.cvtColor(frame_image(i + 3, 96, 64), cv2.COLOR_RGB2BGR))
+    masks = tmp_path / "m"
+    run(str(tmp_path / "*" / "0.png"), None, settings, masks=masks, backend=StubBackend())
+    assert sorted(p.name for p in masks.iterdir()) == ["000000.png", "000001.png"]
+    assert labels_in_order(masks) == [3, 4]
+    assert "--masks: 2 images share the name 0.*, so the masks are numbered in input order" in caplog.text
 
 
 def test_file_url(tmp_path, clip, settings):

@@ -179,7 +179,8 @@ def test_an_output_in_a_read_only_folder_is_refused_before_any_work(tmp_path, cl
     ("unknown-extension", "FFmpeg cannot write .xyz files: use .mp4 or .mkv"),
     ("codec-the-container-cannot-hold", ".webm files cannot hold libx264"),
     ("image", "has 40 frames: name a video (e.g. seg.mp4), pass --frames 1 for its first frame, or --masks DIR"),
-    ("gif", "segpipe writes images as .bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp"),
+    ("gif", "segpipe does not write GIFs (256 colours): write a video (seg.mp4) and convert it"),
+    ("new-folder/", "ends with a slash but is not a folder: name a file, e.g. --out "),
 ])
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, cli, where, message):
     src = clip(tmp_path)
@@ -187,15 +188,22 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, c
     out = {"input": src, "folder": tmp_path / "folder", "under-a-file": src / "seg.mp4",
            "no-extension": tmp_path / "seg", "unknown-extension": tmp_path / "seg.xyz",
            "codec-the-container-cannot-hold": tmp_path / "seg.webm", "image": tmp_path / "%06d.png",
-           "gif": tmp_path / "seg.gif"}[where]
+           "gif": tmp_path / "seg.gif", "new-folder/": f"{tmp_path}/new/"}[where]
     before = src.read_bytes()
     codec = ["--codec", "libx264"] if where == "codec-the-container-cannot-hold" else []
     code, last, err, _ = cli("run", src, "--out", out, *codec)
     assert code == 2 and message in last and "Traceback" not in err, err
     assert src.read_bytes() == before                                   # the input is untouched
     if where not in ("input", "folder"):
-        assert not out.exists()
+        assert not Path(out).exists()
     assert not settings_path(out).exists()
+
+
+def test_masks_named_like_the_video_are_refused_before_any_work(tmp_path, cli):
+    src, out = clip(tmp_path), tmp_path / "seg.mp4"
+    code, last, err, _ = cli("run", src, "--out", out, "--masks", out)
+    assert code == 2 and f"--masks {out} is also --out: name another folder" in last and "Traceback" not in err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("args", [

@@ -184,6 +184,24 @@ def test_a_stop_while_the_model_loads_leaves_no_output_and_no_stats(tmp_path, cl
         assert not settings_path(out).exists()
 
 
+@pytest.mark.parametrize("how", ["bad weights", "SIGINT while loading", "live, bad weights"])
+def test_a_start_that_fails_leaves_no_folders_behind(tmp_path, cli, monkeypatch, how):
+    """The output checks make missing folders (mkdir -p); a start that writes nothing takes them back."""
+    clip = write_video(tmp_path / "in.mp4", 12)
+    new = tmp_path / "new"
+    args = ["run", clip, "--out", new / "a" / "seg.mp4", "--masks", new / "m", "--stats", new / "b" / "s.json"]
+    if how.startswith("live"):
+        got, line, err, _ = cli("live", clip, "--record", new / "a" / "rec.mp4", "--stats", new / "b" / "s.json",
+                                "--weights", clip, stub=False)
+    elif how == "bad weights":
+        got, line, err, _ = cli(*args, "--weights", clip, stub=False)
+    else:
+        monkeypatch.setattr(pipeline.run, "load_backend", lambda *a, **k: os.kill(os.getpid(), signal.SIGINT))
+        got, line, err, _ = cli(*args, stub=False)
+    assert got in (2, 130) and "Traceback" not in err, err
+    assert not new.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
 def test_live_stopped_while_the_model_loads_leaves_no_recording(tmp_path, cli, monkeypatch):
     clip = write_video(tmp_path / "in.mp4", 12)
     rec, stats = tmp_path / "rec.mp4", tmp_path / "s.json"
@@ -256,6 +274,16 @@ def test_eval_never_writes_over_what_it_reads(tmp_path, cli, dataset, flag, wher
     code, last, err, _ = cli("eval", "--data", dataset, "--weights", weights, flag, target)
     assert code == 2 and last.startswith(f"segpipe eval: error: {flag} {target} {what}: ") and "Traceback" not in err
     assert {p: p.read_bytes() for p in [*dataset.rglob("*.*"), weights]} == before     # and nothing new
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--json", "m.png"], "--json {t}/m.png is also the grid picture's name: name the metrics .json, e.g. --json m.json"),
+    (["--json", "m.json", "--grid", "m.json"], "--json and --grid both name {t}/m.json: name two files"),
+])
+def test_eval_json_and_its_grid_are_two_files(tmp_path, cli, carla_dir, args, message):
+    code, last, err, _ = cli("eval", "--data", carla_dir, *[a if a.startswith("-") else tmp_path / a for a in args])
+    assert code == 2 and last.endswith(message.format(t=tmp_path)) and "Traceback" not in err
+    assert not list(tmp_path.glob("m.*"))
 
 
 def test_eval_says_where_its_grid_went(tmp_path, cli, carla_dir):

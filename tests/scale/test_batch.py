@@ -116,6 +116,8 @@ def test_batch_options_are_checked_before_any_work(tmp_path, clips, capsys):
     assert "nothing to write" in capsys.readouterr().err
     assert main(["run", a, b, "--out-dir", str(tmp_path), "--workers", "0"]) == 2
     assert "--workers 0 must be >= 1" in capsys.readouterr().err
+    assert main(["run", a, "--out", str(tmp_path / "o.mp4"), "--workers", "0"]) == 2   # said first, not --out's
+    assert "--workers 0 must be >= 1" in capsys.readouterr().err
     # an engine that cannot be built stops the batch with the engine's own error, not N failures
     assert main(["run", a, b, "--out-dir", str(tmp_path), "--size", "100x100", "--no-progress"]) == 2
     assert "use --size" in capsys.readouterr().err
