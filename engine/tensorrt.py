@@ -21,7 +21,7 @@ from engine import cache
 from engine.backend import Backend, ModelInfo
 from engine.fused import fused_segmenter
 from engine.onnx_export import INPUT_NAME, OUTPUT_NAME, cached_onnx, model_onnx
-from train.errors import BackendUnavailableError
+from train.errors import BackendUnavailableError, InvalidInputError
 
 import tensorrt as trt  # noqa: E402  (the loader checked it is installed)
 
@@ -143,9 +143,9 @@ class TensorRTBackend(Backend):
             if self.engine is None:
                 raise BackendUnavailableError("TensorRT could not load the cached engine: run `segpipe build --force`")
             self.context = self.engine.create_execution_context()
-            if self.context is None:
-                raise BackendUnavailableError("TensorRT could not create an execution context (not enough GPU "
-                                              "memory?): free the GPU or use --backend torch-cuda")
+            if self.context is None:     # not BackendUnavailableError: rebuilding the engine would not help
+                raise InvalidInputError("TensorRT could not create an execution context (not enough GPU memory?): "
+                                        "free the GPU, lower --max-batch, or use --backend torch-cuda")
             self._stream = torch.cuda.Stream(self.device)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         modes = {n: self.engine.get_tensor_mode(n) for n in names}
@@ -157,6 +157,7 @@ class TensorRTBackend(Backend):
         self._batch = None
 
     def release(self) -> None:
+        self._stream.synchronize()
         self.context = self.engine = None
         torch.cuda.empty_cache()
 

@@ -306,7 +306,7 @@ def _stop_on_signals(state):
     """SIGINT and SIGTERM ask the demo to stop (cleanly: outputs closed, stats written); a second
     Ctrl-C interrupts at once."""
     def handler(signum, frame):
-        if signum == signal.SIGINT and state.quit.is_set():
+        if signum == signal.SIGINT and state.quit_reason == "SIGINT":      # the second Ctrl-C
             raise KeyboardInterrupt
         state.request_quit(signal.Signals(signum).name)
 

@@ -106,10 +106,12 @@ class LiveSource:
             first_of_pass = True
             try:
                 for _, pts, tb, image in inner:
-                    if self.stop.is_set() or self.end.is_set():
+                    if self._ending():
                         return
                     if not self.paced:
                         self._hold_while_paused()
+                        if self._ending():
+                            return
                     now = self.clock()
                     t_capture = now
                     if self.paced:
@@ -118,6 +120,8 @@ class LiveSource:
                             pace = [now, t]
                         due = pace[0] + (t - pace[1])
                         due, now = self._wait_until(due, pace)
+                        if self._ending():
+                            return
                         if now - due > interval:        # the decoder is behind this frame's moment
                             self.late += 1
                             if now - due > REANCHOR_S:  # slower than real time: start the clock again
@@ -137,7 +141,7 @@ class LiveSource:
                         if first_of_pass and next_pts is not None:
                             shift = next_pts - pts
                         pts += shift
-                        next_pts = pts + max(1, round(interval / tb))
+                        next_pts = max(next_pts or 0, pts + max(1, round(interval / tb)))
                     first_of_pass = False
                     yield index, pts, tb, image, t_capture
                     index += 1
@@ -147,7 +151,7 @@ class LiveSource:
             self._damaged_before += getattr(src, "damaged", 0)
             src.close()
             self.current = None
-            if self.stop.is_set() or self.end.is_set():
+            if self._ending():
                 return
             if self.stream:
                 self.current = self._reopen(src.error or "the stream ended")
@@ -156,12 +160,15 @@ class LiveSource:
             elif self.loop:
                 self.current = self.opener(self.spec, self.settings)
 
+    def _ending(self) -> bool:
+        return self.stop.is_set() or self.end.is_set()
+
     def _hold_while_paused(self) -> None:
         """A file waits while paused (a camera cannot; its frames pass and only the window freezes)."""
         if self.stream or not self.state.paused:
             return
         t = self.clock()
-        while self.state.paused and not self.stop.is_set():
+        while self.state.paused and not self._ending():
             self.stop.wait(PAUSE_POLL_S)
         self.waited_s += self.clock() - t
 
@@ -176,10 +183,20 @@ class LiveSource:
                 pace[0] += held
             now = self.clock()
             left = due - now
-            if left <= 0 or self.stop.is_set():
+            if left <= 0 or self._ending():
                 return due, now
             self.stop.wait(min(left, PAUSE_POLL_S))
             self.waited_s += self.clock() - now
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait ``seconds``; True (at once) when the capture ends meanwhile."""
+        deadline = time.monotonic() + seconds
+        while not self._ending():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.stop.wait(min(left, PAUSE_POLL_S))
+        return True
 
     def _reopen(self, why):
         """The connection dropped: reopen it with backoff; None (and ``error`` set) when it never comes back."""
@@ -188,7 +205,7 @@ class LiveSource:
         log.warning("%s: %s; reconnecting (%d attempts at most)", name, why, n)
         for attempt in range(1, n + 1):
             self.state.set_message(f"reconnecting (attempt {attempt}/{n})")
-            if self.stop.wait(self.reconnect.delay(attempt)):
+            if self._sleep(self.reconnect.delay(attempt)):
                 return None
             try:
                 src = self.opener(self.spec, self.settings)

@@ -49,15 +49,31 @@ class MaskWriter(Stage):
         return frame
 
 
-def mask_names(files: list[str] | None) -> list[str] | None:
+def image_stems(files: list[str] | None) -> list[str] | None:
     """The PNG names for an image source's ``files``: their stems, or None (numbered) where two share one
-    (a recursive glob over folders of 0001.jpg ...), as one folder cannot hold both."""
+    (a recursive glob over folders of 0001.jpg ...; case aside, for case-blind file systems)."""
     if not files:
         return None
     stems = [Path(f).stem for f in files]
-    shared = [stem for stem, n in Counter(stems).items() if n > 1]
-    if not shared:
-        return stems
-    log.warning("--masks: %d images share the name %s.*, so the masks are numbered in input order instead "
-                "(000000.png is %s)", stems.count(shared[0]), shared[0], files[0])
-    return None
+    return stems if len({stem.casefold() for stem in stems}) == len(stems) else None
+
+
+def mask_names(files: list[str] | None) -> list[str] | None:
+    """``image_stems``, saying so when the masks are numbered instead."""
+    names = image_stems(files)
+    if files and names is None:
+        folded = Counter(Path(f).stem.casefold() for f in files)
+        shared, n = folded.most_common(1)[0]
+        log.warning("--masks: %d images share the name %s.*, so the masks are numbered in input order instead "
+                    "(000000.png is %s)", n, shared, files[0])
+    return names
+
+
+def masks_replaced(directory: str | Path, files: list[str] | None) -> list[str]:
+    """The PNGs in ``directory`` that masks named after ``files`` would replace (a data set's own masks,
+    say: CameraMask/0042.png beside CameraRGB/0042.jpg)."""
+    names, directory = image_stems(files), Path(directory)
+    if not names or not directory.is_dir():
+        return []
+    existing = {p.name.casefold() for p in directory.glob("*.[pP][nN][gG]")}
+    return [f"{name}.png" for name in names if f"{name}.png".casefold() in existing]

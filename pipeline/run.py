@@ -45,7 +45,9 @@ from pipeline.publish import Publish, is_url, network_muxer
 from pipeline.runner import Pipeline
 from pipeline.settings import Settings, load_settings, save_settings
 from pipeline.signals import SigTerm, signals_raise
+from pipeline.masks import masks_replaced
 from pipeline.sources import image_files, is_arrays, open_source
+from train.data import IMAGE_EXTENSIONS
 from train.errors import InvalidInputError, MediaError, PartialInputError, SegpipeError, TerminatedError, plural
 from train.paths import missing_folders, remove_empty, writable_file, writable_folder, write_json
 
@@ -360,6 +362,11 @@ def check_outputs(src, out: str | Path | None, masks, stats_path) -> None:
             raise InvalidInputError(f"--masks {masks} is the input folder: the PNGs would mix with its "
                                     f"frames; name another folder")
         writable_folder(masks, "--masks")
+        if replaced := masks_replaced(masks, input_images(src)):
+            more = f" and {plural(len(replaced) - 1, 'other')}" if len(replaced) > 1 else ""
+            raise InvalidInputError(f"--masks {masks} already holds {replaced[0]}{more} named like the input images, "
+                                    f"which this run would write over (a data set's own masks?): empty the folder or "
+                                    f"name another")
         if old := sum(1 for _ in masks.glob("*.png")):
             log.warning("--masks %s already holds %d PNGs: those this run names alike are replaced, the "
                         "others stay (empty the folder for only this run's)", masks, old)
@@ -382,6 +389,17 @@ def check_report(path, flag: str, src, *files) -> None:
 def files_read(config, weights) -> tuple:
     """The files a command reads besides its input, as (what, path) pairs: a report must not replace them."""
     return ("the --config file", config), ("the --weights checkpoint", weights)
+
+
+def input_images(src) -> list[str] | None:
+    """The image files of ``src`` (a folder, glob or one image, named or opened), else None."""
+    if hasattr(src, "files"):
+        return src.files
+    if not isinstance(src, (str, Path)):
+        return None
+    if (files := image_files(src)) is not None:
+        return files
+    return [str(src)] if Path(src).suffix.lower() in IMAGE_EXTENSIONS and Path(src).is_file() else None
 
 
 def as_input(path, src) -> str | None:

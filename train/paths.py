@@ -70,7 +70,7 @@ def missing_folders(*paths) -> list[Path]:
     output checks may make, for ``remove_empty`` to take back when the start fails."""
     made = []
     for path in filter(None, paths):
-        path = Path(path)
+        path = Path(os.path.abspath(path))       # a/../b is b: never a/.. (b may be the user's)
         while not path.exists() and path != path.parent:
             made.append(path)
             path = path.parent

@@ -53,6 +53,20 @@ def test_loop_starts_the_file_again(clip):
     assert step > 0 and pts == [pts[0] + i * step for i in range(45)]
 
 
+@pytest.mark.parametrize("realtime", [False, True])
+def test_end_stops_a_paused_file_at_once(clip, realtime):
+    """A quit while paused ends the capture then, not after the drain's time limit."""
+    state = LiveState()
+    src = LiveSource(clip, DecodeSettings(), realtime=realtime, state=state)
+    frames = src.frames()
+    next(frames)
+    state.toggle_pause()
+    threading.Timer(0.2, src.end.set).start()
+    t0 = time.perf_counter()
+    assert list(frames) == [] and time.perf_counter() - t0 < 1.0
+    src.close()
+
+
 def test_end_stops_the_capture_at_the_next_frame(clip):
     src = LiveSource(clip, DecodeSettings(), loop=True)
     frames = src.frames()
@@ -157,10 +171,11 @@ def test_the_first_open_fails_fast():
     assert opener.calls == 1
 
 
-def test_a_stop_interrupts_the_backoff():
+@pytest.mark.parametrize("event", ["stop", "end"])
+def test_a_stop_interrupts_the_backoff(event):
     src = LiveSource("tcp://camera", DecodeSettings(), opener=Opener(FakeStream(1), FakeStream(1)),
                      reconnect=Reconnect(attempts=5, backoff_s=30, backoff_max_s=30))
-    threading.Timer(0.2, src.stop.set).start()
+    threading.Timer(0.2, getattr(src, event).set).start()
     t0 = time.perf_counter()
     assert len(list(src.frames())) == 1
     assert time.perf_counter() - t0 < 2 and src.error is None

@@ -4,6 +4,7 @@ import http.server
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import cv2
 import pytest
@@ -50,13 +51,24 @@ def test_masks_of_images_are_named_after_them(tmp_path, frames_dir, settings):
     assert decode_index(cv2.imread(str(masks / "frame9.png"), cv2.IMREAD_UNCHANGED)) == 9
 
 
+def test_masks_never_write_over_a_data_sets_own(tmp_path, carla_dir, settings):
+    """CameraRGB/ with --masks CameraMask/: the masks would take the ground truth's names, so it is refused."""
+    import shutil
+    data = Path(shutil.copytree(carla_dir, tmp_path / "carla"))
+    before = {p: p.read_bytes() for p in (data / "CameraMask").iterdir()}
+    with pytest.raises(InvalidInputError, match=r"--masks .*CameraMask already holds \d+\.png and 11 others named "
+                                                r"like the input images, .*: empty the folder or name another"):
+        run(data / "CameraRGB", None, settings, masks=data / "CameraMask", backend=StubBackend())
+    assert {p: p.read_bytes() for p in (data / "CameraMask").iterdir()} == before
+
+
 def test_masks_of_images_sharing_a_name_are_numbered(tmp_path, settings, caplog):
     """a/0.png and b/0.png cannot both be m/0.png: the masks are numbered by position instead, and it is said."""
     for i, sub in enumerate("ab"):
         (tmp_path / sub).mkdir()
-        cv2.imwrite(str(tmp_path / sub / "0.png"), cv2.cvtColor(frame_image(i + 3, 96, 64), cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(tmp_path / sub / ("0.png" if sub == "a" else "0.PNG")), cv2.cvtColor(frame_image(i + 3, 96, 64), cv2.COLOR_RGB2BGR))
     masks = tmp_path / "m"
-    run(str(tmp_path / "*" / "0.png"), None, settings, masks=masks, backend=StubBackend())
+    run(str(tmp_path / "*" / "0.*"), None, settings, masks=masks, backend=StubBackend())    # 0.png, 0.PNG
     assert sorted(p.name for p in masks.iterdir()) == ["000000.png", "000001.png"]
     assert labels_in_order(masks) == [3, 4]
     assert "--masks: 2 images share the name 0.*, so the masks are numbered in input order" in caplog.text
