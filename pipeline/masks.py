@@ -1,7 +1,8 @@
 """Masks sink: each frame's labels as a lossless single-channel PNG at the input's resolution. A video's
 frames are named by their index in it (DIR/000000.png ...); images keep their file's name (frames/0042.jpg
-gives DIR/0042.png, beside a data set's masks), unless two share one. Passes the frame on. A PNG that cannot be written
-completely (disk full) is removed, so every PNG in the folder is whole."""
+gives DIR/0042.png, to compare with a data set's masks by name), unless two share one. A run never starts
+over PNGs of those names already there (``masks_replaced``: they may be the ground truth). Passes the frame
+on. A PNG that cannot be written completely (disk full) is removed, so every PNG in the folder is whole."""
 from __future__ import annotations
 
 import logging
