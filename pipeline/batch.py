@@ -558,9 +558,10 @@ def run_many(specs, settings, *, out_dir=None, masks=None, stats=None, workers=N
         if folder is not None:
             writable_folder(folder, flag)
     jobs = plan_jobs(expand_inputs(specs), out_dir, masks)
-    for job in jobs:          # folders shared by jobs are made here: a job that fails to start takes back its own
-        for path in filter(None, (job.out, job.masks)):
-            writable_folder(Path(path).parent, "--out-dir" if path == job.out else "--masks")
+    shared = {(Path(path).parent, flag) for job in jobs
+              for path, flag in ((job.out, "--out-dir"), (job.masks, "--masks")) if path is not None}
+    for folder, flag in sorted(shared):     # made here: a job that fails to start takes back only its own
+        writable_folder(folder, flag)
     if stats is not None:
         from pipeline.run import check_report, settings_path
         check_report(stats, "--stats", None, *((f"the input {j.src}", j.src) for j in jobs),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from pipeline.frame import Frame
+from pipeline.frame import Frame, frame_ticks
 from pipeline.queues import EOS
 from pipeline.stage import Stage
 from train.errors import SourceStalledError
@@ -45,7 +45,7 @@ class Decode(Stage):
         index, pts, time_base, *rest = got
         if pts is None:      # a caller's own source may leave it out: the next slot after the last frame
             info = self.source.info
-            pts = 0 if self._last_pts is None else self._last_pts + max(1, round(1 / (info.fps * info.time_base)))
+            pts = 0 if self._last_pts is None else self._last_pts + frame_ticks(info.fps, info.time_base)
         self._last_pts = pts
         return self.frame(index, pts, time_base or self.source.info.time_base, *rest)
 

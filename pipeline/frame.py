@@ -8,6 +8,11 @@ import numpy as np
 import torch
 
 
+def frame_ticks(fps, time_base) -> int:
+    """One frame's duration in ``time_base`` units (at least 1): where the next frame's pts goes."""
+    return max(1, round(1 / (Fraction(fps) * Fraction(time_base))))
+
+
 @dataclass(eq=False, slots=True)
 class Frame:
     index: int                  # position in the source (undecodable frames keep their number)

@@ -27,7 +27,7 @@ from fractions import Fraction
 import cv2
 
 from pipeline.decode import Decode
-from pipeline.frame import Frame
+from pipeline.frame import Frame, frame_ticks
 from pipeline.hud import LiveState
 from pipeline.sources import open_source
 from train.errors import InvalidInputError, MediaError, SegpipeError
@@ -141,7 +141,7 @@ class LiveSource:
                         if first_of_pass and next_pts is not None:
                             shift = next_pts - pts
                         pts += shift
-                        next_pts = max(next_pts or 0, pts + max(1, round(interval / tb)))
+                        next_pts = max(next_pts or 0, pts + frame_ticks(self.info.fps, tb))
                     first_of_pass = False
                     yield index, pts, tb, image, t_capture
                     index += 1

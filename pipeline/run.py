@@ -41,11 +41,11 @@ from engine.sizes import format_size
 from pipeline.encode import IMAGE_SUFFIXES, Encode
 from pipeline.graph import build_pipeline, output_size
 from pipeline.image_writer import ImageWriter
+from pipeline.masks import masks_replaced
 from pipeline.publish import Publish, is_url, network_muxer
 from pipeline.runner import Pipeline
 from pipeline.settings import Settings, load_settings, save_settings
 from pipeline.signals import SigTerm, signals_raise
-from pipeline.masks import masks_replaced
 from pipeline.sources import image_files, is_arrays, open_source
 from train.data import IMAGE_EXTENSIONS
 from train.errors import InvalidInputError, MediaError, PartialInputError, SegpipeError, TerminatedError, plural
@@ -408,8 +408,7 @@ def as_input(path, src) -> str | None:
     target = Path(path).resolve()
     if isinstance(src, (str, Path)) and Path(src).exists() and target == Path(src).resolve():
         return "the input itself"
-    files = src.files if hasattr(src, "files") else image_files(src) if isinstance(src, (str, Path)) else None
-    if any(Path(f).resolve() == target for f in files or ()):
+    if any(Path(f).resolve() == target for f in input_images(src) or ()):
         return "one of the input images"
     return None
 
