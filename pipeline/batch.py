@@ -454,7 +454,7 @@ def _process(job: Job, attempt: int) -> dict:
 def run_batch(jobs: list[Job], settings, workers: int | None = None, *, progress: bool = False) -> dict:
     """Segment ``jobs`` with ``workers`` processes on this machine; return the summary."""
     import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
     from concurrent.futures.process import BrokenProcessPool
 
     gpus = 0
@@ -470,18 +470,18 @@ def run_batch(jobs: list[Job], settings, workers: int | None = None, *, progress
     counter, slot = ctx.Value("q", 0), ctx.Value("i", 0)
 
     def pool():
-        return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_process,
-                                   initargs=(settings, threads, gpus, slot, counter,
-                                             logging.getLogger().getEffectiveLevel()))
+        return start_pool(workers, ctx, _init_process, (settings, threads, gpus, slot, counter,
+                                                         logging.getLogger().getEffectiveLevel()))
 
     log.info("%s on %s (%s each%s)", plural(len(jobs), "file"), plural(workers, "worker"), plural(threads, "thread"),
              f", {gpus} GPUs" if gpus else "")
     tally = Tally(jobs, progress=progress, mode="local", workers=workers)
-    executor = pool()
+    executor = None
     inflight: dict = {}
     alone: deque[tuple[Job, int]] = deque()   # running when a worker died: rerun one at a time, to tell which
     try:
         with sigterm_raises():
+            executor = pool()
             while tally.busy or inflight or alone:
                 if alone:
                     if not inflight:
@@ -514,7 +514,8 @@ def run_batch(jobs: list[Job], settings, workers: int | None = None, *, progress
                     executor = pool()
                 tally.live(counter.value)
     except BaseException as e:
-        _stop(executor)
+        if executor is not None:
+            _stop(executor)
         tally.close()
         if isinstance(e, SigTerm):
             raise TerminatedError(f"terminated (SIGTERM) with {len(tally.records)} of {len(jobs)} files "
@@ -522,6 +523,25 @@ def run_batch(jobs: list[Job], settings, workers: int | None = None, *, progress
         raise
     executor.shutdown(wait=True)
     return tally.summary()
+
+
+def start_pool(workers: int, ctx, initializer, initargs):
+    """A process pool with all its ``workers`` started. CPython starts them one per submit, and its manager
+    thread can miss the death of one started after it last looked (CPython 3.11: seen only once another
+    file ended, so a killed worker's file was charged as if it had run alone); started before the first
+    file, every one is watched from the start."""
+    from concurrent.futures import ProcessPoolExecutor, wait
+
+    executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=initializer, initargs=initargs)
+    try:
+        started = [executor.submit(os.getpid) for _ in range(workers)]
+        wait(started)
+        if errors := [f.exception() for f in started if f.exception() is not None]:
+            raise SegpipeError(f"the worker processes could not start: {errors[0]}")
+    except BaseException:
+        _stop(executor)
+        raise
+    return executor
 
 
 def _stop(executor) -> None:
