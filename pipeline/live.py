@@ -33,7 +33,7 @@ import numpy as np
 from engine import PRECISIONS
 from pipeline.settings import VIEWS, LiveSettings   # its defaults: the live section of configs/pipeline.yaml
 from pipeline.signals import SigTerm, signals_handled, signals_raise
-from train.errors import InvalidInputError, TerminatedError
+from train.errors import InvalidInputError, TerminatedError, plural
 from train.paths import missing_folders, remove_empty, writable_file, write_json
 
 log = logging.getLogger("segpipe.live")
@@ -136,6 +136,8 @@ def _live_summary(stats: dict) -> str:
     extra = f"; latency measured at the {where}, p99 {stats['latency_ms']['p99']:.0f} ms, p95 by third {thirds} ms"
     if s["reconnects"]:
         extra += f", {s['reconnects']} reconnect(s)"
+    if stopped := stats["dropped_by"].get("stopped"):
+        extra += f", {plural(stopped, 'frame')} still on the way at the stop (dropped)"
     return extra
 
 
@@ -277,7 +279,7 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
             stopping.append(now)
             source.end.set()              # capture ends; the frames captured finish (recorded, counted)
             if state.quit_reason in ("key", "window closed"):
-                pipe.stop()               # the viewer is gone: nothing to finish for
+                pipe.stop()               # the viewer is gone: those on the way are dropped (counted)
         elif stopping and now - stopping[0] > DRAIN_S and not pipe.stop_event.is_set():
             pipe.stop()
         if now >= next_status[0]:

@@ -5,8 +5,8 @@ Opens the source and the backend first (bad inputs fail before any thread starts
 with ``build_pipeline``, writes the settings used beside the output, runs with a progress bar, and
 returns the run's statistics (also written as JSON with ``stats_path``)::
 
-    {"frames", "dropped", "dropped_by": {"queues", "undecodable"[, "write"]}, "damaged", "fps", "wall_s",
-     "backend", "device", "precision",
+    {"frames", "dropped", "dropped_by": {"queues", "undecodable"[, "stopped"][, "write"]}, "damaged",
+     "fps", "wall_s", "backend", "device", "precision",
      "stages": {name: {"busy_s", "p50_ms", "p95_ms"}},       # per process() call (infer: per batch)
      "latency_ms": {"p50", "p95", "p99"},                    # decoder out -> encoded packet written
      "audio",   # with --out: copied (CODEC) | none in the input | not copied: WHY | off | none: an image ...
@@ -14,8 +14,9 @@ returns the run's statistics (also written as JSON with ``stats_path``)::
 
 ``dropped`` counts every frame of the source that is not in the output: queue drops (live sources)
 plus undecodable frames (damaged, or lost from the stream before decoding: skipped and reported; the run
-goes on and succeeds), and after a failed write the frames that did not reach the file (``write``, only
-then); ``dropped_by`` splits it. ``frames`` is what the output holds.
+goes on and succeeds), the frames still on their way through the stages when a run is stopped (a
+failure, Ctrl-C, SIGTERM, a quit: ``stopped``, only then), and after a failed write the frames that did
+not reach the file (``write``, only then); ``dropped_by`` splits it. ``frames`` is what the output holds.
 ``damaged`` counts frames kept although the decoder concealed errors in them. A source that ends early
 (truncated file) or stalls (no frame for ``decode.stall_timeout_s``) raises PartialInputError (exit 3)
 after the output is closed and the statistics are written. Outputs are checked before any work; any
@@ -180,7 +181,9 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     written = pipe["masks"].written if masks is not None else 0
     done = "; " + _closed(out, masks, stats["frames"], written) if out is not None or masks is not None else ""
     if isinstance(failure, KeyboardInterrupt):
-        log.warning("interrupted after %d frames%s", stats["frames"], done)
+        on_the_way = stats["dropped_by"].get("stopped", 0)
+        log.warning("interrupted after %d frames%s%s", stats["frames"],
+                    f" ({on_the_way} more were on the way, dropped)" if on_the_way else "", done)
         raise failure
     if failure is not None:
         failure.args = (f"{failure}{done}",)        # the same error, saying what the output holds
@@ -441,15 +444,19 @@ def percentiles_ms(values_s, qs) -> list[float]:
 
 def collect_stats(pipe: Pipeline, wall_s: float, backend, skipped: int = 0, damaged: int = 0) -> dict:
     frames = pipe.sink.delivered
+    stopped = pipe["decode"].count - frames - pipe.drops     # decoded, still on the way when the run stopped
     stages = {}
     for stage in pipe.stages:
         p50, p95 = percentiles_ms(stage.call_s, (50, 95))
         stages[stage.name] = {"busy_s": round(stage.busy_s, 4), "p50_ms": p50, "p95_ms": p95}
     p50, p95, p99 = percentiles_ms(pipe.sink.latency_s, (50, 95, 99))
+    dropped_by = {"queues": int(pipe.drops), "undecodable": int(skipped)}
+    if stopped > 0:
+        dropped_by["stopped"] = int(stopped)
     return {
         "frames": int(frames),
-        "dropped": int(pipe.drops + skipped),
-        "dropped_by": {"queues": int(pipe.drops), "undecodable": int(skipped)},
+        "dropped": sum(dropped_by.values()),
+        "dropped_by": dropped_by,
         "damaged": int(damaged),            # kept, but decoded with errors (concealed by the decoder)
         "fps": round(frames / wall_s, 3) if wall_s > 0 else 0.0,
         "wall_s": round(wall_s, 4),

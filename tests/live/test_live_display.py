@@ -155,6 +155,18 @@ def test_hud_is_drawn_bottom_left_only():
     assert len(changed) and changed[:, 0].min() > 40 and changed[:, 1].max() < 200
 
 
+def test_a_quit_counts_the_frames_it_leaves_on_the_way(tmp_path, clip, settings):
+    """q stops at once; the frames already decoded but not yet out are dropped, counted and said."""
+    from mediakit import StubBackend
+
+    stats = run_live(clip, settings, LiveSettings(), show=True, record=tmp_path / "rec.mp4",
+                     backend=StubBackend(delay_s=0.05), window=FakeWindow(keys={2: ord("q")}))
+    assert stats["live"]["exit"] == "key" and stats["dropped_by"]["stopped"] > 0
+    recorded = stats["live"]["views"]["record"]["frames"]
+    assert stats["live"]["captured"] == recorded + stats["dropped_by"]["queues"] + stats["dropped_by"]["stopped"]
+    assert stats["dropped"] == sum(stats["dropped_by"].values())
+
+
 def test_live_with_a_window_keys_change_the_view_and_q_quits(tmp_path, clip, stub, settings):
     """The whole live path with the fake window: v twice (mask, then side by side), then q."""
     win = FakeWindow(keys={3: ord("v"), 6: ord("v"), 9: ord("q")})
