@@ -11,7 +11,8 @@ so N pipelines share the cores instead of oversubscribing them; on GPUs, one wor
 to workers as they free up. A failed file is retried once (unless the input itself is at fault:
 missing, not a video, truncated), then reported; it never stops the others. A worker process that dies
 (out of memory, killed) takes the whole process pool with it, and the files then running with it: those
-are run again one at a time, so only the file that kills its worker while alone is charged for it.
+are run again one at a time (on one worker), so only the file that kills its worker while alone is charged
+for it. Every worker of a pool starts before its first file, so a death is seen at once.
 A worker whose engine cannot be built stops the batch (every file would fail the same way).
 
 The summary (``summarise``; ``--stats FILE`` writes it)::
@@ -469,9 +470,9 @@ def run_batch(jobs: list[Job], settings, workers: int | None = None, *, progress
     ctx = mp.get_context("spawn")        # fresh interpreters: no forked torch/FFmpeg thread state
     counter, slot = ctx.Value("q", 0), ctx.Value("i", 0)
 
-    def pool():
-        return start_pool(workers, ctx, _init_process, (settings, threads, gpus, slot, counter,
-                                                         logging.getLogger().getEffectiveLevel()))
+    def pool(size: int):
+        return start_pool(size, ctx, _init_process, (settings, threads, gpus, slot, counter,
+                                                      logging.getLogger().getEffectiveLevel()))
 
     log.info("%s on %s (%s each%s)", plural(len(jobs), "file"), plural(workers, "worker"), plural(threads, "thread"),
              f", {gpus} GPUs" if gpus else "")
@@ -481,13 +482,16 @@ def run_batch(jobs: list[Job], settings, workers: int | None = None, *, progress
     alone: deque[tuple[Job, int]] = deque()   # running when a worker died: rerun one at a time, to tell which
     try:
         with sigterm_raises():
-            executor = pool()
+            executor, size = pool(workers), workers
             while tally.busy or inflight or alone:
-                if alone:
-                    if not inflight:
+                if size < workers and not inflight:
+                    if alone:
                         job, attempt = alone.popleft()
                         inflight[executor.submit(_process, job, attempt)] = (job, attempt)
-                else:
+                    else:                  # those rerun one at a time are done: every worker again
+                        executor.shutdown(wait=True)
+                        executor, size = pool(workers), workers
+                if size == workers:
                     while tally.busy and len(inflight) < workers:
                         job, attempt = tally.next()
                         inflight[executor.submit(_process, job, attempt)] = (job, attempt)
@@ -511,7 +515,9 @@ def run_batch(jobs: list[Job], settings, workers: int | None = None, *, progress
                     alone.extend(broken)
                 if broken:
                     executor.shutdown(wait=True)
-                    executor = pool()
+                    if alone or tally.busy:    # one at a time takes one worker (not N, after running out of memory)
+                        size = 1 if alone else workers
+                        executor = pool(size)
                 tally.live(counter.value)
     except BaseException as e:
         if executor is not None:
@@ -541,6 +547,7 @@ def start_pool(workers: int, ctx, initializer, initargs):
     except BaseException:
         _stop(executor)
         raise
+    log.debug("%s started", plural(workers, "worker"))
     return executor
 
 

@@ -2,6 +2,7 @@
 replaces the worker, retries the file, and every file is done. Slow: longer clips, so the kill lands
 mid-file."""
 import contextlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -78,6 +79,7 @@ def test_a_file_that_kills_its_worker_is_found_without_charging_the_files_beside
     fails, and the others are done."""
     poison = long_clips[0]
     killed, stop = [], threading.Event()
+    caplog.set_level(logging.DEBUG, "segpipe.batch")
 
     def watch():                     # the first kill waits for a file beside it, as the test is about that
         while not stop.is_set():
@@ -100,6 +102,7 @@ def test_a_file_that_kills_its_worker_is_found_without_charging_the_files_beside
     assert (summary["done"], summary["failed"], summary["frames"]) == (2, 1, 120)
     assert [f["src"] for f in summary["failures"]] == [str(poison)] and summary["failures"][0]["attempts"] == 2
     assert "running them again one at a time" in caplog.text
+    assert "1 worker started" in caplog.text            # one at a time on one worker, not on N
     assert not any(f"{clip.name} failed" in caplog.text for clip in long_clips[1:])     # never charged
     assert [r["attempts"] for r in summary["results"] if r["status"] == "done"] == [1, 1]
 
