@@ -34,7 +34,7 @@ DEFAULTS = {
     "model": "unet_carla",
     "model_options": {},
     "input_size": [192, 256],
-    "epochs": 60,
+    "epochs": 100,
     "batch_size": 8,
     "lr": 3e-3,
     "weight_decay": 1e-4,
