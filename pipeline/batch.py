@@ -477,22 +477,25 @@ def run_batch(jobs: list[Job], settings, workers: int | None = None, *, progress
     log.info("%s on %s (%s each%s)", plural(len(jobs), "file"), plural(workers, "worker"), plural(threads, "thread"),
              f", {gpus} GPUs" if gpus else "")
     tally = Tally(jobs, progress=progress, mode="local", workers=workers)
-    executor = None
+    executor, size = None, workers
     inflight: dict = {}
     alone: deque[tuple[Job, int]] = deque()   # running when a worker died: rerun one at a time, to tell which
     try:
         with sigterm_raises():
-            executor, size = pool(workers), workers
             while tally.busy or inflight or alone:
-                if size < workers and not inflight:
-                    if alone:
+                # a pool at the start, after one died, and when those rerun one at a time are done: one at a
+                # time takes one worker (not N, after running out of memory)
+                if not inflight and (executor is None or size < workers and not alone):
+                    if executor is not None:
+                        executor.shutdown(wait=True)
+                    size = 1 if alone else workers
+                    executor = pool(size)
+                if alone:
+                    if not inflight:
                         job, attempt = alone.popleft()
                         inflight[executor.submit(_process, job, attempt)] = (job, attempt)
-                    else:                  # those rerun one at a time are done: every worker again
-                        executor.shutdown(wait=True)
-                        executor, size = pool(workers), workers
-                if size == workers:
-                    while tally.busy and len(inflight) < workers:
+                else:
+                    while tally.busy and len(inflight) < size:
                         job, attempt = tally.next()
                         inflight[executor.submit(_process, job, attempt)] = (job, attempt)
                 done, _ = wait(inflight, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -515,9 +518,7 @@ def run_batch(jobs: list[Job], settings, workers: int | None = None, *, progress
                     alone.extend(broken)
                 if broken:
                     executor.shutdown(wait=True)
-                    if alone or tally.busy:    # one at a time takes one worker (not N, after running out of memory)
-                        size = 1 if alone else workers
-                        executor = pool(size)
+                    executor = None
                 tally.live(counter.value)
     except BaseException as e:
         if executor is not None:
@@ -527,7 +528,8 @@ def run_batch(jobs: list[Job], settings, workers: int | None = None, *, progress
             raise TerminatedError(f"terminated (SIGTERM) with {len(tally.records)} of {len(jobs)} files "
                                   f"finished; the outputs of the files running were closed") from None
         raise
-    executor.shutdown(wait=True)
+    if executor is not None:
+        executor.shutdown(wait=True)
     return tally.summary()
 
 
