@@ -11,14 +11,20 @@ does, except that an engine built for a wider batch range serves a narrower one
 (``lookup_covering``: ``segpipe build --max-batch 8`` serves a run at batch 4 and a live view at 1).
 Before use, an entry is verified against its sidecar: the stored key must equal the wanted key and
 the artefact's SHA-256 must match, so a truncated or hand-copied file is rebuilt instead of being
-loaded. Everything here is pure file logic (no GPU needed).
+loaded. A cache that cannot be written (a read-only container, a HOME that is not a folder) is still
+read; what a process builds then goes to a temporary folder of its own, removed when it exits, and a
+warning says how to keep it. Everything here is pure file logic (no GPU needed).
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -33,6 +39,39 @@ KEY_SUFFIX = ".key.json"
 def cache_dir() -> Path:
     """``$SEGPIPE_CACHE`` if set, else ``~/.cache/segpipe/engines``."""
     return Path(os.environ.get("SEGPIPE_CACHE") or DEFAULT_CACHE).expanduser()
+
+
+_scratch: Path | None = None          # where this process stores when cache_dir() cannot be written
+_scratch_lock = threading.Lock()
+
+
+def unwritable(root: Path) -> str | None:
+    """Why nothing can be stored in ``root`` (made if missing), or None when it can."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=root, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def _scratch_dir(root: Path, error: OSError) -> Path:
+    global _scratch
+    with _scratch_lock:
+        if _scratch is None:
+            _scratch = Path(tempfile.mkdtemp(prefix="segpipe-cache-"))
+            atexit.register(shutil.rmtree, _scratch, ignore_errors=True)
+            log.warning("cannot write the engine cache %s (%s): this run keeps what it builds in %s until it ends, "
+                        "and the next builds it again; set SEGPIPE_CACHE to a folder you can write to",
+                        root, error.strerror or error, _scratch)
+        return _scratch
+
+
+def _roots(root: Path | None) -> list[Path]:
+    """Where to look: ``root`` if given, else the cache and this process's scratch folder (if it has one)."""
+    return [root] if root is not None else [cache_dir(), *([_scratch] if _scratch is not None else [])]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -78,14 +117,18 @@ class Lookup:
         return self.path is not None
 
 
-def _paths(key: dict, suffix: str, root: Path | None) -> tuple[Path, Path]:
-    root = root or cache_dir()
+def _paths(key: dict, suffix: str, root: Path) -> tuple[Path, Path]:
     stem = f"{key.get('kind', 'entry')}-{key_digest(key)}"
     return root / f"{stem}{suffix}", root / f"{stem}{KEY_SUFFIX}"
 
 
 def lookup(key: dict, suffix: str, root: Path | None = None) -> Lookup:
     """Find the artefact for ``key`` and verify it; never raises for a bad entry (it is a miss)."""
+    found = [_lookup(key, suffix, r) for r in _roots(root)]
+    return next((f for f in found if f.hit), found[0])
+
+
+def _lookup(key: dict, suffix: str, root: Path) -> Lookup:
     artifact, meta_path = _paths(key, suffix, root)
     if not meta_path.exists():
         return Lookup(None, "no cached entry for this key")
@@ -111,7 +154,7 @@ def lookup_covering(key: dict, suffix: str, root: Path | None = None) -> tuple[L
     lo, hi = key["batch_range"]
     rest = {k: v for k, v in key.items() if k != "batch_range"}
     wider = []
-    for meta_path in (root or cache_dir()).glob(f"{key.get('kind', 'entry')}-*{KEY_SUFFIX}"):
+    for meta_path in (m for r in _roots(root) for m in r.glob(f"{key.get('kind', 'entry')}-*{KEY_SUFFIX}")):
         try:
             found = json.loads(meta_path.read_text())["key"]
             (flo, fhi), frest = found["batch_range"], {k: v for k, v in found.items() if k != "batch_range"}
@@ -127,7 +170,17 @@ def lookup_covering(key: dict, suffix: str, root: Path | None = None) -> tuple[L
 
 
 def store(key: dict, data: bytes, suffix: str, root: Path | None = None, **meta) -> Path:
-    """Write artefact then sidecar, each atomically, so a crash never leaves a verifiable half entry."""
+    """Write artefact then sidecar, each atomically, so a crash never leaves a verifiable half entry.
+    Without ``root``: in the cache, or if it cannot be written, in this process's scratch folder."""
+    if root is not None:
+        return _store(key, data, suffix, root, meta)
+    try:
+        return _store(key, data, suffix, cache_dir(), meta)
+    except OSError as e:
+        return _store(key, data, suffix, _scratch_dir(cache_dir(), e), meta)
+
+
+def _store(key: dict, data: bytes, suffix: str, root: Path, meta: dict) -> Path:
     artifact, meta_path = _paths(key, suffix, root)
     artifact.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(artifact, data)

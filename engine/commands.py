@@ -99,7 +99,11 @@ def run_export(args) -> int:
 def run_build(args) -> int:
     import engine
     from engine import cache
+    from train.errors import InvalidInputError
 
+    if (problem := cache.unwritable(cache.cache_dir())) is not None:     # what build makes would not be kept
+        raise InvalidInputError(f"cannot write the engine cache {cache.cache_dir()} ({problem}): set SEGPIPE_CACHE "
+                                f"to a folder you can write to")
     b = engine.load(args.weights, backend=args.backend, precision=args.precision, device=args.device,
                     max_batch=args.max_batch, input_size=args.size, rebuild=args.force)
     h, w = b.input_size

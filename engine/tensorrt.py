@@ -100,8 +100,11 @@ def _build(onnx_bytes: bytes, info: ModelInfo, device: torch.device, precision: 
     if plan is None:
         raise BackendUnavailableError("TensorRT failed to build the engine (see its messages above): "
                                       "use --backend torch-cuda")
-    timing_path.parent.mkdir(parents=True, exist_ok=True)
-    cache._atomic_write(timing_path, bytes(config.get_timing_cache().serialize()))
+    try:                                      # a speed-up for the next build, not needed for this one
+        timing_path.parent.mkdir(parents=True, exist_ok=True)
+        cache._atomic_write(timing_path, bytes(config.get_timing_cache().serialize()))
+    except OSError as e:
+        log.warning("could not save the TensorRT timing cache %s (%s)", timing_path, e.strerror or e)
     return bytes(plan)
 
 

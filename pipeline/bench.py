@@ -25,7 +25,7 @@ from pipeline.queues import EOS
 from pipeline.run import apply_threads, load_backend, run
 from pipeline.settings import Settings, load_settings
 from pipeline.sources import open_source
-from train.errors import InvalidInputError
+from train.errors import InvalidInputError, plural
 
 log = logging.getLogger("segpipe.pipeline")
 CACHE = 64          # decoded frames kept for the stage-alone measurements
@@ -180,7 +180,7 @@ def _naive(video, backend, settings: Settings, out: Path, n: int) -> float:
 
 
 def format_report(r: dict) -> str:
-    lines = [f"{r['video']}: {r['frames']} frames, {r['backend']} {r['precision']} on {r['device']}, "
+    lines = [f"{r['video']}: {plural(r['frames'], 'frame')}, {r['backend']} {r['precision']} on {r['device']}, "
              f"input {r['input_size']}, batch {r['batch']}",
              f"{'':<22}{'frames/s':>10}"]
     for name, v in r["stages_fps"].items():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from engine import PRECISIONS
@@ -147,6 +148,9 @@ def run_command(args) -> int:
     if not batch:
         from pipeline.batch import is_many
         batch = is_many(srcs)
+    if args.out is not None and args.out_dir is not None:
+        raise InvalidInputError(f"--out {args.out} and --out-dir {args.out_dir} both name where to write: pass "
+                                f"--out for one input, --out-dir for one output per input")
     if batch and args.out is not None:
         from train.data import IMAGE_EXTENSIONS
         if len(srcs) > 1 and all(Path(s).suffix.lower() in IMAGE_EXTENSIONS for s in srcs):
@@ -203,6 +207,7 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def bench_command(args) -> int:
+    from engine.loader import machine_busy
     from pipeline.run import check_report, files_read
     from train.errors import InvalidInputError, MediaError
     from train.paths import writable_file
@@ -220,13 +225,16 @@ def bench_command(args) -> int:
         from engine.bench import format_rows, model_bench
 
         batches = _ints(args.batch, "--batch") or [1, 4, 8]
+        busy = machine_busy()
         rows = model_bench(weights=args.weights, backends=_names(args.backend),
                            precisions=_names(args.precision), batches=tuple(batches), size=args.size)
         if not rows:                      # each backend skipped has said why in a warning
             raise MediaError("no backend could run here: nothing was measured (the warnings above say why)")
+        busy = busy or machine_busy()
         print(format_rows(rows))
         if args.json:
-            Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
+            Path(args.json).write_text(json.dumps([{**row, "cpu_busy": busy} for row in rows], indent=2, default=str))
+        warn_if_busy(busy)
         return 0
 
     from pipeline.bench import bench_video, format_report
@@ -240,8 +248,19 @@ def bench_command(args) -> int:
     if args.frames is not None and args.frames < 1:
         raise InvalidInputError(f"--frames {args.frames} must be >= 1")
     settings = _settings(args, batch=batches[0] if batches else None)
+    busy = machine_busy()
     report = bench_video(args.video, settings, frames=args.frames)
+    report["cpu_busy"] = busy = busy or machine_busy()
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
+    warn_if_busy(busy)
     return 0
+
+
+def warn_if_busy(busy: str | None) -> None:
+    """Other work on the CPU slows every figure, torch's threads most (they wait for each other)."""
+    if busy:
+        logging.getLogger("segpipe.bench").warning(
+            "the CPU was busy while this ran (%s): the figures above are low, and torch-cpu's most; run it "
+            "again on a quiet machine", busy)

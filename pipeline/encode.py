@@ -41,6 +41,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+from av.codec.codec import Capabilities
 
 from pipeline.audio import AudioCopy
 from pipeline.stage import Stage
@@ -111,6 +112,24 @@ def codec_family(codec: str) -> str | None:
         return av.Codec(codec, "w").canonical_name
     except (av.FFmpegError, ValueError):
         return None
+
+
+def codec_type(codec: str) -> str | None:
+    """What an encoder makes (video, audio, subtitle); None for an unknown encoder."""
+    try:
+        return av.Codec(codec, "w").type
+    except (av.FFmpegError, ValueError):
+        return None
+
+
+def hardware_encoder(codec: str) -> bool:
+    """An encoder that runs on a GPU or media engine (h264_nvenc, hevc_qsv, ...): it opens only where that
+    hardware and its driver are."""
+    try:
+        caps = av.Codec(codec, "w").capabilities
+    except (av.FFmpegError, ValueError):
+        return False
+    return bool(caps & (Capabilities.hardware | Capabilities.hybrid))
 
 
 def muxer_name(path: Path) -> str | None:
@@ -330,6 +349,10 @@ class Encode(Stage):
             except (av.FFmpegError, OSError, ValueError) as e:
                 reason = str(e).split(": '")[0]
                 options = dict(self._stream_options) or "no options"
+                if hardware_encoder(self.codec):
+                    raise InvalidInputError(f"cannot start the {self.codec} encoder ({reason}): it is a hardware "
+                                            f"encoder and needs its GPU (NVENC: an NVIDIA GPU) and driver on this "
+                                            f"machine; here use --codec libx264 (or libx265)") from None
                 raise InvalidInputError(f"cannot start the {self.codec} encoder at {self.size[0]}x"
                                         f"{self.size[1]} {self.pix_fmt} with {options} ({reason}): check "
                                         f"--codec and encode.pix_fmt/preset/tune/crf/options"
@@ -355,6 +378,11 @@ class Encode(Stage):
         return self.path.suffix
 
     def _add_stream(self, container):
+        kind = codec_type(self.codec)
+        if kind not in ("video", None):                             # None: unknown, refused just below
+            what = "subtitles" if kind == "subtitle" else kind
+            raise InvalidInputError(f"--codec {self.codec} encodes {what}, not video: name a video encoder, e.g. "
+                                    f"libx264, libx265, libvpx-vp9 or mpeg4 (the input's sound is copied as it is)")
         try:
             stream = container.add_stream(self.codec, rate=self.fps)
         except (av.FFmpegError, ValueError) as e:
@@ -374,6 +402,10 @@ class Encode(Stage):
         if container.format.name in ("mp4", "mov") and codec_family(self.codec) == "hevc":
             stream.codec_context.codec_tag = "hvc1"     # FFmpeg's hev1 does not play in QuickTime or Safari
         if stream.codec_context.name in ("libx264", "libx265"):
+            crf = self.options.get("crf")
+            if crf is not None and not 0 <= float(crf) <= 51:    # the encoders would clamp it without a word
+                raise InvalidInputError(f"encode.crf {crf} is outside {stream.codec_context.name}'s 0..51 (lower "
+                                        f"is better and larger; 18-28 is usual, 23 the default)")
             self._stream_options = dict(self.options)
         else:   # preset/tune/crf mean nothing to other encoders; only pass the extra options
             self._stream_options = {k: v for k, v in self.options.items() if k not in ("preset", "tune", "crf")}

@@ -95,7 +95,7 @@ class Publish(Encode):
         except (av.FFmpegError, OSError, ValueError) as e:
             unreachable = getattr(e, "errno", None) in UNREACHABLE
             raise MediaError(f"cannot stream to {self.url}: {getattr(e, 'strerror', None) or e}"
-                             f"{': is the server running and reachable?' if unreachable else ''}") from None
+                             f"{' (is the server running and reachable?)' if unreachable else ''}") from None
         finally:
             self._sending_since = None
 

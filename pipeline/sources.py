@@ -252,6 +252,12 @@ class VideoSource:
                         f"first, and a pipe cannot seek to one at the end: pass the file's path instead, or "
                         f"pipe MPEG-TS: ffmpeg -i in.mp4 -c copy -f mpegts - | segpipe run - --out seg.mp4")
                 why = f"{self.undecodable} undecodable packet(s)" if self.undecodable else (self.error or "no frames")
+                if mov and scheme in ("http", "https") and not self.undecodable:
+                    raise UnreadableInputError(
+                        f"cannot open {name}: not one frame could be read ({why}): an MP4/MOV over HTTP needs "
+                        f"a server that can seek (range requests) unless its index (the moov atom) comes first: "
+                        f"serve it from one that can, or move the index: ffmpeg -i in.mp4 -c copy -movflags "
+                        f"+faststart out.mp4")
                 raise UnreadableInputError(f"cannot open {name}: not one frame could be decoded ({why}): the "
                                            f"video is damaged or empty; get it again or re-export it")
             self.rotation = round(self._first.rotation / 90) % 4 * 90 if self._first.rotation else 0
@@ -588,7 +594,8 @@ class ImageSource:
             if first is not None:
                 break
         if first is None:
-            raise InvalidInputError(f"none of the {len(files)} images in {name} could be read: are they images?")
+            raise InvalidInputError(f"{name} could not be read as an image: is it damaged, or not an image?" if len(files) == 1 else
+                                    f"none of the {len(files)} images in {name} could be read: are they images?")
         fps = Fraction(settings.fps).limit_denominator(1001)
         h, w = first.shape[:2]
         self.info = SourceInfo("images", name, w, h, fps, 1 / fps, len(files), False)

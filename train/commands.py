@@ -67,8 +67,8 @@ def run_eval(args) -> int:
 
     grid = args.grid or (str(Path(args.json).with_suffix(".png")) if args.json else None)
     if args.json:
+        check_eval_output(args.json, "--json", args)      # first: the write test would touch what it names
         writable_file(args.json, "--json", "metrics.json")
-        check_eval_output(args.json, "--json", args)
         if Path(args.json).resolve() == Path(grid).resolve():   # the grid is --json's name as .png
             raise InvalidInputError(f"--json and --grid both name {grid}: name two files" if args.grid else
                                     f"--json {args.json} is also the grid picture's name: name the metrics .json, "
@@ -76,8 +76,8 @@ def run_eval(args) -> int:
     if grid:
         if Path(grid).suffix.lower() not in (".png", ".jpg", ".jpeg"):
             raise InvalidInputError(f"--grid {grid}: name a .png (or .jpg) file")
-        writable_file(grid, "--grid", "grid.png")
         check_eval_output(grid, "--grid" if args.grid else "--json", args)   # (its grid)
+        writable_file(grid, "--grid", "grid.png")
     result = evaluate_checkpoint(args.data, args.weights, split=args.split, device=args.device, grid=grid,
                                  native=args.native)
     print(format_table(result))

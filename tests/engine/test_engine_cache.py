@@ -141,3 +141,35 @@ def test_writers_of_one_key_never_share_a_temporary_file(tmp_path):
     assert artifact.stat().st_mode & 0o777 == 0o666 & ~umask      # readable by others as the umask says
     hit = cache.lookup(key, ".engine", root=tmp_path)
     assert hit.path is None or hit.path.read_bytes() in plans
+
+
+@pytest.fixture
+def unwritable_cache(tmp_path, monkeypatch):
+    """SEGPIPE_CACHE under a file: no folder can be made there (unlike a read-only mode, root obeys it)."""
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("SEGPIPE_CACHE", str(tmp_path / "a-file" / "engines"))
+    monkeypatch.setattr(cache, "_scratch", None)
+    yield
+    if cache._scratch is not None:            # atexit would remove it at the end of the session
+        import shutil
+        shutil.rmtree(cache._scratch)
+
+
+def test_an_unwritable_cache_keeps_this_process_builds_in_a_scratch_folder(unwritable_cache, caplog):
+    key = {"kind": "onnx", "x": 1}
+    assert cache.unwritable(cache.cache_dir()) is not None
+    with caplog.at_level("WARNING", logger="segpipe.engine"):
+        path = cache.store(key, b"plan", ".onnx")
+        again = cache.store({"kind": "onnx", "x": 2}, b"other", ".onnx")
+    assert path.parent == again.parent == cache._scratch and path.read_bytes() == b"plan"
+    assert cache.lookup(key, ".onnx").path == path                       # found again in this process
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and str(cache.cache_dir()) in warnings[0] and "set SEGPIPE_CACHE" in warnings[0]
+
+
+def test_a_read_only_cache_is_still_read(tmp_path, monkeypatch):
+    key = {"kind": "onnx", "x": 1}
+    built = cache.store(key, b"plan", ".onnx", root=tmp_path)
+    monkeypatch.setenv("SEGPIPE_CACHE", str(tmp_path))
+    monkeypatch.setattr(cache, "_scratch", tmp_path / "elsewhere")      # as after a failed store
+    assert cache.lookup(key, ".onnx").path == built

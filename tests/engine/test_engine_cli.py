@@ -61,3 +61,12 @@ def test_engines_clear(tmp_path, monkeypatch, capsys):
     cache.store({"kind": "onnx", "x": 1}, b"data", ".onnx")
     assert main(["engines", "--clear"]) == 0
     assert "removed 2 files" in capsys.readouterr().out and not any(tmp_path.iterdir())
+
+
+def test_build_refuses_a_cache_it_cannot_write(tmp_path, monkeypatch, capsys):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("SEGPIPE_CACHE", str(tmp_path / "a-file" / "engines"))
+    assert main(["build"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"segpipe build: error: cannot write the engine cache {tmp_path}/a-file/engines (") \
+        and err.endswith("set SEGPIPE_CACHE to a folder you can write to\n")

@@ -79,6 +79,9 @@ def test_real_carla_clip_agrees_with_the_ground_truth(tmp_path):
     (["run", "{clip}", "--out", "{clip}"], 2, "is the input itself"),
     (["run", "{clip}", "--out", "{tmp}/o.mp4", "--codec", "nosuchcodec"], 2, "cannot encode with"),
     (["run", "{clip}", "--out", "{tmp}/o.png", "--frames", "1", "--codec", "libx265"], 2, "--codec is for videos"),
+    (["run", "{clip}", "--out", "{tmp}/o.mp4", "--codec", "aac"], 2, "encodes audio, not video"),
+    (["run", "{clip}", "--out", "{tmp}/o.mkv", "--codec", "subrip"], 2, "encodes subtitles, not video"),
+    (["run", "{clip}", "--out", "{tmp}/o.mp4", "--out-dir", "{tmp}/d"], 2, "both name where to write"),
     (["run", "{clip}", "--out", "s3://bucket/seg.mp4"], 2, "segpipe streams out to rtsp://"),
     (["run", "{clip}", "--out", "{tmp}/o.mp4", "--config", "{tmp}/missing.yaml"], 2, "does not exist"),
     (["bench", "--video", "{clip}", "--batch", "1,4"], 2, "one number"),
@@ -89,6 +92,40 @@ def test_user_errors_are_one_line_and_exit_code(tmp_path, clip, capsys, args, co
     assert main(args + (["--no-progress"] if args[0] == "run" else [])) == code
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"segpipe {args[0]}: error: ") and message in err[-1], err
+
+
+def test_a_cache_it_cannot_write_does_not_stop_a_run(tmp_path, clip, capsys, monkeypatch, caplog):
+    from engine import cache
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("SEGPIPE_CACHE", str(tmp_path / "a-file" / "engines"))   # as HOME=/proc, or read-only
+    monkeypatch.setattr(cache, "_scratch", None)
+    with caplog.at_level("WARNING", logger="segpipe.engine"):
+        code = main(["run", str(clip), "--out", str(tmp_path / "o.mp4"), "--frames", "4", "--backend", "onnxruntime",
+                     "--no-progress"])      # its ONNX export is stored (onnxruntime: no race, quicker)
+    assert code == 0 and probe(tmp_path / "o.mp4")["frames"] == 4, capsys.readouterr().err
+    assert any("cannot write the engine cache" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("codec", ["libx264", "libx265"])
+def test_a_crf_the_encoder_would_clamp_is_refused(tmp_path, clip, capsys, codec):
+    (tmp_path / "c.yaml").write_text("encode:\n  crf: 99\n")
+    assert main(["run", str(clip), "--out", str(tmp_path / "o.mp4"), "--codec", codec, "--config",
+                 str(tmp_path / "c.yaml"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"error: encode.crf 99 is outside {codec}'s 0..51 (lower is "
+                                                    f"better and larger; 18-28 is usual, 23 the default)")
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_a_hardware_encoder_without_its_hardware_says_so(tmp_path, clip, capsys):
+    from pipeline.encode import codec_type
+    if codec_type("h264_nvenc") is None:
+        pytest.skip("this PyAV build has no NVENC encoder")
+    code = main(["run", str(clip), "--out", str(tmp_path / "o.mp4"), "--codec", "h264_nvenc", "--frames", "2",
+                 "--no-progress"])
+    if code == 0:
+        pytest.skip("this machine has an NVIDIA GPU that NVENC opened on")
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "is a hardware encoder and needs its GPU" in last and "use --codec libx264" in last, last
 
 
 def test_sigterm_closes_the_output_and_exits_143(tmp_path):
@@ -143,6 +180,21 @@ def test_bench_cli_dispatches(tmp_path, clip, monkeypatch, capsys):
     assert calls == [{"weights": None, "backends": ["onnxruntime", "torch-cpu"], "precisions": None,
                       "batches": (1, 2), "size": "96x128"}]
     assert "ROWS" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("busy", [None, "load average 3.1 on 2 cores"])
+def test_bench_says_when_the_cpu_was_busy(tmp_path, monkeypatch, caplog, busy):
+    import engine.bench
+    import engine.loader
+    monkeypatch.setattr(engine.loader, "machine_busy", lambda: busy)
+    monkeypatch.setattr(engine.bench, "model_bench", lambda **kw: [{"backend": "x", "fps": 50.0}])
+    monkeypatch.setattr(engine.bench, "format_rows", lambda rows: "ROWS")
+    with caplog.at_level("WARNING", logger="segpipe.bench"):
+        assert main(["bench", "--model-only", "--json", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "b.json").read_text()) == [{"backend": "x", "fps": 50.0, "cpu_busy": busy}]
+    said = [r.getMessage() for r in caplog.records if r.name == "segpipe.bench"]
+    assert said == ([] if busy is None else [f"the CPU was busy while this ran ({busy}): the figures above are "
+                                             f"low, and torch-cpu's most; run it again on a quiet machine"])
 
 
 def test_without_a_terminal_progress_is_log_lines_not_a_bar(tmp_path, clip, monkeypatch, capsys, caplog):

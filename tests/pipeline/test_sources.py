@@ -105,6 +105,29 @@ def test_http_url(tmp_path, http_root, settings, name, options):
     assert labels_in_order(masks) == list(range(10))
 
 
+def test_an_mp4_indexed_at_its_end_from_a_server_that_cannot_seek_says_so(http_root, settings):
+    root, base = http_root                     # http.server answers no range requests
+    # the moov atom after the frames, as FFmpeg writes by default, and more than FFmpeg's read buffer holds
+    write_clip(root / "clip.mp4", frames=60, width=320, height=240)
+    with pytest.raises(MediaError) as e:
+        open_source(f"{base}/clip.mp4", settings.decode)
+    assert "an MP4/MOV over HTTP needs a server that can seek (range requests)" in str(e.value)
+    assert str(e.value).endswith("ffmpeg -i in.mp4 -c copy -movflags +faststart out.mp4")
+
+
+@pytest.mark.parametrize("names, message", [
+    (["bad.jpg"], "{d}/bad.jpg could not be read as an image: is it damaged, or not an image?"),
+    (["a.jpg", "b.jpg"], "none of the 2 images in {d}/*.jpg could be read: are they images?"),
+])
+def test_images_that_cannot_be_read_are_one_line(tmp_path, settings, names, message):
+    for name in names:
+        (tmp_path / name).write_text("not an image")
+    spec = str(tmp_path / names[0]) if len(names) == 1 else str(tmp_path / "*.jpg")
+    with pytest.raises(InvalidInputError) as e:
+        open_source(spec, settings.decode)
+    assert str(e.value) == message.format(d=tmp_path)
+
+
 def test_a_missing_url_says_what_the_server_said(http_root, settings):
     _, base = http_root
     with pytest.raises(MediaError) as e:

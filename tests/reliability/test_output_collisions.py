@@ -270,10 +270,12 @@ def test_eval_never_writes_over_what_it_reads(tmp_path, cli, dataset, flag, wher
     weights = tmp_path / "weights.pt"
     weights.write_bytes((Path(__file__).parents[2] / "train/weights/unet_carla.pt").read_bytes())
     before = {p: p.read_bytes() for p in [*dataset.rglob("*.*"), weights]}
+    touched = {d: d.stat().st_mtime_ns for d in dataset.iterdir()}    # a file made and removed there moves it
     target = f"{tmp_path}/{where}" if where.endswith("/") else (weights if where == "weights.pt" else dataset / where)
     code, last, err, _ = cli("eval", "--data", dataset, "--weights", weights, flag, target)
     assert code == 2 and last.startswith(f"segpipe eval: error: {flag} {target} {what}: ") and "Traceback" not in err
     assert {p: p.read_bytes() for p in [*dataset.rglob("*.*"), weights]} == before     # and nothing new
+    assert {d: d.stat().st_mtime_ns for d in dataset.iterdir()} == touched
 
 
 @pytest.mark.parametrize("args, message", [
