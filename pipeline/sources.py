@@ -594,8 +594,9 @@ class ImageSource:
             if first is not None:
                 break
         if first is None:
-            raise InvalidInputError(f"{name} could not be read as an image: is it damaged, or not an image?" if len(files) == 1 else
-                                    f"none of the {len(files)} images in {name} could be read: are they images?")
+            raise InvalidInputError(
+                f"{name} could not be read as an image: is it damaged, or not an image?" if len(files) == 1
+                else f"none of the {len(files)} images in {name} could be read: are they images?")
         fps = Fraction(settings.fps).limit_denominator(1001)
         h, w = first.shape[:2]
         self.info = SourceInfo("images", name, w, h, fps, 1 / fps, len(files), False)
