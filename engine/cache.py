@@ -30,6 +30,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from train.paths import write_test
+
 log = logging.getLogger("segpipe.engine")
 
 DEFAULT_CACHE = Path("~/.cache/segpipe/engines")
@@ -49,9 +51,7 @@ def unwritable(root: Path) -> str | None:
     """Why nothing can be stored in ``root`` (made if missing), or None when it can."""
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=root, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(probe)
+        write_test(root)
     except OSError as e:
         return e.strerror or str(e)
     return None

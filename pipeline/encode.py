@@ -98,38 +98,37 @@ def write_error(path: Path, error: BaseException) -> MediaError:
     return MediaError(f"cannot write {path}: {reason}")
 
 
+def encoder(codec: str) -> av.Codec | None:
+    """FFmpeg's encoder for ``codec`` (a name like libx264, or a format like hevc); None if it knows none."""
+    try:
+        return av.Codec(codec, "w")
+    except (av.FFmpegError, ValueError):
+        return None
+
+
 def encoder_name(codec: str) -> str:
     """The encoder FFmpeg picks for ``codec`` (hevc -> libx265); ``codec`` itself if it knows none."""
-    try:
-        return av.Codec(codec, "w").name
-    except (av.FFmpegError, ValueError):
-        return codec
+    found = encoder(codec)
+    return found.name if found else codec
 
 
 def codec_family(codec: str) -> str | None:
     """The format an encoder writes (libx264 -> h264); None for an unknown encoder."""
-    try:
-        return av.Codec(codec, "w").canonical_name
-    except (av.FFmpegError, ValueError):
-        return None
+    found = encoder(codec)
+    return found.canonical_name if found else None
 
 
 def codec_type(codec: str) -> str | None:
     """What an encoder makes (video, audio, subtitle); None for an unknown encoder."""
-    try:
-        return av.Codec(codec, "w").type
-    except (av.FFmpegError, ValueError):
-        return None
+    found = encoder(codec)
+    return found.type if found else None
 
 
 def hardware_encoder(codec: str) -> bool:
     """An encoder that runs on a GPU or media engine (h264_nvenc, hevc_qsv, ...): it opens only where that
     hardware and its driver are."""
-    try:
-        caps = av.Codec(codec, "w").capabilities
-    except (av.FFmpegError, ValueError):
-        return False
-    return bool(caps & (Capabilities.hardware | Capabilities.hybrid))
+    found = encoder(codec)
+    return bool(found and found.capabilities & (Capabilities.hardware | Capabilities.hybrid))
 
 
 def muxer_name(path: Path) -> str | None:

@@ -56,13 +56,18 @@ def writable_folder(folder: str | Path, flag: str, target=None) -> Path:
         raise InvalidInputError(f"{flag} {target}: cannot create the folder {folder} ({e.strerror}): "
                                 f"choose another place") from None
     try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".segpipe-write-test-")
-        os.close(fd)
-        os.unlink(probe)
+        write_test(folder)
     except OSError as e:
         raise InvalidInputError(f"{flag} {target}: cannot write in {folder} ({e.strerror}): choose a folder "
                                 f"you can write to") from None
     return folder
+
+
+def write_test(folder: Path) -> None:
+    """Make and remove a file in ``folder``; OSError if it cannot be done."""
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".segpipe-write-test-")
+    os.close(fd)
+    os.unlink(probe)
 
 
 def missing_folders(*paths) -> list[Path]:
