@@ -209,7 +209,7 @@ def _names(text: str | None) -> list[str] | None:
 def bench_command(args) -> int:
     from engine.loader import machine_busy
     from pipeline.run import check_report, files_read
-    from train.errors import InvalidInputError, MediaError
+    from train.errors import BackendUnavailableError, InvalidInputError
     from train.paths import writable_file
 
     args = _Options(args)
@@ -229,7 +229,7 @@ def bench_command(args) -> int:
         rows = model_bench(weights=args.weights, backends=_names(args.backend),
                            precisions=_names(args.precision), batches=tuple(batches), size=args.size)
         if not rows:                      # each backend skipped has said why in a warning
-            raise MediaError("no backend could run here: nothing was measured (the warnings above say why)")
+            raise BackendUnavailableError("no backend could run here: nothing was measured (the warnings above say why)")
         busy = busy or machine_busy()
         print(format_rows(rows))
         if args.json:
