@@ -77,13 +77,23 @@ class Backend:
             raise InvalidInputError(f"{self.name} takes uint8 RGB frames, not {frames.dtype}: "
                                     f"pass the decoded pixels without normalising them")
         h, w = self.input_size
-        if frames.dim() != 4 or frames.shape[1] != 3 or tuple(frames.shape[2:]) != (h, w):
-            raise InvalidInputError(f"{self.name} expects frames of shape (N, 3, {h}, {w}), got {tuple(frames.shape)}: "
-                                    f"resize to {h}x{w} (or load the engine with input_size=...)")
+        shape = tuple(frames.shape)
+        if frames.dim() != 4 or shape[1] != 3 or shape[2:] != (h, w):
+            if frames.dim() == 4 and shape[3] == 3 and shape[1] != 3:
+                fix = "they are (N, H, W, 3): frames.permute(0, 3, 1, 2)"
+            elif frames.dim() == 3 and 3 in (shape[0], shape[2]):
+                fix = "one frame is a batch of one: frames[None]" + (".permute(0, 3, 1, 2)" if shape[2] == 3 else "")
+            elif frames.dim() != 4 or shape[1] != 3:
+                fix = "pass 3 RGB channels (grey: expand to 3, RGBA: drop alpha)"
+            else:
+                fix = f"resize them to {h}x{w} (or load the engine with input_size=({shape[2]}, {shape[3]}))"
+            raise InvalidInputError(f"{self.name} expects frames of shape (N, 3, {h}, {w}), got {shape}: {fix}")
         n = frames.shape[0]
-        if not 1 <= n <= self.max_batch:
-            raise InvalidInputError(f"batch of {n} is outside this engine's range 1..{self.max_batch}: "
-                                    f"split the batch or load with max_batch={max(n, self.max_batch)}")
+        if n == 0:
+            raise InvalidInputError(f"an empty batch (0 frames) for {self.name}: pass at least one frame")
+        if n > self.max_batch:
+            raise InvalidInputError(f"batch of {n} is more than this engine's {self.max_batch}: split the batch or "
+                                    f"load with max_batch={n}")
         if frames.device != self.device:
             raise InvalidInputError(f"frames are on {frames.device} but {self.name} runs on {self.device}: "
                                     f"move them with frames.to(backend.device)")

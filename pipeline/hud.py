@@ -139,8 +139,8 @@ class LiveState:
             return self.message
         if self.paused:
             return "paused"
-        if since_last_s is None:
-            return "starting"
+        if since_last_s is None:          # the model's first call (or a build) may take a while
+            return "no frame out yet"
         if since_last_s > STALL_S:
             return f"waiting for frames ({since_last_s:.0f} s)"
         return "live"

@@ -171,7 +171,7 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
     ``opener`` (instead of ``open_source``) are for tests and embedding."""
     from pipeline.display import KEYS_HELP, Display, gui_problem
     from pipeline.graph import build_pipeline, output_size
-    from pipeline.hud import LiveState
+    from pipeline.hud import LiveState, hud_lines
     from pipeline.live_source import LiveDecode, LiveSource, Reconnect
     from pipeline.record import Record
     from pipeline.run import (apply_threads, as_input, check_report, load_backend, settings_path,
@@ -250,7 +250,6 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
                 raise TerminatedError("terminated (SIGTERM) before the first frame: nothing was recorded") from None
             raise
 
-    source.stop = pipe.stop_event
     state.colourise = pipe["colourise"]
     state.drops = lambda: pipe.drops + source.skipped
     state.info = {"source": info.name, "backend": backend.name, "device": str(backend.device)}
@@ -285,8 +284,7 @@ def run_live(src, settings=None, live: LiveSettings | None = None, *, show: bool
         if now >= next_status[0]:
             next_status[0] = now + STATUS_EVERY_S
             snap = state.snapshot(view)
-            log.info("%.1f fps, latency %s ms (p95 %s), dropped %d, %s", snap["fps"], snap["latency_ms"],
-                     snap["latency_p95_ms"], snap["dropped"], snap["status"])
+            log.info("%s", ", ".join(hud_lines(snap)))
 
     try:
         with _stop_on_signals(state):

@@ -67,7 +67,7 @@ class LiveSource:
         self.spec, self.settings, self.opener, self.clock = spec, decode_settings, opener, clock
         self.reconnect = reconnect
         self.state = state if state is not None else LiveState()
-        self.stop = threading.Event()          # the live runner hands in the pipeline's stop event
+        self.stop = threading.Event()          # build_pipeline hands in the pipeline's stop event
         self.end = threading.Event()           # capture ends at the next frame; those captured go on
         self.current = opener(spec, decode_settings)
         first = self.current.info

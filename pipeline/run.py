@@ -47,9 +47,10 @@ from pipeline.publish import Publish, is_url, network_muxer
 from pipeline.runner import Pipeline
 from pipeline.settings import Settings, load_settings, save_settings
 from pipeline.signals import SigTerm, signals_raise
-from pipeline.sources import image_files, is_arrays, open_source
+from pipeline.sources import ArraySource, image_files, is_arrays, is_queue, open_source
 from train.data import IMAGE_EXTENSIONS
-from train.errors import InvalidInputError, MediaError, PartialInputError, SegpipeError, TerminatedError, plural
+from train.errors import (InvalidInputError, MediaError, PartialInputError, SegpipeError, SourceStalledError,
+                          TerminatedError, plural)
 from train.paths import missing_folders, remove_empty, writable_file, writable_folder, write_json
 
 log = logging.getLogger("segpipe.pipeline")
@@ -123,7 +124,7 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
     Outputs are checked before any work (folders exist or can be made, can be written, are not the
     input). A failure once running (a stage error, a stalled source, SIGTERM, Ctrl-C) still closes the
     outputs and writes the statistics; its message then says what the output holds."""
-    settings = settings or load_settings()
+    settings = load_settings(**settings) if isinstance(settings, dict) else settings or load_settings()
     if out is None and masks is None and not sinks:
         raise InvalidInputError("nothing to write: pass --out (a video) and/or --masks (a folder)")
     if is_url(out):
@@ -190,6 +191,10 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
         raise failure
 
     _warn_losses(pipe, source, stats["frames"], frames_in, damaged)
+    if isinstance(source, ArraySource) and source.error is not None:    # the caller's error, after the frames
+        if isinstance(source.error, SegpipeError):                        # before it
+            source.error.args = (f"{source.error}{done}",)
+        raise source.error
     if source.error is not None and frames_in == 0:
         hint = " (an MP4 over HTTP needs a server with range requests, or one written with " \
                "-movflags +faststart)" if info.name.startswith("http") else ""
@@ -299,8 +304,8 @@ def open_within(src, decode):
     """``open_source``, but a source that gives nothing for ``decode.stall_timeout_s`` while it is opened
     (a pipe with no writer, a hung network drive) is an error, not a hang (its thread is abandoned)."""
     timeout = decode.stall_timeout_s
-    if not timeout or is_arrays(src):       # the caller's frames: no thread left waiting inside their iterable
-        return open_source(src, decode)
+    if not timeout or is_arrays(src) and (hasattr(src, "__len__") or is_queue(src)):  # in memory; a queue
+        return open_source(src, decode)                                                 # times itself
     result, lock = {}, threading.Lock()
 
     def target():
@@ -327,6 +332,10 @@ def open_within(src, decode):
         with lock:                  # still opening (or Ctrl-C): what it opens later is the opener's to close
             result["abandoned"] = "source" not in result and "error" not in result
     if result["abandoned"]:
+        if is_arrays(src):              # a generator: its thread stays inside it, waiting for the next frame
+            raise SourceStalledError(f"your frame iterable gave no frame for {timeout:g} s: the producer stalled; "
+                                     f"pass a queue.Queue of frames instead of a generator that waits on one (it "
+                                     f"is waited on in steps), or raise decode.stall_timeout_s (0 waits forever)")
         what = "standard input" if str(src) == "-" else src
         raise MediaError(f"opening {what} gave nothing for {timeout:g} s: the source stalled (a pipe with no "
                          f"writer, a hung network drive, a camera that does not answer?); if it is only slow, "

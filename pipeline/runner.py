@@ -127,8 +127,8 @@ class Pipeline:
             self._abandoned = True
             waited = min(timeout, STUCK_JOIN_S) if all(n.removeprefix("segpipe-") in self._stuck for n in stuck) \
                 else timeout
-            log.warning("%s did not stop within %.0f s (blocked in a system call?); abandoning them",
-                        ", ".join(stuck), waited)
+            log.warning("%s did not stop within %.0f s (blocked in a system call?); abandoning %s",
+                        ", ".join(stuck), waited, "them" if len(stuck) > 1 else "it")
         for t, f in zip(self._threads, self._finished):
             if f.is_set():
                 t.join(1.0)          # only the interpreter's own bookkeeping is left

@@ -27,10 +27,15 @@ import heapq
 import io
 import itertools
 import logging
+import multiprocessing.queues
 import os
+import queue
 import re
 import stat
 import sys
+import threading
+import time
+import urllib.parse
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -41,12 +46,14 @@ import numpy as np
 from PIL import Image
 
 from train.data import IMAGE_EXTENSIONS, decode_image
-from train.errors import InputNotFoundError, InvalidInputError, MediaError, UnreadableInputError, plural
+from train.errors import (InputNotFoundError, InvalidInputError, MediaError, SourceStalledError, UnreadableInputError,
+                          plural)
 
 log = logging.getLogger("segpipe.pipeline")
 
 LIVE_SCHEMES = {"rtsp", "rtsps", "rtmp", "rtmps", "udp", "rtp", "srt", "tcp"}
 LOSSY_SCHEMES = {"rtsp", "rtsps", "udp", "rtp", "srt"}    # may carry media over datagrams: packets can be lost
+PORT_NEEDED = {"udp", "tcp", "srt", "rtp"}    # no default port
 FORMAT_SCHEMES = {"rtsp", "rtsps"}    # FFmpeg's RTSP demuxer/muxer takes these, not a protocol
 TS_PACKET_SIZES = (188, 192, 204)     # MPEG-TS, M2TS (Blu-ray, AVCHD), TS with Reed-Solomon bytes (DVB)
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
@@ -86,9 +93,15 @@ def image_files(spec) -> list[str] | None:
 
 def open_source(spec, settings) -> "VideoSource | ImageSource | ArraySource":
     """Open ``spec``: an int or /dev/videoN (camera), URL, image folder, glob, video/image file, - (standard
-    input: a pipe from ffmpeg or a camera tool), or RGB arrays (see ArraySource)."""
+    input: a pipe from ffmpeg or a camera tool), or RGB arrays (see ArraySource). ``settings``: the decode
+    settings (``load_settings().decode``; the whole of them is taken too)."""
+    settings = getattr(settings, "decode", settings)
     if is_arrays(spec):
         return ArraySource(spec, settings)
+    if not isinstance(spec, (str, int, os.PathLike)):
+        hint = " (from PIL: np.asarray(image.convert('RGB')))" if type(spec).__module__.startswith("PIL") else ""
+        raise InvalidInputError(f"a {type(spec).__name__} is not a source: pass a path, URL or camera index, or "
+                                f"(H, W, 3) uint8 RGB arrays{hint}")
     text = str(spec)
     if text == "-":
         if sys.stdin is None or sys.stdin.isatty():
@@ -130,8 +143,8 @@ def open_source(spec, settings) -> "VideoSource | ImageSource | ArraySource":
 
 
 def is_arrays(spec) -> bool:
-    """Frames in memory (an array, or an iterable of them), not a name of a source."""
-    return isinstance(spec, np.ndarray) or hasattr(spec, "__iter__") and not isinstance(
+    """Frames in memory (an array, an iterable or a queue of them), not a name of a source."""
+    return isinstance(spec, np.ndarray) or is_queue(spec) or hasattr(spec, "__iter__") and not isinstance(
         spec, (str, bytes, bytearray, memoryview, os.PathLike, io.IOBase))
 
 
@@ -149,12 +162,22 @@ def has_protocol(scheme: str) -> bool:
 
 
 def check_protocol(url: str, verb: str) -> None:
-    """Refuse, before any work, a URL whose protocol this FFmpeg build lacks (``verb``: open, stream to)."""
+    """Refuse, before any work, a URL whose protocol this FFmpeg build lacks (``verb``: open, stream to),
+    or whose port is not one (FFmpeg would take udp://host:99999 as port 34463)."""
     scheme = url.split("://", 1)[0].lower()
     if scheme not in FORMAT_SCHEMES and not has_protocol(scheme):
         raise InvalidInputError(f"cannot {verb} {url}: this FFmpeg build (PyAV's, FFmpeg {av.ffmpeg_version_info}) "
                                 f"has no {scheme}:// protocol: use udp:// or rtsp:// instead, or a PyAV built on an "
                                 f"FFmpeg that has it (pip install av --no-binary av)")
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port == -1 or port == 0 and verb != "open" or port is None and scheme in PORT_NEEDED:
+        example = parts._replace(netloc=f"{parts.hostname or '127.0.0.1'}:5000").geturl()
+        raise InvalidInputError(f"cannot {verb} {url}: {'it names no port' if port is None else 'its port is not 1..65535'}"
+                                f": name one, e.g. {example}")
 
 
 def natural_sorted(names) -> list[str]:
@@ -185,7 +208,7 @@ class VideoSource:
         live = kind == "camera" or scheme in LIVE_SCHEMES
         options = {str(k): str(v) for k, v in (settings.options or {}).items()}
         fmt = settings.camera_format if kind == "camera" else None
-        timeout = settings.timeout_s if kind != "file" else None
+        timeout = self._timeout = settings.timeout_s if kind != "file" else None
         if kind == "file":
             check_readable(Path(url), name)
         if scheme:
@@ -232,6 +255,8 @@ class VideoSource:
         # with frames left out, a camera's clock) a pts gap is the video's own timing
         lossy = self.container.format.name == "mpegts" or scheme in LOSSY_SCHEMES
         self._gaps = PtsGaps(self._step, time_base) if lossy and not mov else None
+        if self._gaps is not None and stream.start_time is not None:   # frames probing read and did not keep
+            self._gaps.add(stream.start_time - round(self._step))      # (fflags nobuffer, as live sets) count
         self._interlaced = False
         frames = self.exact_frames
         self.duration_s = promised_seconds(self.container, stream)  # for noticing a file that ends early
@@ -301,8 +326,15 @@ class VideoSource:
                     if frame.is_corrupt:
                         self.damaged += 1
                     yield frame
-        except av.FFmpegError as e:          # the container itself broke: keep what decoded
-            self.error = e
+        except av.FFmpegError as e:          # the container itself broke, or a stream went quiet: keep what
+            self.error = e                   # decoded, and what the decoder still holds (B-frames wait there)
+            if isinstance(e, av.ExitError) and self._timeout:
+                self.error = (f"nothing arrived for {self._timeout:g} s (decode.timeout_s): the sender stopped "
+                              f"or the network dropped")
+            try:
+                yield from self.stream.codec_context.decode(None)
+            except av.FFmpegError:
+                pass
 
     def frames(self):
         """Frames as RGB at a fixed (upright) size, with their pts; frames without one get the last + 1/fps.
@@ -350,10 +382,10 @@ class VideoSource:
             if k:
                 image = np.ascontiguousarray(np.rot90(image, k))   # counter-clockwise, as the matrix says
             yield index, pts, tb, image
+        self._account(n)                  # also after an error: the decoder was flushed (``_decode``)
         if self.error is not None:
             log.warning("%s: input ended early after %d frames (%s)", self.info.name, n, self.error)
             return
-        self._account(n)
         if not self.info.live:
             self._check_complete(n, first_pts, max_pts)
 
@@ -635,10 +667,15 @@ class ImageSource:
 
 class ArraySource:
     """Frames the caller already has (a simulator, a ROS topic, a capture library): an iterable of
-    (H, W, 3) uint8 RGB arrays, one array, or an (N, H, W, 3) stack. They are numbered in order at
-    ``decode.fps`` and taken from the iterable in the decode thread as the pipeline wants them, not
-    copied: an array must stay unchanged until its frame comes out (copy it if your producer reuses
-    its buffer). The iterable is the caller's: it is not closed here."""
+    (H, W, 3) uint8 RGB arrays, one array, an (N, H, W, 3) stack, or a ``queue.Queue`` that a producer
+    fills (``None`` put in it ends the frames). They are numbered in order at ``decode.fps`` and taken in
+    the decode thread as the pipeline wants them, not copied: an array must stay unchanged until its frame
+    comes out (copy it if your producer reuses its buffer). The iterable is the caller's: it is not closed
+    here. A queue is waited on in short steps, so a run stopped while it is empty takes no frame from it
+    afterwards, and a queue that stays empty for ``decode.stall_timeout_s`` is a stalled source.
+
+    A failure of the caller's iterable, or a frame that is not an RGB image of the first one's size, ends
+    the frames: those before it go through, then it is raised (``error``)."""
 
     NAME = "your frame iterable"
 
@@ -650,8 +687,10 @@ class ArraySource:
                 raise InvalidInputError(f"a {arrays.dtype} array of shape {arrays.shape} is not frames: pass one "
                                         f"(H, W, 3) uint8 RGB array, an (N, H, W, 3) stack, or an iterable of "
                                         f"(H, W, 3) arrays")
-        self._arrays = iter(arrays)
         self.skipped, self.error = 0, None       # as the other sources: nothing is ever skipped here
+        self.stop = threading.Event()            # the pipeline's stop event, handed in when it is wired
+        self._timeout = settings.stall_timeout_s or None
+        self._arrays = self._from_queue(arrays) if is_queue(arrays) else iter(arrays)
         first = next(self._arrays, _NONE)
         if first is _NONE:
             raise InvalidInputError("no frames: pass (H, W, 3) uint8 RGB arrays")
@@ -660,6 +699,24 @@ class ArraySource:
         fps = Fraction(settings.fps).limit_denominator(1001)
         length = len(arrays) if hasattr(arrays, "__len__") else None
         self.info = SourceInfo("arrays", self.NAME, w, h, fps, 1 / fps, length, False)
+
+    def _from_queue(self, frames):
+        """The queue's frames until ``None``, waited for in steps of ``QUEUE_POLL_S`` while the pipeline
+        runs. The stall timeout is kept here for the first frame; the decode stage watches the rest."""
+        timeout, since = self._timeout, time.monotonic()
+        while not self.stop.is_set():
+            try:
+                item = frames.get(timeout=QUEUE_POLL_S)
+            except queue.Empty:
+                if timeout and time.monotonic() - since > timeout:
+                    raise SourceStalledError(f"your queue gave no frame for {timeout:g} s: put (H, W, 3) uint8 "
+                                             f"RGB arrays in it (None ends them), or raise "
+                                             f"decode.stall_timeout_s (0 waits forever)") from None
+                continue
+            if item is None:
+                return
+            timeout = None
+            yield item
 
     @staticmethod
     def _checked(image, index: int, size) -> np.ndarray:
@@ -671,26 +728,35 @@ class ArraySource:
                 hint = "one source per call: a path, folder or glob goes in alone, not in a list"
             elif type(image).__module__.startswith("torch"):
                 hint = "from a torch tensor: t.permute(1, 2, 0).cpu().numpy()"
+            elif type(image).__module__.startswith("PIL"):
+                hint = "from PIL: np.asarray(image.convert('RGB'))"
             elif image is None:
                 hint = "cv2.imread gives None for a file it cannot read"
             else:
                 hint = "from OpenCV: cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)"
             raise InvalidInputError(f"frame {index} is {what}: pass (H, W, 3) uint8 RGB arrays ({hint})")
         if size is not None and image.shape[:2] != size:
-            raise InvalidInputError(f"frame {index} is {image.shape[1]}x{image.shape[0]} but the first was "
-                                    f"{size[1]}x{size[0]}: pass frames of one size (resize them, or segment "
-                                    f"each size separately)")
+            raise InvalidInputError(f"frame {index} has shape {image.shape} but the first had {(*size, 3)}: pass "
+                                    f"frames of one size (resize them, or segment each size separately)")
         return np.ascontiguousarray(image)
 
     def frames(self):
         size, tb = (self.info.height, self.info.width), self.info.time_base
         first, self._first = self._first, None
         yield 0, 0, tb, first
-        for index, image in enumerate(self._arrays, 1):
-            yield index, index, tb, self._checked(image, index, size)
+        try:
+            for index, image in enumerate(self._arrays, 1):
+                yield index, index, tb, self._checked(image, index, size)
+        except Exception as e:  # noqa: BLE001 - the caller's: raised after the frames before it
+            self.error = e
 
     def close(self) -> None:
         pass
 
 
+def is_queue(spec) -> bool:
+    return isinstance(spec, (queue.Queue, queue.SimpleQueue, multiprocessing.queues.Queue))
+
+
+QUEUE_POLL_S = 0.05
 _NONE = object()      # the end of an iterable (None may be a frame: a failed cv2.imread)

@@ -4,7 +4,8 @@ planner, a ROS node, a metric) rather than a video file::
     from pipeline import segment
 
     for frame in segment("drive.mp4"):          # a file, camera index, URL or image folder, as `segpipe run`,
-                                                 # or your own frames: an iterable of (H, W, 3) uint8 RGB arrays
+                                                 # or your own frames: an iterable or a queue.Queue of
+                                                 # (H, W, 3) uint8 RGB arrays
         frame.labels_full                        # (H, W) uint8 class ids at the source's resolution
         frame.output                             # the colourised frame (colourise.view), RGB
         frame.index, frame.seconds, frame.image
@@ -13,7 +14,8 @@ Decode, preprocess, inference and colourise run in their own threads, as in ``se
 caller's loop is the last stage. The queue in front of it holds ``queue_size`` frames and blocks, so a
 slow loop slows a file down rather than losing frames (a live source drops its oldest frames, counted, as
 it always does). A stage's failure, or a file that ends early, is raised from the loop after the frames
-that came through. Leaving the loop (``break``, an exception) stops the pipeline once the generator is
+that came through; so is an exception from your own iterable, after the frames taken before it. Leaving
+the loop (``break``, an exception) stops the pipeline once the generator is
 released: at once for ``for frame in segment(...)``; a generator kept in a variable stops on its
 ``close()`` (or ``with contextlib.closing(segment(...)) as frames``), and at the latest when Python exits.
 """
@@ -87,7 +89,8 @@ class Handoff(Stage):
 
 def segment(src, settings=None, *, backend=None, queue_size: int = 4):
     """Each frame of ``src``, segmented (see the module's docstring), from a generator. ``settings``: a
-    ``load_settings(...)`` (e.g. ``load_settings(infer={"weights": "my.pt"})``); ``backend``: an
+    ``load_settings(...)`` (e.g. ``load_settings(infer={"weights": "my.pt"})``) or the same overrides as a
+    dict (``{"infer": {"weights": "my.pt"}}``); ``backend``: an
     ``engine.load(...)`` backend to share between calls. The generator returns the run's statistics."""
     frames = _segment(src, settings, backend, queue_size)
     _running.add(frames)

@@ -63,9 +63,13 @@ def test_output_is_not_aliased_and_is_ours(backend, reference):
 
 @pytest.mark.parametrize("bad, message", [
     (lambda f: f.float(), "takes uint8 RGB frames, not torch.float32"),
-    (lambda f: f[:, :, :-16], r"expects frames of shape \(N, 3, {h}, {w}\), got \(4, 3, {h16}, {w}\): resize to {h}x{w}"),
-    (lambda f: f[:, :2], r"expects frames of shape \(N, 3, {h}, {w}\)"),
-    (lambda f: torch.cat([f, f]), r"batch of 8 is outside this engine's range 1..4: split the batch"),
+    (lambda f: f[:, :, :-16], r"expects frames of shape \(N, 3, {h}, {w}\), got \(4, 3, {h16}, {w}\): resize them "
+                              r"to {h}x{w} \(or load the engine with input_size=\({h16}, {w}\)\)"),
+    (lambda f: f[:, :2], r"expects frames of shape \(N, 3, {h}, {w}\), got \(4, 2, {h}, {w}\): pass 3 RGB channels"),
+    (lambda f: f.permute(0, 2, 3, 1), r"got \(4, {h}, {w}, 3\): they are \(N, H, W, 3\): frames.permute\(0, 3, 1, 2\)"),
+    (lambda f: f[0].permute(1, 2, 0), r"got \({h}, {w}, 3\): one frame is a batch of one: frames\[None\].permute"),
+    (lambda f: f[:0], r"an empty batch \(0 frames\) for .*: pass at least one frame"),
+    (lambda f: torch.cat([f, f]), r"batch of 8 is more than this engine's 4: split the batch or load with max_batch=8"),
     (lambda f: f.numpy(), "takes a torch.uint8 tensor"),
 ])
 def test_bad_frames_fail_with_a_fix(backend, reference, bad, message):

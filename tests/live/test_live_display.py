@@ -184,3 +184,12 @@ def test_live_with_a_window_keys_change_the_view_and_q_quits(tmp_path, clip, stu
     assert got["pts"] == sorted(set(got["pts"]))
     assert stub.batches and set(stub.batches) == {1}            # live infers one frame at a time
     assert stats_path.exists()
+
+
+def test_before_the_first_frame_the_status_line_has_no_none_in_it():
+    from pipeline.hud import hud_lines
+    state = LiveState()
+    state.colourise = SimpleNamespace(view="overlay", alpha=0.5)
+    state.drops = lambda: 116                        # a slow first model call: the camera's frames drop
+    lines = hud_lines(state.snapshot("overlay"))
+    assert lines == ["0.0 fps  latency -", "dropped 116  frames 0", "no frame out yet"]

@@ -21,7 +21,7 @@ from mediakit import write_video
 from pipehelp import ROOT, StubBackend, decode_index, probe
 from pipeline.run import open_within, run, summary
 from pipeline.sources import PtsGaps
-from train.errors import MediaError
+from train.errors import MediaError, PartialInputError
 
 TS_PACKET = 188
 FRAMES = 40
@@ -180,3 +180,66 @@ def test_after_a_write_failure_the_statistics_count_what_reached_the_file(tmp_pa
     assert by.get("write", 0) + by.get("stopped", 0) == stats["dropped"] and stats["exit"] == "failed"
     if ext == "mkv":                                 # the muxer took every frame; the file holds fewer
         assert by["write"] > 0 and stats["frames"] + stats["dropped"] == 60
+
+
+def test_a_stream_that_goes_quiet_gives_every_frame_its_decoder_held(tmp_path, settings):
+    """A sender that stops without closing (a UDP or TCP stream has no end): when nothing arrives for
+    decode.timeout_s, the frames the decoder still holds (B-frames reorder) come out too, and the
+    message says what happened rather than FFmpeg's "Immediate exit requested"."""
+    import socket
+    data = ts_clip(tmp_path).read_bytes()
+    server = socket.create_server(("127.0.0.1", 0))
+    quiet = threading.Event()
+
+    def send():
+        conn, _ = server.accept()
+        conn.sendall(data)
+        quiet.wait(20)                                       # stays connected, sends nothing more
+        conn.close()
+
+    threading.Thread(target=send, daemon=True).start()
+    masks = tmp_path / "masks"
+    try:
+        with pytest.raises(PartialInputError, match=r"ended early: 40 frames were read \(nothing arrived for 1 s "
+                                                    r"\(decode.timeout_s\): the sender stopped"):
+            run(f"tcp://127.0.0.1:{server.getsockname()[1]}", None, settings.override(decode={"timeout_s": 1}),
+                masks=masks, backend=StubBackend())
+    finally:
+        quiet.set()
+        server.close()
+    assert sorted(decode_index(cv2.imread(str(p), cv2.IMREAD_UNCHANGED)) for p in masks.iterdir()) \
+        == list(range(FRAMES))
+
+
+def test_frames_before_a_live_stream_is_joined_are_counted(tmp_path, settings):
+    """`live` opens streams with fflags nobuffer: the packets FFmpeg reads while it probes the stream are
+    not kept, and the decoder gives nothing until the first key frame after them. Both are counted: the
+    frames out and the frames dropped add up to the frames sent."""
+    import socket
+    import time
+    sent = 300
+    data = write_video(tmp_path / "paced.ts", sent, 64, 48, rate=100, options=B_FRAMES).read_bytes()
+    server, quiet = socket.create_server(("127.0.0.1", 0)), threading.Event()
+
+    def send():                                              # at the video's own rate, as a camera sends
+        conn, _ = server.accept()
+        chunk = -(-len(data) // sent)
+        chunk += -chunk % TS_PACKET
+        for i in range(0, len(data), chunk):
+            conn.sendall(data[i:i + chunk])
+            time.sleep(0.01)
+        quiet.wait(20)
+        conn.close()
+
+    threading.Thread(target=send, daemon=True).start()
+    stats_path = tmp_path / "stats.json"
+    try:
+        with pytest.raises(PartialInputError, match="nothing arrived for 1 s"):
+            run(f"tcp://127.0.0.1:{server.getsockname()[1]}", None,
+                settings.override(decode={"timeout_s": 1, "options": {"fflags": "nobuffer"}}),
+                masks=tmp_path / "masks", stats_path=stats_path, backend=StubBackend())
+    finally:
+        quiet.set()
+        server.close()
+    stats = json.loads(stats_path.read_text())
+    assert stats["dropped_by"]["undecodable"] > 0 and stats["frames"] + stats["dropped"] == sent, stats

@@ -173,10 +173,96 @@ RGB = np.zeros((64, 96, 3), np.uint8)
     ([torch.zeros(3, 64, 96, dtype=torch.uint8)], r"frame 0 is a Tensor: .*t.permute\(1, 2, 0\).cpu\(\).numpy\(\)"),
     (iter([RGB, RGB.astype(np.float32)]), r"frame 1 is a float32 array of shape \(64, 96, 3\): .*COLOR_BGR2RGB"),
     (iter([RGB, GREY]), r"frame 1 is a uint8 array of shape \(64, 96\)"),
-    (iter([RGB] * 3 + [RGB[:48]]), "frame 3 is 96x48 but the first was 96x64: pass frames of one size"),
+    (iter([RGB] * 3 + [RGB[:48]]), r"frame 3 has shape \(48, 96, 3\) but the first had \(64, 96, 3\): pass frames "
+                                   r"of one size"),
 ])
 def test_frames_that_are_not_rgb_images_of_one_size_are_refused(settings, frames, message):
     with pytest.raises(InvalidInputError, match=message) as refused:
         for _ in segment(frames, settings, backend=StubBackend()):
             pass
     assert "written" not in str(refused.value)                      # segment() writes no files to speak of
+
+
+# --- your own frames: failures after the frames before them, queues ----------------------------------------
+def _frames(count):
+    return [frame_image(i, 96, 64) for i in range(count)]
+
+
+@pytest.mark.parametrize("failure, error", [(RuntimeError("camera unplugged"), RuntimeError),
+                                            (RGB.astype(np.float32), InvalidInputError)])
+def test_a_failure_of_your_iterable_comes_after_every_frame_taken_before_it(settings, failure, error):
+    def producer():
+        yield from _frames(30)
+        if isinstance(failure, Exception):
+            raise failure
+        yield failure
+
+    got = []
+    with pytest.raises(error) as raised:
+        for f in segment(producer(), settings.override(infer={"batch": 4}), backend=StubBackend(delay_s=0.005),
+                         queue_size=1):
+            got.append(decode_index(f.labels_full))
+    assert got == list(range(30))                   # none of the frames in flight is lost
+    assert error is RuntimeError and raised.value is failure or "frame 30 is a float32 array" in str(raised.value)
+
+
+def test_a_queue_of_frames_until_none(settings):
+    import queue
+    frames_in = queue.Queue()
+    for image in _frames(8):
+        frames_in.put(image)
+    frames_in.put(None)
+    got = [decode_index(f.labels_full) for f in segment(frames_in, {"infer": {"torch_threads": 1}},
+                                                        backend=StubBackend())]
+    assert got == list(range(8))
+
+
+def test_leaving_the_loop_over_a_queue_stops_at_once_and_takes_no_later_frame(settings):
+    import queue
+    import time
+    frames_in = queue.Queue()
+    for image in _frames(6):
+        frames_in.put(image)
+    for f in segment(frames_in, settings, backend=StubBackend(), queue_size=1):
+        if f.index == 2:
+            t0 = time.monotonic()
+            break
+    assert time.monotonic() - t0 < 1.0
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("segpipe-")]
+    frames_in.put(RGB)                              # the producer goes on: nothing of the old run takes it
+    time.sleep(0.3)
+    assert frames_in.qsize() == 1
+
+
+@pytest.mark.parametrize("producer", ["an empty queue", "a queue that goes quiet", "a generator that waits"])
+def test_your_frames_that_stop_coming_are_a_stalled_source(settings, producer):
+    import queue
+    import time
+    from train.errors import SourceStalledError
+    frames_in, release = queue.Queue(), threading.Event()
+    if producer == "a queue that goes quiet":
+        for image in _frames(3):
+            frames_in.put(image)
+
+    def waiting():
+        release.wait(10)
+        yield RGB
+
+    src = waiting() if producer == "a generator that waits" else frames_in
+    got, t0 = [], time.monotonic()
+    try:
+        with pytest.raises(SourceStalledError, match="no frame"):
+            for f in segment(src, settings.override(decode={"stall_timeout_s": 0.5}), backend=StubBackend()):
+                got.append(f.index)
+    finally:
+        release.set()                                # the generator's thread, given up on, may end
+    assert time.monotonic() - t0 < 5 and got == ([0, 1, 2] if producer == "a queue that goes quiet" else [])
+
+
+def test_things_that_are_not_sources_are_named(settings):
+    from PIL import Image
+    from pipeline.sources import open_source
+    with pytest.raises(InvalidInputError, match=r"a Image is not a source: .*np.asarray\(image.convert\('RGB'\)\)"):
+        next(segment(Image.new("RGB", (96, 64)), settings, backend=StubBackend()))
+    with pytest.raises(InvalidInputError, match="a float is not a source"):
+        open_source(1.5, settings)                  # the whole settings are taken, as their decode section
