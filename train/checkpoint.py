@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from train.classes import CARLA_CLASSES, CARLA_PALETTE
+from train.classes import CARLA_CLASSES, CARLA_PALETTE, class_table
 from train.errors import CheckpointError, InputNotFoundError
 from train.model import UNet, config_from_dict, config_to_dict
 
@@ -91,6 +91,12 @@ def load_checkpoint(weights: str | Path | None = None) -> dict:
     if "weights_sha256" in ckpt and weights_digest(ckpt["state_dict"]) != ckpt["weights_sha256"]:
         raise CheckpointError(f"checkpoint {path} is corrupt: its weights do not match their checksum; "
                               f"re-download or retrain it")
+    n = ckpt["model_config"].get("num_classes") if isinstance(ckpt["model_config"], dict) else None
+    if isinstance(n, int) and not len(ckpt["class_names"]) == len(ckpt["palette"]) == n:
+        # trained before names followed num_classes (they were always CARLA's 23): one of each per class
+        names, palette = class_table(n)
+        ckpt["class_names"] = [*ckpt["class_names"][:n], *names[len(ckpt["class_names"]):]]
+        ckpt["palette"] = [*ckpt["palette"][:n], *palette[len(ckpt["palette"]):]]
     return ckpt
 
 

@@ -16,3 +16,20 @@ CARLA_PALETTE = (
 )
 
 assert len(CARLA_CLASSES) == len(CARLA_PALETTE) == 23
+
+
+def class_table(num_classes: int, names=None, palette=None) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    """Names and RGB colours for ``num_classes`` classes: those given, else CARLA's for a 23-class model
+    and ``class N`` otherwise; CARLA's colours for the first 23 ids, then distinct hues."""
+    if names is None:
+        names = CARLA_CLASSES if num_classes == len(CARLA_CLASSES) else [f"class {i}" for i in range(num_classes)]
+    if palette is None:
+        palette = [*CARLA_PALETTE[:num_classes], *(_hue(i) for i in range(len(CARLA_PALETTE), num_classes))]
+    return tuple(str(n) for n in names), tuple(tuple(int(v) for v in c) for c in palette)
+
+
+def _hue(i: int) -> tuple[int, int, int]:
+    """A bright colour of its own for class ``i`` (golden-angle steps around the hue circle)."""
+    import colorsys
+    r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.65, 0.95)
+    return round(r * 255), round(g * 255), round(b * 255)

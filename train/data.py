@@ -26,6 +26,7 @@ class FramePair:
     number: int
     image: Path
     mask: Path
+    drive: str = ""       # the name before the number (drive3_000123: drive3_): frames of one drive share it
 
 
 def find_pairs(root: str | Path) -> list[FramePair]:
@@ -58,12 +59,20 @@ def find_pairs(root: str | Path) -> list[FramePair]:
         raise DatasetError(f"image {images[unnumbered[0]].name} has no frame number at the end of its name "
                            f"({len(unnumbered)} such): names must end in frame numbers (e.g. 000123.png or "
                            f"frame_000123.png) so runs of consecutive frames can be found")
-    stems = sorted(images, key=lambda s: (int(digits[s]), s))
-    return [FramePair(s, int(digits[s]), images[s], masks[s]) for s in stems]
+    drives = {s: s[:len(s) - len(d)] for s, d in digits.items()}
+    stems = sorted(images, key=lambda s: (drives[s], int(digits[s]), s))
+    return [FramePair(s, int(digits[s]), images[s], masks[s], drives[s]) for s in stems]
 
 
 def _images_by_stem(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if p.stem in found:
+            raise DatasetError(f"{found[p.stem].name} and {p.name} in {folder} are one frame twice: keep one of them")
+        found[p.stem] = p
+    return found
 
 
 def decode_image(path: str | Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
@@ -96,30 +105,39 @@ def mask_ids(m: np.ndarray, path, num_classes: int = 23) -> np.ndarray:
     """Class ids from a mask as OpenCV reads it (BGR(A) order for colour masks)."""
     if m.ndim == 3 and m.shape[2] == 1:
         m = m[..., 0]
-    if m.ndim == 3:
+    colour = m.ndim == 3
+    if colour:
         if m.shape[2] not in (3, 4):
             raise DatasetError(f"mask {path} has {m.shape[2]} channels: expected 1 (class ids) or 3/4 (ids in red)")
         m = m[..., 2]  # OpenCV reads BGR(A): red is index 2
     if m.dtype != np.uint8:
         raise DatasetError(f"mask {path} is {m.dtype}: expected 8-bit class ids")
-    if int(m.max()) >= num_classes:
-        raise DatasetError(f"mask {path} holds class id {int(m.max())}, beyond the {num_classes} classes "
-                           f"(0-{num_classes - 1}): is the class id in the red channel?")
+    top = int(m.max())
+    if top >= num_classes:
+        more = f"give the model more classes (model_options: {{num_classes: {top + 1}}})"
+        hint = ("255 marks pixels to ignore in Cityscapes-style masks, which segpipe has no ignore label for: "
+                "map them to a class (e.g. 0, unlabeled)" if top == 255 else
+                f"is the class id in the red channel (a colour-coded mask needs turning into ids)? or {more}"
+                if colour else more)
+        where = " (read from the red channel)" if colour else ""
+        raise DatasetError(f"mask {path} holds class id {top}{where}, beyond the {num_classes} classes "
+                           f"(0-{num_classes - 1}): {hint}")
     return np.ascontiguousarray(m)
 
 
 def split_by_runs(pairs: list[FramePair], val_every: int = 5, max_gap: int = 10,
                   same_scene: float = SAME_SCENE) -> tuple[list, list]:
-    """Deterministic split: frames whose numbers are within ``max_gap`` form one run, and
-    every ``val_every``-th run goes to validation. Never splits inside a run.
+    """Deterministic split: frames of one drive (the name before the number) whose numbers are within
+    ``max_gap`` form one run, and every ``val_every``-th run goes to validation. Never splits inside a run.
 
     Two runs also join when the last frame of one and the first of the next look alike (mean absolute
     grey-level difference <= ``same_scene`` at 160x120; 0 turns this off): a car stopped across a gap in
     the frame numbers films the same scene, which must not be in training and validation both."""
     runs: list[list[FramePair]] = []
     for p in pairs:
-        if runs and (p.number - runs[-1][-1].number <= max_gap or
-                     same_scene > 0 and scene_difference(runs[-1][-1], p) <= same_scene):
+        last = runs[-1][-1] if runs else None
+        if last is not None and last.drive == p.drive and (p.number - last.number <= max_gap or
+                                                           same_scene > 0 and scene_difference(last, p) <= same_scene):
             runs[-1].append(p)
         else:
             runs.append([p])
@@ -127,7 +145,9 @@ def split_by_runs(pairs: list[FramePair], val_every: int = 5, max_gap: int = 10,
     for i, run in enumerate(runs):
         (val if i % val_every == val_every // 2 else train).extend(run)
     if not val or not train:
-        raise DatasetError(f"{len(pairs)} frames in {len(runs)} runs are too few to split into train and validation")
+        raise DatasetError(f"{len(pairs)} frames in {len(runs)} runs are too few to split into train and validation "
+                           f"(a run: frames of one name prefix numbered at most {max_gap} apart; every "
+                           f"{val_every}th is validation): add frames or drives, or lower val_every")
     return train, val
 
 

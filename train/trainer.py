@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from train import distributed
 from train.checkpoint import DEFAULT_NORMALIZE, load_checkpoint, load_model, make_checkpoint, save_checkpoint
-from train.classes import CARLA_CLASSES
+from train.classes import class_table
 from train.distributed import World, all_reduce_sum
 from train.data import SAME_SCENE, FrameSet, class_frequencies, find_pairs, split_by_runs
 from train.errors import InputNotFoundError, InvalidInputError
@@ -52,6 +52,8 @@ DEFAULTS = {
     "seed": 0,
     "init_weights": None,              # start from this checkpoint's weights (fine-tuning)
     "rare_class_sampling": 0,          # T > 0: draw a class by exp((1 - share) / T), then a frame holding it
+    "class_names": None,               # one per class id (default: CARLA's for 23 classes, else "class N")
+    "palette": None,                   # [R, G, B] per class id (default: CARLA's, then distinct hues)
 }
 
 
@@ -203,6 +205,11 @@ CHECKS = {   # key: (test, what a valid value is)
     "seed": (is_int(0), "an integer >= 0"),
     "init_weights": (lambda v: v is None or isinstance(v, str), "null or a checkpoint path"),
     "rare_class_sampling": (_num(0), "0 (off) or a temperature > 0, e.g. 0.01"),
+    "class_names": (lambda v: v is None or isinstance(v, list) and all(isinstance(n, str) and n for n in v),
+                    "null or a list of names, one per class id, e.g. [road, car, person]"),
+    "palette": (lambda v: v is None or isinstance(v, list) and all(
+        isinstance(c, list) and len(c) == 3 and all(is_int(0)(x) and x <= 255 for x in c) for c in v),
+                "null or a list of [R, G, B] (0-255), one per class id"),
 }
 
 
@@ -226,7 +233,12 @@ def load_train_config(config: str | Path | None, overrides: dict) -> dict:
     if config:
         path = find_config(config)
         loaded = read_yaml(path)
-        loaded = loaded.get("train", loaded) if isinstance(loaded, dict) else loaded
+        if isinstance(loaded, dict) and "train" in loaded:
+            outside = sorted(set(loaded) - {"train"})
+            if outside:                   # they would be ignored: say so rather than train without them
+                raise InvalidInputError(f"config {path} has {outside} beside its train: section: move them into "
+                                        f"it (or drop the train: line and keep every key at the top)")
+            loaded = loaded["train"]
         if not isinstance(loaded, dict):
             raise InvalidInputError(f"config {path} must be a mapping of settings, e.g. epochs: 40")
         unknown = set(loaded) - set(DEFAULTS)
@@ -301,7 +313,19 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
         if changed:     # the optimizer and schedule state go on as saved: lr, for one, is the saved one
             log.warning("--resume: settings changed since %s started (%s): the run goes on with the saved optimizer "
                         "and schedule, so it is not the run a fresh start with them would be", out, "; ".join(changed))
+        cfg.update({k: before[k] for k in ("lr", "weight_decay") if k in before})   # recorded as they act
     num_classes = model.config.num_classes
+    for key in ("class_names", "palette"):
+        if cfg[key] is not None and len(cfg[key]) != num_classes:
+            raise InvalidInputError(f"{key} lists {len(cfg[key])} classes but the model has {num_classes} "
+                                    f"(model_options num_classes): give one per class id")
+    class_names, palette = class_table(num_classes, cfg["class_names"], cfg["palette"])
+    if cfg["init_weights"]:               # before any data is read or written: a misfit says so at once
+        init, _ = load_model(cfg["init_weights"])
+        if init.config != model.config:
+            raise InvalidInputError(f"--init {cfg['init_weights']} is a {init.config} but the config builds a "
+                                    f"{model.config}: use a checkpoint of the same model")
+        model.load_state_dict(init.state_dict())
 
     pairs = find_pairs(data)
     if max_frames:
@@ -333,12 +357,6 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
     presence = torch.stack([torch.bincount(m.flatten().long(), minlength=num_classes) > 0 for m in train_set.masks]) \
         if cfg["rare_class_sampling"] else None
 
-    if cfg["init_weights"]:
-        init, _ = load_model(cfg["init_weights"])
-        if init.config != model.config:
-            raise InvalidInputError(f"--init {cfg['init_weights']} is a {init.config} but the config builds a "
-                                    f"{model.config}: use a checkpoint of the same model")
-        model.load_state_dict(init.state_dict())
     model.to(dev)
     if dev.type == "cuda" or amp_dtype is not None:
         # faster convs; FP32 on the CPU stays NCHW (1.3x slower) so the shipped run reproduces digit for digit
@@ -382,7 +400,7 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
         stats = train_one_epoch(net, train_set, optimizer, scheduler, cfg, dev, normalize, weights, generator,
                                 indices, world, scaler, epoch, amp_dtype)
         cm, val_loss = evaluate(model, val_set, dev, normalize, num_classes, class_weights=weights, world=world)
-        metrics = cm.summary(CARLA_CLASSES)
+        metrics = cm.summary(class_names)
         is_best = metrics["miou"] > best["miou"]
         if is_best:
             best = {"epoch": epoch, **metrics}
@@ -393,7 +411,8 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
                "epoch_s": time.perf_counter() - t0}
         history.append(row)
         (out / "log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-        ckpt = make_checkpoint(model, cfg["model"], size, epoch=epoch, metrics=metrics, best=best,
+        ckpt = make_checkpoint(model, cfg["model"], size, class_names=class_names, palette=palette,
+                               epoch=epoch, metrics=metrics, best=best,
                                settings=cfg, split=split, optimizer=optimizer.state_dict(),
                                scheduler=scheduler.state_dict())
         ckpt.update(random_state(dev, scaler))

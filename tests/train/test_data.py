@@ -98,11 +98,24 @@ def test_colour_coded_mask_is_explained(tmp_path):
         read_mask(path)
 
 
-def test_class_id_out_of_range(tmp_path):
+@pytest.mark.parametrize("value, hint", [
+    (40, r"m.png holds class id 40, beyond the 23 classes \(0-22\): give the model more classes "
+         r"\(model_options: \{num_classes: 41\}\)$"),                     # single-channel: no red-channel talk
+    (255, r"class id 255, .*255 marks pixels to ignore in Cityscapes-style masks, .*map them to a class"),
+])
+def test_class_id_out_of_range(tmp_path, value, hint):
     path = tmp_path / "m.png"
-    cv2.imwrite(str(path), np.full((4, 4), 40, np.uint8))
-    with pytest.raises(DatasetError, match="class id 40"):
+    cv2.imwrite(str(path), np.full((4, 4), value, np.uint8))
+    with pytest.raises(DatasetError, match=hint):
         read_mask(path)
+
+
+def test_one_frame_twice_under_two_extensions_is_refused(carla_dir, tmp_path):
+    shutil.copytree(carla_dir, tmp_path / "d")
+    first = sorted((tmp_path / "d" / "CameraRGB").iterdir())[0]
+    cv2.imwrite(str(first.with_suffix(".png")), cv2.imread(str(first)))
+    with pytest.raises(DatasetError, match=rf"{first.name} and {first.stem}.png in .* are one frame twice: keep one"):
+        find_pairs(tmp_path / "d")
 
 
 def test_augment_keeps_masks_nearest_and_sky_up(carla_dir):

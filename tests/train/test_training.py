@@ -89,9 +89,13 @@ def test_short_training_run_lowers_loss(carla_dir, tiny_config, tmp_path, caplog
     with pytest.raises(InvalidInputError, match="split differently from when .* started"):
         train(grown, out, config=tiny_config, epochs=6, resume=True)
 
-    # other settings on resume go on with the saved optimizer and schedule, and it says so
-    train(carla_dir, out, config=tiny_config, epochs=5, resume=True, batch_size=3)
+    # other settings on resume go on with the saved optimizer and schedule, and it says so; the lr recorded
+    # is the one the saved optimizer goes on with
+    faster = tiny_config.with_name("faster.yaml")
+    faster.write_text(tiny_config.read_text().replace("lr: 0.01", "lr: 0.05"))
+    train(carla_dir, out, config=faster, epochs=5, resume=True, batch_size=3)
     assert "--resume: settings changed since" in caplog.text and "batch_size 4 -> 3" in caplog.text
+    assert "lr 0.01 -> 0.05" in caplog.text and load_checkpoint(out / "last.pt")["settings"]["lr"] == 0.01
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
@@ -237,6 +241,9 @@ def test_cli_user_errors_are_one_line(carla_dir, capsys):
     ("lr: .inf", "lr is inf but must be a number > 0"),
     ("same_scene: .nan", "same_scene is nan but must be a number >= 0"),
     ("{model: unet_tiny, input_size: [48, 64], crop: [96, 96]}", r"crop \[96, 96\] is larger than input_size"),
+    ("train: {epochs: 1}\ninput_size: [96, 128]", r"has \['input_size'\] beside its train: section: move them"),
+    ("class_names: [a, b]", r"class_names lists 2 classes but the model has 23"),
+    ("palette: [[0, 0, 300]]", r"palette is .* but must be null or a list of \[R, G, B\] \(0-255\)"),
 ])
 def test_bad_training_configs_are_one_line(carla_dir, tmp_path, capsys, text, match):
     (tmp_path / "c.yaml").write_text(text + "\n")
@@ -277,6 +284,41 @@ def test_init_fine_tunes_from_a_checkpoint(carla_dir, tiny_config, tmp_path):
     save_checkpoint(make_checkpoint(create_model("unet_seed"), "unet_seed", (48, 64)), other)
     with pytest.raises(InvalidInputError, match="use a checkpoint of the same model"):
         train(carla_dir, tmp_path / "bad", config=tiny_config, epochs=1, init=other)
+    assert not (tmp_path / "bad" / "split.json").exists()          # refused before the data is read
+
+
+def test_a_model_of_its_own_classes_carries_their_names_and_colours(carla_dir, tmp_path):
+    """num_classes other than CARLA's 23: the checkpoint names (and colours) each class, and every
+    command that reads names (training's metrics, eval, the pipeline's legend) has one per class."""
+    config = tmp_path / "c30.yaml"
+    names = [f"thing {i}" for i in range(30)]
+    config.write_text(yaml.safe_dump({"train": {
+        "model": "unet_tiny", "model_options": {"num_classes": 30}, "input_size": [48, 64], "epochs": 1,
+        "batch_size": 4, "val_every": 4, "augment": False, "class_names": names}}))
+    train(carla_dir, tmp_path / "run", config=config)
+    ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert ckpt["class_names"] == names and len(ckpt["palette"]) == 30
+    assert set(ckpt["metrics"]["per_class_iou"]) <= set(names[:23])      # CARLA's ids, named as given
+    assert set(evaluate_checkpoint(carla_dir, tmp_path / "run" / "best.pt")["per_class_iou"]) <= set(names)
+    # a checkpoint from before the names followed the classes (CARLA's 23 for a 30-class model)
+    old = dict(ckpt, class_names=ckpt["class_names"][:23], palette=ckpt["palette"][:23])
+    save_checkpoint(old, tmp_path / "old.pt")
+    again = load_checkpoint(tmp_path / "old.pt")
+    assert again["class_names"][22:24] == ["thing 22", "class 23"] and len(again["palette"]) == 30
+
+
+def test_frames_of_several_drives_split_by_drive(tmp_path, carla_dir):
+    """drive0_000001 ... drive3_000003: the same frame numbers in four drives are four runs, not one."""
+    for sub in ("CameraRGB", "CameraMask"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+    pairs = find_pairs(carla_dir)
+    for i, p in enumerate(pairs):
+        drive, number = divmod(i, 3)
+        shutil.copy(p.image, tmp_path / "d" / "CameraRGB" / f"drive{drive}_{number + 1:06d}{p.image.suffix}")
+        shutil.copy(p.mask, tmp_path / "d" / "CameraMask" / f"drive{drive}_{number + 1:06d}{p.mask.suffix}")
+    train_pairs, val_pairs = split_by_runs(find_pairs(tmp_path / "d"), val_every=4)
+    assert sorted(p.stem for p in val_pairs) == [f"drive2_{n:06d}" for n in (1, 2, 3)]
+    assert len(train_pairs) == 9
 
 
 def test_training_on_crops(carla_dir, tmp_path):
