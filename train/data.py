@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from train.errors import DatasetError, InputNotFoundError
+from train.metrics import IGNORE
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 SAME_SCENE = 5.0     # split_by_runs: runs whose boundary frames differ less than this are one run
@@ -112,13 +113,11 @@ def mask_ids(m: np.ndarray, path, num_classes: int = 23) -> np.ndarray:
         m = m[..., 2]  # OpenCV reads BGR(A): red is index 2
     if m.dtype != np.uint8:
         raise DatasetError(f"mask {path} is {m.dtype}: expected 8-bit class ids")
-    top = int(m.max())
+    top = int(m[m != IGNORE].max(initial=0))          # 255: pixels to ignore (Cityscapes' void)
     if top >= num_classes:
         more = f"give the model more classes (model_options: {{num_classes: {top + 1}}})"
-        hint = ("255 marks pixels to ignore in Cityscapes-style masks, which segpipe has no ignore label for: "
-                "map them to a class (e.g. 0, unlabeled)" if top == 255 else
-                f"is the class id in the red channel (a colour-coded mask needs turning into ids)? or {more}"
-                if colour else more)
+        hint = f"is the class id in the red channel (a colour-coded mask needs turning into ids)? or {more}" \
+            if colour else more
         where = " (read from the red channel)" if colour else ""
         raise DatasetError(f"mask {path} holds class id {top}{where}, beyond the {num_classes} classes "
                            f"(0-{num_classes - 1}): {hint}")
@@ -255,5 +254,6 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, size: tuple[int, in
 
 
 def class_frequencies(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
-    counts = torch.bincount(masks.flatten().long(), minlength=num_classes).double()
-    return counts / counts.sum()
+    """Each class's share of the labelled pixels (``IGNORE`` pixels left out)."""
+    counts = torch.bincount(masks.flatten().long(), minlength=num_classes)[:num_classes].double()
+    return counts / counts.sum().clamp(min=1)

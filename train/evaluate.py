@@ -103,7 +103,8 @@ def format_table(result: dict) -> str:
 def save_grid(model, frames: FrameSet, normalize, device, palette, path: str | Path, count: int = 4) -> None:
     """Rows of input | ground truth | prediction for ``count`` frames spread over the set (a valid U-Net's
     input and ground truth cropped to the centre its prediction covers, as evaluate() scores it)."""
-    lut = np.asarray(palette, dtype=np.uint8)
+    lut = np.zeros((256, 3), np.uint8)              # every id a mask can hold (255, ignored: black)
+    lut[:len(palette)] = palette
     idx = torch.linspace(0, len(frames) - 1, min(count, len(frames))).long()
     images, masks = next(frames.batches(len(idx), augment=False, indices=idx))
     pred = model(normalize(images.to(device))).argmax(1).cpu()

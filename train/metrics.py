@@ -4,11 +4,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+IGNORE = 255     # a mask's pixels to leave out of the loss and the scores (Cityscapes' "void", mmseg's default)
+
 
 def pixel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
                         class_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Sparse categorical cross-entropy per pixel: logits (N, C, H, W), integer labels (N, H, W)."""
-    return F.cross_entropy(logits, labels.long(), weight=class_weights)
+    """Sparse categorical cross-entropy per pixel: logits (N, C, H, W), integer labels (N, H, W); pixels
+    labelled ``IGNORE`` count for nothing."""
+    labels = labels.long()
+    if not (labels != IGNORE).any():                 # all ignored: no loss (the mean would be 0/0)
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels, weight=class_weights, ignore_index=IGNORE)
 
 
 def lovasz_softmax(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -17,6 +23,10 @@ def lovasz_softmax(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     classes. On one-hot probabilities it is exactly 1 - IoU. Logits (N, C, H, W), labels (N, H, W)."""
     probs = logits.float().softmax(1).permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
     labels = labels.reshape(-1).long()
+    keep = labels != IGNORE
+    probs, labels = probs[keep], labels[keep]
+    if not len(labels):
+        return logits.sum() * 0.0
     losses = []
     for c in labels.unique():
         fg = (labels == c).float()
@@ -48,8 +58,9 @@ class ConfusionMatrix:
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         c = self.num_classes
-        idx = target.flatten().long() * c + pred.flatten().long()
-        self.matrix += torch.bincount(idx, minlength=c * c).reshape(c, c).cpu()
+        target, pred = target.flatten().long(), pred.flatten().long()
+        idx = torch.where(target != IGNORE, target * c + pred, c * c)     # ignored pixels: one bin past the end
+        self.matrix += torch.bincount(idx, minlength=c * c + 1)[:c * c].reshape(c, c).cpu()
 
     def pixel_accuracy(self) -> float:
         total = self.matrix.sum().item()

@@ -40,7 +40,7 @@ def is_int(lo: int):
 
 
 OPTION_CHECKS = {   # field: (test, what a valid value is)
-    "num_classes": (is_int(2), "an integer >= 2, e.g. 23"),
+    "num_classes": (lambda v: is_int(2)(v) and v <= 255, "an integer 2..255 (255 marks pixels to ignore), e.g. 23"),
     "in_channels": (is_int(1), "an integer >= 1, e.g. 3"),
     "base_filters": (is_int(1), "an integer >= 1, e.g. 32"),
     "depth": (is_int(1), "an integer >= 1, e.g. 4"),

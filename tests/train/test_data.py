@@ -101,7 +101,7 @@ def test_colour_coded_mask_is_explained(tmp_path):
 @pytest.mark.parametrize("value, hint", [
     (40, r"m.png holds class id 40, beyond the 23 classes \(0-22\): give the model more classes "
          r"\(model_options: \{num_classes: 41\}\)$"),                     # single-channel: no red-channel talk
-    (255, r"class id 255, .*255 marks pixels to ignore in Cityscapes-style masks, .*map them to a class"),
+    (254, r"class id 254, beyond"),
 ])
 def test_class_id_out_of_range(tmp_path, value, hint):
     path = tmp_path / "m.png"
@@ -185,3 +185,15 @@ def test_augmented_masks_are_centred_too(tmp_path):
     flipped = [bool((m == want.flip(0)).all()) for m in masks]
     assert all(flipped[i] or (m == want).all() for i, m in enumerate(masks))
     assert 0 < sum(flipped) < len(masks)                                  # both ways were drawn
+
+
+def test_255_marks_pixels_to_ignore(tmp_path):
+    """Cityscapes-style masks: 255 is void, read as it is (the loss and the scores leave it out)."""
+    path = tmp_path / "m.png"
+    mask = np.full((4, 4), 7, np.uint8)
+    mask[:2] = 255
+    cv2.imwrite(str(path), mask)
+    assert np.array_equal(read_mask(path), mask)
+    from train.data import class_frequencies
+    freq = class_frequencies(torch.from_numpy(mask)[None], 23)
+    assert len(freq) == 23 and freq[7] == 1.0                        # shares of the labelled pixels

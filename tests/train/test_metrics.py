@@ -68,3 +68,24 @@ def test_class_weights_favour_rare_classes():
     w = class_weights_from_frequencies(freq)
     assert w[2] > w[1] > w[0] and w[3] == 0
     assert (w.double() * freq).sum().item() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_pixels_labelled_255_count_for_nothing():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 3, 5, requires_grad=True)
+    labels = torch.randint(0, 4, (2, 3, 5))
+    ignored = labels.clone()
+    ignored[:, 0] = 255
+    keep = ignored != 255
+    flat = logits.permute(0, 2, 3, 1)[keep]                            # the labelled pixels alone
+    w = torch.tensor([1.0, 2.0, 0.5, 3.0])
+    assert torch.allclose(pixel_cross_entropy(logits, ignored, w),
+                          torch.nn.functional.cross_entropy(flat, labels[keep], weight=w))
+    assert torch.allclose(lovasz_softmax(logits, ignored), lovasz_softmax(flat.T[None, :, :, None], labels[keep][None, :, None]))
+    cm, cm_kept = ConfusionMatrix(4), ConfusionMatrix(4)
+    cm.update(logits.argmax(1), ignored)
+    cm_kept.update(logits.argmax(1)[keep], labels[keep])
+    assert torch.equal(cm.matrix, cm_kept.matrix) and cm.matrix.sum() == keep.sum()
+    nothing = pixel_cross_entropy(logits, torch.full_like(labels, 255)) + lovasz_softmax(logits, torch.full_like(labels, 255))
+    nothing.backward()                                               # a crop of nothing but void: no loss, no NaN
+    assert nothing.item() == 0 and torch.isfinite(logits.grad).all()

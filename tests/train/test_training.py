@@ -382,3 +382,26 @@ def test_without_a_terminal_training_logs_its_progress(carla_dir, tiny_config, t
         train(carla_dir, tmp_path / "run", config=tiny_config, max_frames=12)   # pytest's stderr is no terminal
     lines = [r.getMessage() for r in caplog.records if "batch" in r.getMessage()]
     assert lines and re.fullmatch(r"epoch 0: batch 1/\d+, loss \d+\.\d{3}, \d+\.\d img/s", lines[0]), lines
+
+
+def test_training_and_eval_leave_out_pixels_labelled_255(carla_dir, tiny_config, tmp_path):
+    """Cityscapes-style data: the sky and the top rows of every mask are void (255): trained and scored
+    without them."""
+    import cv2
+    from train.data import read_mask
+    data = tmp_path / "void"
+    shutil.copytree(carla_dir / "CameraRGB", data / "CameraRGB")
+    (data / "CameraMask").mkdir()
+    for pair in find_pairs(carla_dir):
+        ids = read_mask(pair.mask)
+        ids[ids == 13] = 255                                                     # the sky
+        ids[:8] = 255
+        cv2.imwrite(str(data / "CameraMask" / f"{pair.stem}.png"), ids)          # single-channel ids
+    best = train(data, tmp_path / "run", config=tiny_config, epochs=1)
+    assert 0 <= best["miou"] <= 1 and best["pixel_accuracy"] > 0
+    grid = tmp_path / "grid.png"
+    scored = evaluate_checkpoint(data, tmp_path / "run" / "best.pt", grid=str(grid))
+    assert "sky" not in scored["per_class_iou"]            # void: not a class present
+    assert cv2.imread(str(grid)) is not None
+    native = evaluate_checkpoint(data, tmp_path / "run" / "best.pt", native=True)
+    assert "sky" not in native["per_class_iou"]
