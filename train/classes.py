@@ -1,5 +1,7 @@
 """CARLA 0.9.x semantic tags and the Cityscapes palette CARLA draws them with."""
 
+import colorsys
+
 CARLA_CLASSES = (
     "unlabeled", "building", "fence", "other", "pedestrian", "pole", "road line", "road",
     "sidewalk", "vegetation", "vehicle", "wall", "traffic sign", "sky", "ground", "bridge",
@@ -30,6 +32,5 @@ def class_table(num_classes: int, names=None, palette=None) -> tuple[tuple[str, 
 
 def _hue(i: int) -> tuple[int, int, int]:
     """A bright colour of its own for class ``i`` (golden-angle steps around the hue circle)."""
-    import colorsys
     r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.65, 0.95)
     return round(r * 255), round(g * 255), round(b * 255)

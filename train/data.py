@@ -145,8 +145,8 @@ def split_by_runs(pairs: list[FramePair], val_every: int = 5, max_gap: int = 10,
         (val if i % val_every == val_every // 2 else train).extend(run)
     if not val or not train:
         raise DatasetError(f"{len(pairs)} frames in {len(runs)} runs are too few to split into train and validation "
-                           f"(a run: frames of one name prefix numbered at most {max_gap} apart; every "
-                           f"{val_every}th is validation): add frames or drives, or lower val_every")
+                           f"(a run: frames of one name prefix numbered at most {max_gap} apart; one run in "
+                           f"{val_every} is validation): add frames or drives, or lower val_every")
     return train, val
 
 
