@@ -9,6 +9,7 @@ after inference).
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from pipeline.colourise import Colourise
@@ -68,8 +69,8 @@ def build_pipeline(source, backend, settings: Settings, *, masks: str | Path | N
 
     capacity, inner = s.queues.capacity, s.queues.downstream_policy
     pipe = Pipeline("segment")
-    if hasattr(source, "stop"):          # a source that waits on its own (a live capture, the caller's queue)
-        source.stop = pipe.stop_event    # stops waiting when the pipeline stops
+    if isinstance(getattr(source, "stop", None), threading.Event):   # a source that waits on its own (a live
+        source.stop = pipe.stop_event    # capture, the caller's queue) stops waiting when the pipeline stops
     pipe.add_flow(decode, preprocess, capacity=capacity, policy=source_policy(s, info.live))
     pipe.add_flow(preprocess, infer, capacity=max(capacity, infer.batch), policy=model_policy or inner)
     pipe.add_flow(infer, colourise, capacity=max(capacity, infer.batch), policy=inner)

@@ -28,6 +28,7 @@ import io
 import itertools
 import logging
 import multiprocessing.queues
+import numbers
 import os
 import queue
 import re
@@ -98,9 +99,9 @@ def open_source(spec, settings) -> "VideoSource | ImageSource | ArraySource":
     settings = getattr(settings, "decode", settings)
     if is_arrays(spec):
         return ArraySource(spec, settings)
-    if not isinstance(spec, (str, int, os.PathLike)):
+    if not isinstance(spec, (str, numbers.Integral, os.PathLike)):
         hint = " (from PIL: np.asarray(image.convert('RGB')))" if type(spec).__module__.startswith("PIL") else ""
-        raise InvalidInputError(f"a {type(spec).__name__} is not a source: pass a path, URL or camera index, or "
+        raise InvalidInputError(f"{type(spec).__name__} is not a source: pass a path, URL or camera index, or "
                                 f"(H, W, 3) uint8 RGB arrays{hint}")
     text = str(spec)
     if text == "-":
@@ -169,13 +170,20 @@ def check_protocol(url: str, verb: str) -> None:
         raise InvalidInputError(f"cannot {verb} {url}: this FFmpeg build (PyAV's, FFmpeg {av.ffmpeg_version_info}) "
                                 f"has no {scheme}:// protocol: use udp:// or rtsp:// instead, or a PyAV built on an "
                                 f"FFmpeg that has it (pip install av --no-binary av)")
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as e:                  # an unclosed [IPv6 bracket
+        raise InvalidInputError(f"cannot {verb} {url}: not a valid URL ({e}): write it like "
+                                f"{scheme}://127.0.0.1:5000 or {scheme}://[::1]:5000") from None
     try:
         port = parts.port
     except ValueError:
         port = -1
     if port == -1 or port == 0 and verb != "open" or port is None and scheme in PORT_NEEDED:
-        example = parts._replace(netloc=f"{parts.hostname or '127.0.0.1'}:5000").geturl()
+        host = parts.hostname or "127.0.0.1"
+        user = parts.netloc.rpartition("@")[0]
+        netloc = (f"{user}@" if user else "") + (f"[{host}]" if ":" in host else host) + ":5000"
+        example = parts._replace(netloc=netloc).geturl()
         raise InvalidInputError(f"cannot {verb} {url}: {'it names no port' if port is None else 'its port is not 1..65535'}"
                                 f": name one, e.g. {example}")
 
@@ -332,7 +340,9 @@ class VideoSource:
                 self.error = (f"nothing arrived for {self._timeout:g} s (decode.timeout_s): the sender stopped "
                               f"or the network dropped")
             try:
-                yield from self.stream.codec_context.decode(None)
+                for frame in self.stream.codec_context.decode(None):
+                    self.damaged += frame.is_corrupt
+                    yield frame
             except av.FFmpegError:
                 pass
 

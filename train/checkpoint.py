@@ -93,9 +93,11 @@ def load_checkpoint(weights: str | Path | None = None) -> dict:
                               f"re-download or retrain it")
     n = ckpt["model_config"].get("num_classes") if isinstance(ckpt["model_config"], dict) else None
     if isinstance(n, int) and not len(ckpt["class_names"]) == len(ckpt["palette"]) == n:
-        # trained before names followed num_classes (they were always CARLA's 23): one of each per class
+        # trained before names followed num_classes (they were always CARLA's 23): named as a new one would be
         names, palette = class_table(n)
-        ckpt["class_names"] = [*ckpt["class_names"][:n], *names[len(ckpt["class_names"]):]]
+        if list(ckpt["class_names"]) != list(CARLA_CLASSES):
+            names = [*ckpt["class_names"][:n], *names[len(ckpt["class_names"]):]]
+        ckpt["class_names"] = list(names)
         ckpt["palette"] = [*ckpt["palette"][:n], *palette[len(ckpt["palette"]):]]
     return ckpt
 

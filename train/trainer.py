@@ -169,6 +169,7 @@ def evaluate(model, frames: FrameSet, device, normalize, num_classes: int, batch
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+RUN_RECORD = ("data", "device", "world_size")     # what a run's settings.yaml holds beside its train: section
 FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "precision": "--precision", "init_weights": "--init"}
 
 
@@ -205,8 +206,9 @@ CHECKS = {   # key: (test, what a valid value is)
     "seed": (is_int(0), "an integer >= 0"),
     "init_weights": (lambda v: v is None or isinstance(v, str), "null or a checkpoint path"),
     "rare_class_sampling": (_num(0), "0 (off) or a temperature > 0, e.g. 0.01"),
-    "class_names": (lambda v: v is None or isinstance(v, list) and all(isinstance(n, str) and n for n in v),
-                    "null or a list of names, one per class id, e.g. [road, car, person]"),
+    "class_names": (lambda v: v is None or isinstance(v, list) and all(isinstance(n, str) and n for n in v)
+                    and len(set(v)) == len(v), "null or a list of distinct names, one per class id, e.g. "
+                                               "[road, car, person]"),
     "palette": (lambda v: v is None or isinstance(v, list) and all(
         isinstance(c, list) and len(c) == 3 and all(is_int(0)(x) and x <= 255 for x in c) for c in v),
                 "null or a list of [R, G, B] (0-255), one per class id"),
@@ -234,7 +236,7 @@ def load_train_config(config: str | Path | None, overrides: dict) -> dict:
         path = find_config(config)
         loaded = read_yaml(path)
         if isinstance(loaded, dict) and "train" in loaded:
-            outside = sorted(set(loaded) - {"train"})
+            outside = sorted(set(loaded) - {"train", *RUN_RECORD})   # a run's settings.yaml is a config too
             if outside:                   # they would be ignored: say so rather than train without them
                 raise InvalidInputError(f"config {path} has {outside} beside its train: section: move them into "
                                         f"it (or drop the train: line and keep every key at the top)")

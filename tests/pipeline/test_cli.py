@@ -86,6 +86,8 @@ def test_real_carla_clip_agrees_with_the_ground_truth(tmp_path):
     (["run", "{clip}", "--out", "udp://127.0.0.1:99999"], 2, "its port is not 1..65535: name one, e.g. "
                                                            "udp://127.0.0.1:5000"),   # FFmpeg: port 34463
     (["run", "{clip}", "--out", "tcp://127.0.0.1"], 2, "it names no port"),
+    (["run", "{clip}", "--out", "udp://[::1]"], 2, "it names no port: name one, e.g. udp://[::1]:5000"),
+    (["run", "udp://[::1:5000", "--out", "{tmp}/o.mp4"], 2, "cannot open udp://[::1:5000: not a valid URL"),
     (["run", "udp://127.0.0.1:70000", "--out", "{tmp}/o.mp4"], 2, "cannot open udp://127.0.0.1:70000: its port"),
     (["run", "{clip}", "--out", "{tmp}/o.mp4", "--config", "{tmp}/missing.yaml"], 2, "does not exist"),
     (["bench", "--video", "{clip}", "--batch", "1,4"], 2, "one number"),

@@ -262,7 +262,10 @@ def test_your_frames_that_stop_coming_are_a_stalled_source(settings, producer):
 def test_things_that_are_not_sources_are_named(settings):
     from PIL import Image
     from pipeline.sources import open_source
-    with pytest.raises(InvalidInputError, match=r"a Image is not a source: .*np.asarray\(image.convert\('RGB'\)\)"):
+    with pytest.raises(InvalidInputError, match=r"^Image is not a source: .*np.asarray\(image.convert\('RGB'\)\)"):
         next(segment(Image.new("RGB", (96, 64)), settings, backend=StubBackend()))
-    with pytest.raises(InvalidInputError, match="a float is not a source"):
+    with pytest.raises(InvalidInputError, match="^float is not a source"):
         open_source(1.5, settings)                  # the whole settings are taken, as their decode section
+    from train.errors import InputNotFoundError
+    with pytest.raises(InputNotFoundError, match="camera /dev/video7 does not exist"):
+        open_source(np.int64(7), settings)          # a numpy integer is a camera index too

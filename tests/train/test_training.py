@@ -10,6 +10,7 @@ import yaml
 
 from pipeline.cli import main
 from train.checkpoint import load_checkpoint, load_model, make_checkpoint, save_checkpoint
+from train.classes import CARLA_CLASSES
 from train.errors import CheckpointError, InputNotFoundError, InvalidInputError
 from train.data import find_pairs, split_by_runs
 from train.evaluate import checkpoint_split, evaluate_checkpoint
@@ -243,6 +244,7 @@ def test_cli_user_errors_are_one_line(carla_dir, capsys):
     ("{model: unet_tiny, input_size: [48, 64], crop: [96, 96]}", r"crop \[96, 96\] is larger than input_size"),
     ("train: {epochs: 1}\ninput_size: [96, 128]", r"has \['input_size'\] beside its train: section: move them"),
     ("class_names: [a, b]", r"class_names lists 2 classes but the model has 23"),
+    ("class_names: [road, road]", r"class_names is \['road', 'road'\] but must be null or a list of distinct names"),
     ("palette: [[0, 0, 300]]", r"palette is .* but must be null or a list of \[R, G, B\] \(0-255\)"),
 ])
 def test_bad_training_configs_are_one_line(carla_dir, tmp_path, capsys, text, match):
@@ -305,6 +307,11 @@ def test_a_model_of_its_own_classes_carries_their_names_and_colours(carla_dir, t
     save_checkpoint(old, tmp_path / "old.pt")
     again = load_checkpoint(tmp_path / "old.pt")
     assert again["class_names"][22:24] == ["thing 22", "class 23"] and len(again["palette"]) == 30
+    carla_named = dict(ckpt, class_names=list(CARLA_CLASSES), palette=ckpt["palette"][:23])
+    save_checkpoint(carla_named, tmp_path / "carla_named.pt")     # CARLA's names were the old default
+    assert load_checkpoint(tmp_path / "carla_named.pt")["class_names"] == [f"class {i}" for i in range(30)]
+    # the run's own settings.yaml is a config that builds the same run
+    assert load_train_config(tmp_path / "run" / "settings.yaml", {})["class_names"] == names
 
 
 def test_frames_of_several_drives_split_by_drive(tmp_path, carla_dir):
