@@ -271,7 +271,9 @@ class Worker:
             stats = run(job.src, job.out, self.settings, masks=job.masks, backend_for=self._backend_for,
                         sinks=[FrameCounter(self._count)])
         except Exception as e:
-            self._count(before - self.frames_done)        # a failed attempt's frames do not count
+            ended = getattr(e, "stats", None) if isinstance(e, PartialInputError) else None
+            if ended is None:                             # a failed attempt's frames do not count; an input
+                self._count(before - self.frames_done)    # that ended early keeps the frames written
             if (build := self._build_error) is not None:  # the engine cannot be built: every file would fail alike
                 record.update(error=f"cannot build the engine: {_reason(build)}", fatal=True,
                               exception=build if _picklable(build) else None,
@@ -279,6 +281,9 @@ class Worker:
                 return record
             record.update(error=_reason(e), retry=not isinstance(e, NOT_RETRIED),
                           wall_s=round(time.perf_counter() - t0, 3))
+            if ended is not None:
+                ended["stages"].pop(FrameCounter.name, None)
+                record.update(frames=ended["frames"], fps=ended["fps"], stats=ended)
             return record
         stats["stages"].pop(FrameCounter.name, None)
         record.update(status="done", frames=stats["frames"], fps=stats["fps"], wall_s=stats["wall_s"],
@@ -397,8 +402,8 @@ class Tally:
 
 def summarise(records: list[dict], wall_s: float, *, mode: str, workers: int) -> dict:
     done = [r for r in records if r["status"] == "done"]
-    frames = sum(r["frames"] for r in done)
-    backends = sorted({f"{r['stats']['backend']} ({r['stats']['device']})" for r in done})
+    frames = sum(r["frames"] for r in records)        # also those of an input that ended early (in its output)
+    backends = sorted({f"{r['stats']['backend']} ({r['stats']['device']})" for r in records if r["stats"]})
     return {"mode": mode, "workers": workers, "backend": ", ".join(backends) or None,
             "files": len(records), "done": len(done),
             "failed": len(records) - len(done), "frames": frames, "wall_s": round(wall_s, 3),

@@ -188,6 +188,7 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
         raise failure
     if failure is not None:
         failure.args = (f"{failure}{done}",)        # the same error, saying what the output holds
+        failure.stats = stats                       # and what the run did (a batch reports an early end's)
         raise failure
 
     _warn_losses(pipe, source, stats["frames"], frames_in, damaged)
@@ -200,7 +201,9 @@ def run(src, out: str | Path | None, settings: Settings | None = None, *, masks:
                "-movflags +faststart)" if info.name.startswith("http") else ""
         raise MediaError(f"could not read a frame from {info.name}: {source.error}{hint}{done}")
     if source.error is not None:
-        raise PartialInputError(f"{info.name} ended early: {frames_in} frames were read ({source.error}){done}")
+        ended = PartialInputError(f"{info.name} ended early: {frames_in} frames were read ({source.error}){done}")
+        ended.stats = stats
+        raise ended
     return stats
 
 

@@ -231,6 +231,10 @@ def validate(s: Settings) -> Settings:
                                 f"written in one piece, unplayable if the run is killed)")
     if not 0 <= s.encode.png_compression <= 9:
         raise InvalidInputError("encode.png_compression must be 0..9")
+    for key, value in (("decode.threads", s.decode.threads), ("preprocess.cv2_threads", s.preprocess.cv2_threads),
+                       ("infer.torch_threads", s.infer.torch_threads), ("encode.threads", s.encode.threads)):
+        if value < 0:
+            raise InvalidInputError(f"{key} {value} is a thread count: it must be >= 0")
     return replace(s, decode=replace(s.decode, thread_type=str(s.decode.thread_type).upper()))
 
 

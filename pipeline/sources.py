@@ -237,6 +237,10 @@ class VideoSource:
         except (av.FFmpegError, OSError) as e:
             if kind == "file":
                 raise UnreadableInputError(unreadable_file(Path(url), e, name)) from None
+            if isinstance(e, av.error.HTTPClientError) and not isinstance(e, av.error.HTTPTooManyRequestsError):
+                wrong = InputNotFoundError if isinstance(e, av.error.HTTPNotFoundError) else InvalidInputError
+                raise wrong(f"cannot open {name}: {e.strerror or e}; check the address (and any credentials "
+                            f"it needs)") from None          # the input's fault: a retry would get the same
             hint = {"camera": "is the camera connected and free (not used by another program)?",
                     "url": "is the address right and the server reachable?"}.get(kind, "is it a video file?")
             raise MediaError(f"cannot open {name}: {getattr(e, 'strerror', None) or e}; {hint}") from None

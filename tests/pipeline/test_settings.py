@@ -35,6 +35,11 @@ def test_file_then_overrides(tmp_path):
     ("decode: {thread_type: fast}", "use one of"),
     ("decode: {fps: .nan}", "decode.fps is nan but must be a finite number"),
     ("encode: {fragment_s: .inf}", "encode.fragment_s is inf but must be a finite number"),
+    # negative thread counts ran (encode.threads -4 was then blamed on "an FFmpeg too old for fragments")
+    ("encode: {threads: -4}", r"p.yaml: encode.threads -4 is a thread count: it must be >= 0"),
+    ("infer: {torch_threads: -2}", r"infer.torch_threads -2 is a thread count"),
+    ("decode: {threads: -3}", r"decode.threads -3 is a thread count"),
+    ("preprocess: {cv2_threads: -7}", r"preprocess.cv2_threads -7 is a thread count"),
 ])
 def test_bad_settings_say_how_to_fix(tmp_path, text, match):
     cfg = tmp_path / "p.yaml"

@@ -130,10 +130,10 @@ def test_images_that_cannot_be_read_are_one_line(tmp_path, settings, names, mess
 
 def test_a_missing_url_says_what_the_server_said(http_root, settings):
     _, base = http_root
-    with pytest.raises(MediaError) as e:
-        open_source(f"{base}/nope.mp4", settings.decode)
-    assert str(e.value) == (f"cannot open {base}/nope.mp4: Server returned 404 Not Found; is the address right "
-                            f"and the server reachable?")          # FFmpeg's words, not its error number
+    with pytest.raises(InputNotFoundError) as e:                  # the input's fault (exit 2, a batch does not
+        open_source(f"{base}/nope.mp4", settings.decode)          # retry it), as a missing file
+    assert str(e.value) == (f"cannot open {base}/nope.mp4: Server returned 404 Not Found; check the address (and "
+                            f"any credentials it needs)")          # FFmpeg's words, not its error number
 
 
 def test_kinds_are_recognised(tmp_path, clip, frames_dir, settings):

@@ -87,6 +87,27 @@ def test_batch_of_clips_matches_single_runs_and_reports_the_corrupt_one(tmp_path
     assert not (out / "corrupt.mp4").exists() or (out / "corrupt.mp4").stat().st_size == 0
 
 
+def test_a_file_that_ends_early_in_a_batch_keeps_its_frames_and_statistics(tmp_path, clips, config, capsys):
+    """Failed (it is incomplete), but its output plays with what decoded: the summary counts those frames
+    and carries the file's statistics, as a run of it alone writes them."""
+    import av
+    from scale.conftest import cut_clip
+    whole = cut_clip(tmp_path / "whole.mkv", 0, frames=60)
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    stats = tmp_path / "batch.json"
+    code = main(["run", str(clips[0]), str(cut), "--out-dir", str(tmp_path / "seg"), "--workers", "1",
+                 "--config", str(config), "--stats", str(stats), "--no-progress"])
+    assert code == 1 and "2 files: 1 done, 1 failed" in capsys.readouterr().out
+    summary = json.loads(stats.read_text())
+    ended = summary["results"][1]
+    with av.open(ended["out"]) as c:
+        written = sum(1 for _ in c.decode(video=0))
+    assert ended["status"] == "failed" and "ended early" in ended["error"] and ended["attempts"] == 1
+    assert 0 < ended["frames"] == written == ended["stats"]["frames"] < 60
+    assert summary["frames"] == 12 + written
+
+
 def test_a_portrait_file_in_a_batch_runs_the_model_turned_as_alone(tmp_path, config):
     """One worker, landscape - portrait - landscape: each file gets the engine a single run would use."""
     from scale.conftest import cut_clip
