@@ -51,6 +51,10 @@ from train.errors import (
 from train.paths import writable_file, writable_folder, write_json
 
 log = logging.getLogger("segpipe.batch")
+
+# files a folder of videos may also hold (notes, subtitles, metadata): not inputs
+NOT_VIDEOS = {".txt", ".md", ".json", ".yaml", ".yml", ".csv", ".log", ".srt", ".vtt", ".xml", ".html", ".pdf",
+              ".zip", ".gz", ".tar"}
 STOP_TIMEOUT_S = 15.0       # for a stopped batch's workers to close their outputs
 
 LIST_EXTS = {".txt", ".lst"}
@@ -137,7 +141,16 @@ def _expand_one(spec: str) -> list[str]:
         children = [p for p in path.iterdir() if p.is_file()]
         if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in children):
             return [_abs(path)]                                # a folder of frames: one input
-        videos = natural_sorted(_abs(p) for p in children if not p.name.startswith("."))
+        files = [p for p in children if not p.name.startswith(".")]
+        others = [p.name for p in files if p.suffix.lower() in NOT_VIDEOS]
+        folders = [p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        if others:
+            names = ", ".join(sorted(others)[:3]) + (", ..." if len(others) > 3 else "")
+            log.info("%s: %s left out, not videos (%s)", path, plural(len(others), "file"), names)
+        if folders:
+            log.info("%s: %s not searched (a glob reaches into them: '%s/**/*.mp4')", path,
+                     plural(len(folders), "subfolder"), path)
+        videos = natural_sorted(_abs(p) for p in files if p.suffix.lower() not in NOT_VIDEOS)
         if not videos:
             raise InvalidInputError(f"folder {path} holds no videos or images")
         return videos

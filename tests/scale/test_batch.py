@@ -28,6 +28,13 @@ def test_inputs_from_paths_globs_folders_and_list_files(tmp_path, caplog):
 
     assert expand_inputs([str(tmp_path / "day1" / "*.mp4")]) == [str(a), str(c), str(b)]   # natural order
     assert expand_inputs([str(tmp_path / "day1")]) == [str(a), str(c), str(b)]             # a folder of videos
+    touch(tmp_path / "day1" / "notes.txt")
+    touch(tmp_path / "day1" / "a.srt")
+    touch(tmp_path / "day1" / "day2" / "d.mp4")
+    with caplog.at_level("INFO", logger="segpipe.batch"):
+        assert expand_inputs([str(tmp_path / "day1")]) == [str(a), str(c), str(b)]         # its videos alone,
+    assert "2 files left out, not videos (a.srt, notes.txt)" in caplog.text                # said
+    assert f"1 subfolder not searched (a glob reaches into them: '{tmp_path / 'day1'}/**/*.mp4')" in caplog.text
     assert expand_inputs([str(frames)]) == [str(frames)]                                  # a folder of frames
     assert expand_inputs([str(frames / "*.jpg")]) == [str(frames / "*.jpg")]              # an image glob: one
     assert expand_inputs([f"@{listing}", str(a)]) == [str(a), str(c), "rtsp://cam/front"]  # duplicates dropped,
