@@ -170,7 +170,8 @@ def load(weights=None, backend: str = "auto", precision: str = "fp16", device=No
     ``rebuild`` ignores cached artefacts for this key (TensorRT engine, CPU backend race) and makes them anew.
     """
     if backend not in BACKENDS:
-        raise InvalidInputError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        raise InvalidInputError(f"unknown backend {backend!r} (--backend, infer.backend): choose one of "
+                                f"{', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise InvalidInputError(f"unknown precision {precision!r}: choose fp16 (reduced precision: FP16 on GPUs, "
                                 f"BF16 on CPUs with native BF16) or fp32")

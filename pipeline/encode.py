@@ -197,7 +197,7 @@ class Encode(Stage):
         try:
             self.size = even_size(self.width, self.height, pix_fmt)
         except (ValueError, av.FFmpegError):
-            raise InvalidInputError(f"unknown pixel format {pix_fmt!r}: use e.g. yuv420p") from None
+            raise InvalidInputError(f"unknown pixel format {pix_fmt!r} (encode.pix_fmt): use e.g. yuv420p") from None
         if self.size != (self.width, self.height):
             log.warning("%s is %dx%d, not %dx%d: %s needs even sides, so the last row/column is repeated "
                         "(encode.pix_fmt yuv444p keeps the size)", self.path, *self.size, self.width, self.height,
@@ -388,7 +388,7 @@ class Encode(Stage):
             if "does not support" in str(e):
                 raise InvalidInputError(f"{self.holder} cannot hold {self.codec} ({e}): {self.holds_any}") from None
             raise InvalidInputError(f"cannot encode with {self.codec!r} ({e}): use e.g. --codec libx264, "
-                                    f"libx265, libvpx-vp9 or mpeg4") from None
+                                    f"libx265, libvpx-vp9 or mpeg4 (encode.codec in a config)") from None
         stream.width, stream.height = self.size
         stream.pix_fmt = self.pix_fmt
         stream.time_base = self.stream_time_base

@@ -143,7 +143,7 @@ def test_wrong_input_size(tiny_ckpt):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"backend": "tensorrt-llm"}, "unknown backend 'tensorrt-llm': choose one of auto, tensorrt"),
+    ({"backend": "tensorrt-llm"}, r"unknown backend 'tensorrt-llm' \(--backend, infer.backend\): choose one of auto, tensorrt"),
     ({"precision": "bf16"}, r"unknown precision 'bf16': choose fp16 \(reduced precision: FP16 on GPUs, BF16 on CPUs"),
     ({"max_batch": 0}, "max_batch must be at least 1"),
     ({"backend": "onnxruntime", "device": "cuda"}, "runs on the CPU|sees no CUDA GPU"),

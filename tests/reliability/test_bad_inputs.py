@@ -285,7 +285,7 @@ def test_an_unknown_option_value_is_one_line_and_exit_2(tmp_path, cli, args, con
 def test_an_unknown_backend_is_one_line_and_exit_2(tmp_path, cli):
     out = tmp_path / "seg.mp4"
     refused(cli("run", clip(tmp_path, frames=3), "--out", out, "--backend", "quantum", stub=False), 2,
-            "unknown backend 'quantum': choose one of", out)
+            "unknown backend 'quantum' (--backend, infer.backend): choose one of", out)
 
 
 @pytest.mark.parametrize("flag, message", [
