@@ -52,12 +52,12 @@ from train.paths import writable_file, writable_folder, write_json
 
 log = logging.getLogger("segpipe.batch")
 
-# files a folder of videos may also hold (notes, subtitles, metadata): not inputs
-NOT_VIDEOS = {".txt", ".md", ".json", ".yaml", ".yml", ".csv", ".log", ".srt", ".vtt", ".xml", ".html", ".pdf",
-              ".zip", ".gz", ".tar"}
 STOP_TIMEOUT_S = 15.0       # for a stopped batch's workers to close their outputs
 
 LIST_EXTS = {".txt", ".lst"}
+# files a folder of videos may also hold (notes, subtitles, metadata): not inputs
+NOT_VIDEOS = {".txt", ".md", ".json", ".yaml", ".yml", ".csv", ".log", ".srt", ".vtt", ".xml", ".html", ".pdf",
+              ".zip", ".gz", ".tar"}
 MAX_ATTEMPTS = 2                         # a failed file is retried once
 NOT_RETRIED = (InputNotFoundError, InvalidInputError, PartialInputError)   # the input is at fault
 
@@ -138,12 +138,13 @@ def _expand_one(spec: str) -> list[str]:
         videos = [p for p in files if Path(p).suffix.lower() not in IMAGE_EXTENSIONS]
         return [_abs(p) for p in natural_sorted(videos)] if videos else [spec]
     if path.is_dir():
-        children = [p for p in path.iterdir() if p.is_file()]
+        entries = list(path.iterdir())
+        children = [p for p in entries if p.is_file()]
         if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in children):
             return [_abs(path)]                                # a folder of frames: one input
         files = [p for p in children if not p.name.startswith(".")]
         others = [p.name for p in files if p.suffix.lower() in NOT_VIDEOS]
-        folders = [p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        folders = [p.name for p in entries if p.is_dir() and not p.name.startswith(".")]
         if others:
             names = ", ".join(sorted(others)[:3]) + (", ..." if len(others) > 3 else "")
             log.info("%s: %s left out, not videos (%s)", path, plural(len(others), "file"), names)

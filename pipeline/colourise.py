@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from pipeline.stage import Stage
+from train.classes import palette_lut
 
 
 class Colourise(Stage):
@@ -24,9 +25,7 @@ class Colourise(Stage):
     def __init__(self, palette, class_names, device, view: str = "overlay", alpha: float = 0.5,
                  legend: bool = False, keep_labels: bool = False):
         super().__init__()
-        palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-        self.lut = np.zeros((256, 3), np.uint8)           # any id the model could emit has a colour
-        self.lut[:len(palette)] = palette
+        self.lut = palette_lut(palette)                   # any id the model could emit has a colour
         self.class_names = list(class_names)
         self.device = torch.device(device)
         self.view, self.alpha, self.legend, self.keep_labels = view, float(alpha), legend, keep_labels

@@ -60,6 +60,8 @@ TS_PACKET_SIZES = (188, 192, 204)     # MPEG-TS, M2TS (Blu-ray, AVCHD), TS with 
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 MAX_SKIP_WARNINGS = 3      # undecodable packets listed one by one; the rest are counted
 RECENT_INDICES = 64        # frames a damaged decoder may give out of order (their indices are kept unique)
+QUEUE_POLL_S = 0.05        # a queue of the caller's frames is waited on in steps this long
+PIL_HINT = "from PIL: np.asarray(image.convert('RGB'))"
 MAX_GAP_S = 10.0           # a longer pts jump is a discontinuity (joined files), as FFmpeg's dts_delta_threshold
 
 
@@ -100,7 +102,7 @@ def open_source(spec, settings) -> "VideoSource | ImageSource | ArraySource":
     if is_arrays(spec):
         return ArraySource(spec, settings)
     if not isinstance(spec, (str, numbers.Integral, os.PathLike)):
-        hint = " (from PIL: np.asarray(image.convert('RGB')))" if type(spec).__module__.startswith("PIL") else ""
+        hint = f" ({PIL_HINT})" if type(spec).__module__.startswith("PIL") else ""
         raise InvalidInputError(f"{type(spec).__name__} is not a source: pass a path, URL or camera index, or "
                                 f"(H, W, 3) uint8 RGB arrays{hint}")
     text = str(spec)
@@ -743,7 +745,7 @@ class ArraySource:
             elif type(image).__module__.startswith("torch"):
                 hint = "from a torch tensor: t.permute(1, 2, 0).cpu().numpy()"
             elif type(image).__module__.startswith("PIL"):
-                hint = "from PIL: np.asarray(image.convert('RGB'))"
+                hint = PIL_HINT
             elif image is None:
                 hint = "cv2.imread gives None for a file it cannot read"
             else:
@@ -772,5 +774,4 @@ def is_queue(spec) -> bool:
     return isinstance(spec, (queue.Queue, queue.SimpleQueue, multiprocessing.queues.Queue))
 
 
-QUEUE_POLL_S = 0.05
 _NONE = object()      # the end of an iterable (None may be a frame: a failed cv2.imread)

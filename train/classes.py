@@ -2,6 +2,8 @@
 
 import colorsys
 
+import numpy as np
+
 CARLA_CLASSES = (
     "unlabeled", "building", "fence", "other", "pedestrian", "pole", "road line", "road",
     "sidewalk", "vegetation", "vehicle", "wall", "traffic sign", "sky", "ground", "bridge",
@@ -28,6 +30,15 @@ def class_table(num_classes: int, names=None, palette=None) -> tuple[tuple[str, 
     if palette is None:
         palette = [*CARLA_PALETTE[:num_classes], *(_hue(i) for i in range(len(CARLA_PALETTE), num_classes))]
     return tuple(str(n) for n in names), tuple(tuple(int(v) for v in c) for c in palette)
+
+
+def palette_lut(palette) -> np.ndarray:
+    """A (256, 3) uint8 colour table: every id a uint8 label can hold has a colour (past the palette,
+    and 255, ignored: black)."""
+    lut = np.zeros((256, 3), np.uint8)
+    colours = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    lut[:len(colours)] = colours
+    return lut
 
 
 def _hue(i: int) -> tuple[int, int, int]:

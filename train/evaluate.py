@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from train.checkpoint import load_model
+from train.classes import palette_lut
 from train.data import FrameSet, find_pairs, read_pair, split_by_runs
 from train.errors import InvalidInputError
 from train.metrics import ConfusionMatrix
@@ -103,8 +104,7 @@ def format_table(result: dict) -> str:
 def save_grid(model, frames: FrameSet, normalize, device, palette, path: str | Path, count: int = 4) -> None:
     """Rows of input | ground truth | prediction for ``count`` frames spread over the set (a valid U-Net's
     input and ground truth cropped to the centre its prediction covers, as evaluate() scores it)."""
-    lut = np.zeros((256, 3), np.uint8)              # every id a mask can hold (255, ignored: black)
-    lut[:len(palette)] = palette
+    lut = palette_lut(palette)                      # every id a mask can hold (255, ignored: black)
     idx = torch.linspace(0, len(frames) - 1, min(count, len(frames))).long()
     images, masks = next(frames.batches(len(idx), augment=False, indices=idx))
     pred = model(normalize(images.to(device))).argmax(1).cpu()

@@ -356,8 +356,7 @@ def train(data: str | Path, out: str | Path, config: str | Path | None = None, e
     frequencies = class_frequencies(train_set.masks, num_classes)
     if cfg["class_weights"] == "inverse_sqrt":
         weights = class_weights_from_frequencies(frequencies, max_weight=cfg["class_weight_max"]).to(dev)
-    presence = torch.stack([torch.bincount(m.flatten().long(), minlength=num_classes)[:num_classes] > 0
-                            for m in train_set.masks]) \
+    presence = torch.stack([class_frequencies(m, num_classes) > 0 for m in train_set.masks]) \
         if cfg["rare_class_sampling"] else None
 
     model.to(dev)
